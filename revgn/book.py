@@ -1,0 +1,53 @@
+"""What every chapter does first: check its parameters, seed, pick a device and a plotting style."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+
+from .utils import resolve_device, seed_everything
+
+SCALES = ("book", "paper")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Setup:
+    scale: str
+    device: torch.device
+    seed: int
+
+    def pick(self, book: T, paper: T) -> T:
+        """The book-scale or the paper-scale value of a setting."""
+        return book if self.scale == "book" else paper
+
+
+def setup(scale: str = "book", device: str = "auto", seed: int = 0) -> Setup:
+    """Validate a chapter's `parameters` cell, seed everything and return the resolved settings.
+
+    scale: "book" (a few minutes on a 2-core CPU) or "paper" (the papers' settings, meant for a GPU).
+    """
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    seed_everything(seed)
+    dev = resolve_device(device)
+    _style()
+    return Setup(scale, dev, seed)
+
+
+def _style() -> None:
+    import matplotlib
+
+    matplotlib.rcParams.update({
+        "figure.dpi": 110, "savefig.dpi": 110, "figure.figsize": (6.4, 3.6), "axes.grid": True,
+        "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False, "font.size": 10,
+        "legend.frameon": False,
+    })
+
+
+def fmt(x: Any, digits: int = 3) -> str:
+    """Round for printing in nbval-checked cells: fixed significant digits, no '-0'."""
+    x = float(x)
+    s = f"{x:.{digits}g}"
+    return "0" if s in ("-0", "0") else s

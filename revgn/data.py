@@ -1,0 +1,348 @@
+"""Real datasets, read the way a careful downloader does.
+
+Datasets: ``"mnist"`` (the four official IDX files), ``"cifar10"`` (the official *binary* archive, never the
+pickled one) and ``"cifar10-subset"`` (the first 4,000 training and 1,000 test images of CIFAR-10, in the same
+binary record format; it has no public URL and must be copied into the cache).
+
+Files live in a cache folder, ``$REVGN_DATA`` if set, else ``$XDG_CACHE_HOME/revgn`` (``~/.cache/revgn``):
+
+    <cache>/mnist/train-images-idx3-ubyte.gz ...
+    <cache>/cifar-10/cifar-10-binary.tar.gz, <cache>/cifar-10/cifar-10-batches-bin/*.bin
+    <cache>/cifar-10-subset/train_subset.bin, test_subset.bin
+
+Every file is checked against its SHA-256 before it is used. Downloads go to a temporary file and are renamed
+into place only once their hash matches, so an interrupted or corrupt download never poisons the cache; a file
+the user put in the cache is never deleted, only reported. Archives are extracted member by member into a
+temporary folder that refuses anything but regular files inside it.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ENV_VAR = "REVGN_DATA"
+
+
+class DataError(RuntimeError):
+    """A dataset file is missing, corrupt or malformed. The message says which file and what to do."""
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One file of a dataset: where it lives in the cache, where it comes from, what it must hash to."""
+
+    relpath: str
+    sha256: str
+    urls: tuple[str, ...] = ()
+    md5: str | None = None  # the digest the authors publish, checked in addition where known
+
+
+_MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
+
+
+def _mnist(name: str, sha256: str) -> Resource:
+    return Resource(f"mnist/{name}", sha256, tuple(m + name for m in _MNIST_MIRRORS))
+
+
+RESOURCES: dict[str, Resource] = {
+    "mnist/train-images": _mnist("train-images-idx3-ubyte.gz",
+                                 "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"),
+    "mnist/train-labels": _mnist("train-labels-idx1-ubyte.gz",
+                                 "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"),
+    "mnist/test-images": _mnist("t10k-images-idx3-ubyte.gz",
+                                "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),
+    "mnist/test-labels": _mnist("t10k-labels-idx1-ubyte.gz",
+                                "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
+    # 170,052,171 bytes; the MD5 is the one on the dataset's page, the SHA-256 that of the same file.
+    "cifar10/archive": Resource("cifar-10/cifar-10-binary.tar.gz",
+                                "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd",
+                                ("https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",),
+                                md5="c32a1d4ab5d03f1284b67883e8d87530"),
+    "cifar10-subset/train": Resource("cifar-10-subset/train_subset.bin",
+                                     "0993cf8b8e43bc207603aef9787006995746513f5e3fa5a52e06d1b069926330"),
+    "cifar10-subset/test": Resource("cifar-10-subset/test_subset.bin",
+                                    "8314c96d7cd65618193bab23acdd5d4c4af15bf6dd00a1781d55beedf3be1ef5"),
+}
+
+# Members of the CIFAR-10 binary archive we read, with the SHA-1 the authors publish for each.
+CIFAR10_MEMBERS: dict[str, str] = {
+    "data_batch_1.bin": "aadd24acce27caa71bf4b10992e9e7b2d74c2540",
+    "data_batch_2.bin": "c0ba65cce70568cd57b4e03e9ac8d2a5367c1795",
+    "data_batch_3.bin": "1dd00a74ab1d17a6e7d73e185b69dbf31242f295",
+    "data_batch_4.bin": "aab85764eb3584312d3c7f65fd2fd016e36a258e",
+    "data_batch_5.bin": "26e2849e66a845b7f1e4614ae70f4889ae604628",
+    "test_batch.bin": "67eb016db431130d61cd03c7ad570b013799c88c",
+}
+CIFAR10_DIR = "cifar-10/cifar-10-batches-bin"
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+MNIST_CLASSES = tuple(str(i) for i in range(10))
+MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+
+def cache_dir() -> Path:
+    """The data cache: ``$REVGN_DATA`` if set and non-empty, else ``$XDG_CACHE_HOME/revgn``."""
+    env = os.environ.get(ENV_VAR, "").strip()
+    if env:
+        return Path(env).expanduser().resolve()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser().resolve() / "revgn"
+
+
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _how_to_fill(res: Resource, root: Path) -> str:
+    if res.urls:
+        src = f"download it from {res.urls[0]}"
+    else:
+        src = "copy it from a checked copy of the dataset (e.g. ../shared/data/" + res.relpath + ")"
+    return (f"To fix it, {src} to {root / res.relpath}, or point ${ENV_VAR} at a folder that holds "
+            f"{res.relpath}.")
+
+
+def _check(path: Path, res: Resource, root: Path) -> None:
+    actual = file_digest(path)
+    if actual != res.sha256:
+        raise DataError(
+            f"{path} is corrupt: its SHA-256 is {actual}, expected {res.sha256}. It was left in place; "
+            f"delete or replace it. " + _how_to_fill(res, root))
+    if res.md5 is not None and file_digest(path, "md5") != res.md5:
+        raise DataError(f"{path} has the right SHA-256 but not the published MD5 {res.md5}; left in place.")
+
+
+def _download(res: Resource, dest: Path, root: Path) -> None:
+    """Fetch `res` into `dest` through a temporary file; rename only after the hash matches."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    errors = []
+    for url in res.urls:
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".partial")
+        tmp = Path(tmp)
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+                shutil.copyfileobj(response, out)
+            actual = file_digest(tmp)
+            if actual != res.sha256:
+                errors.append(f"{url}: SHA-256 {actual}, expected {res.sha256} (download discarded)")
+                continue
+            if res.md5 is not None and file_digest(tmp, "md5") != res.md5:
+                errors.append(f"{url}: MD5 does not match the published {res.md5} (download discarded)")
+                continue
+            os.replace(tmp, dest)
+            return
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            errors.append(f"{url}: {exc}")
+        finally:
+            tmp.unlink(missing_ok=True)
+    raise DataError(f"could not download {res.relpath} into {root}:\n  " + "\n  ".join(errors) + "\n"
+                    + _how_to_fill(res, root))
+
+
+def fetch(key: str, *, download: bool = True) -> Path:
+    """Return the verified local path of resource `key`, downloading it into the cache if allowed."""
+    if key not in RESOURCES:
+        raise KeyError(f"unknown resource {key!r}; known: {sorted(RESOURCES)}")
+    res, root = RESOURCES[key], cache_dir()
+    path = root / res.relpath
+    if not path.exists():
+        if not (download and res.urls):
+            why = "downloading is off" if res.urls else "it has no public download URL"
+            raise DataError(f"{res.relpath} is missing: looked for {path} ({why}). " + _how_to_fill(res, root))
+        _download(res, path, root)
+    _check(path, res, root)
+    return path
+
+
+def safe_extract(archive: Path, dest: Path, members: dict[str, str] | None = None) -> None:
+    """Extract a tar archive into `dest`, refusing absolute paths, '..', links and special files.
+
+    Extraction goes into a temporary sibling folder that is renamed onto `dest` only when every member was
+    read in full, so a truncated archive leaves nothing behind. With `members` (name -> SHA-1), only those
+    base names are kept and each must hash as published.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".partial"))
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            for member in tar:
+                name = Path(member.name)
+                if name.is_absolute() or ".." in name.parts:
+                    raise DataError(f"{archive}: member {member.name!r} would escape the target folder; refused")
+                if member.isdir():
+                    continue
+                if not member.isfile():
+                    raise DataError(f"{archive}: member {member.name!r} is not a regular file; refused")
+                if members is not None and name.name not in members:
+                    continue
+                # The "data" filter re-checks the path and drops permission bits and ownership.
+                tar.extract(member, tmp, filter="data")
+        if members is not None:
+            found = {p.name: p for p in tmp.rglob("*") if p.is_file()}
+            for fname, sha1 in members.items():
+                if fname not in found:
+                    raise DataError(f"{archive}: expected member {fname} is missing")
+                if file_digest(found[fname], "sha1") != sha1:
+                    raise DataError(f"{archive}: member {fname} does not match its published SHA-1 {sha1}")
+                os.replace(found[fname], tmp / fname)
+            for p in sorted(tmp.iterdir()):
+                if p.name not in members:
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        raise DataError(f"{archive} could not be extracted ({type(exc).__name__}: {exc}); is it truncated? "
+                        f"Nothing was written to {dest}.") from exc
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+# ------------------------------------------------------------------------------------------------ readers
+def read_idx(path: Path) -> np.ndarray:
+    """Parse a (gzipped) IDX file: magic 0x0000 08 NDIM, NDIM big-endian uint32 sizes, then uint8 data."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as fh:
+            raw = fh.read()
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"{path} is not a readable IDX file: {exc}") from exc
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DataError(f"{path}: not an unsigned-byte IDX file (bad magic {raw[:4].hex()})")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    if len(raw) != header + int(np.prod(shape)):
+        raise DataError(f"{path}: header says shape {shape} but the file holds {len(raw) - header} data bytes")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def read_cifar_records(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read CIFAR-10 binary records (1 label byte + 3,072 pixel bytes, R then G then B, each 32x32).
+
+    Returns images (N, 3, 32, 32) uint8 and labels (N,) uint8.
+    """
+    raw = np.fromfile(path, dtype=np.uint8)
+    if raw.size == 0 or raw.size % 3073:
+        raise DataError(f"{path}: {raw.size} bytes is not a whole number of 3,073-byte CIFAR-10 records")
+    rec = raw.reshape(-1, 3073)
+    labels = rec[:, 0]
+    if labels.max() > 9:
+        raise DataError(f"{path}: label byte {labels.max()} is out of range 0..9")
+    return rec[:, 1:].reshape(-1, 3, 32, 32), labels
+
+
+# ------------------------------------------------------------------------------------------------ datasets
+@dataclass(frozen=True)
+class Dataset:
+    """A labelled dataset held in memory.
+
+    x: (N, D) when flattened, else (N, C, H, W); y: (N,) int64 class labels.
+    """
+
+    name: str
+    split: str
+    x: torch.Tensor
+    y: torch.Tensor
+    classes: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def label_counts(self) -> list[int]:
+        return torch.bincount(self.y, minlength=self.num_classes).tolist()
+
+
+def _raw_mnist(split: str, download: bool) -> tuple[np.ndarray, np.ndarray]:
+    prefix = "train" if split == "train" else "test"
+    images = read_idx(fetch(f"mnist/{prefix}-images", download=download))
+    labels = read_idx(fetch(f"mnist/{prefix}-labels", download=download))
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise DataError(f"MNIST {split}: images {images.shape} and labels {labels.shape} do not match")
+    return images[:, None], labels
+
+
+def _raw_cifar10(split: str, download: bool) -> tuple[np.ndarray, np.ndarray]:
+    root = cache_dir()
+    folder = root / CIFAR10_DIR
+    if not all((folder / m).exists() for m in CIFAR10_MEMBERS):
+        archive = fetch("cifar10/archive", download=download)
+        safe_extract(archive, folder, CIFAR10_MEMBERS)
+    names = [f"data_batch_{i}.bin" for i in range(1, 6)] if split == "train" else ["test_batch.bin"]
+    parts = []
+    for name in names:
+        path = folder / name
+        if file_digest(path, "sha1") != CIFAR10_MEMBERS[name]:
+            raise DataError(f"{path} does not match its published SHA-1 {CIFAR10_MEMBERS[name]}; left in place. "
+                            f"Delete {folder} to extract it again from the archive.")
+        parts.append(read_cifar_records(path))
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _raw_cifar10_subset(split: str, download: bool) -> tuple[np.ndarray, np.ndarray]:
+    return read_cifar_records(fetch(f"cifar10-subset/{split}", download=download))
+
+
+_DATASETS = {
+    "mnist": (_raw_mnist, MNIST_CLASSES, MNIST_MEAN, MNIST_STD),
+    "cifar10": (_raw_cifar10, CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD),
+    "cifar10-subset": (_raw_cifar10_subset, CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD),
+}
+DATASETS = tuple(_DATASETS)
+
+
+def load(name: str, split: str = "train", *, n: int | None = None, seed: int = 0, flatten: bool = True,
+         normalize: bool = True, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+         download: bool = True) -> Dataset:
+    """Load a dataset split as tensors.
+
+    Args:
+        name: one of ``DATASETS``.
+        split: "train" or "test".
+        n: keep a random subset of this many examples, drawn without replacement by `seed` (same `seed`,
+            same subset); None keeps all, in the original order.
+        flatten: images as (N, D) rows (D = 784 or 3072) instead of (N, C, H, W).
+        normalize: scale to [0, 1], then subtract the standard per-channel mean and divide by the std.
+        download: fetch missing files from the official URLs into the cache.
+    """
+    if name not in _DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    reader, classes, mean, std = _DATASETS[name]
+    images, labels = reader(split, download)
+    if n is not None:
+        if not 0 < n <= len(labels):
+            raise ValueError(f"n={n} is outside 1..{len(labels)} for {name} {split}")
+        idx = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:n].sort().values.numpy()
+        images, labels = images[idx], labels[idx]
+    x = torch.from_numpy(np.array(images)).to(torch.float64) / 255.0
+    if normalize:
+        x = (x - torch.tensor(mean, dtype=torch.float64).view(1, -1, 1, 1)) / torch.tensor(
+            std, dtype=torch.float64).view(1, -1, 1, 1)
+    if flatten:
+        x = x.reshape(len(x), -1)
+    y = torch.from_numpy(labels.astype(np.int64))
+    return Dataset(name, split, x.to(dtype=dtype, device=device), y.to(device), classes)

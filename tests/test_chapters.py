@@ -1,0 +1,54 @@
+"""The book's chapters are wired up as the pipeline expects.
+
+These checks are cheap; nbval (run by `make test`) re-executes the chapters and compares their outputs.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TOC = (ROOT / "_toc.yml").read_text()
+CHAPTERS = sorted((ROOT / "chapters").glob("[0-9]*.py"))
+
+
+def cells_of_py(path: Path) -> list[dict]:
+    import jupytext
+
+    return jupytext.read(path)["cells"]
+
+
+def test_every_chapter_is_in_the_toc_once():
+    assert CHAPTERS, "no chapters found"
+    for py in CHAPTERS:
+        assert len(re.findall(rf"\bchapters/{py.stem}\b", TOC)) == 1, f"{py.name} must appear once in _toc.yml"
+
+
+@pytest.mark.parametrize("py", CHAPTERS, ids=lambda p: p.stem)
+def test_chapter_has_a_parameters_cell_with_scale_device_seed(py):
+    params = [c for c in cells_of_py(py) if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(params) == 1, "exactly one cell tagged 'parameters'"
+    src = params[0]["source"]
+    for name in ("scale", "device", "seed"):
+        assert re.search(rf"^{name}\s*=", src, re.M), f"parameters cell lacks {name!r}"
+    assert re.search(r'^scale\s*=\s*"book"', src, re.M), "the default scale is 'book'"
+
+
+@pytest.mark.parametrize("py", CHAPTERS, ids=lambda p: p.stem)
+def test_stored_notebook_is_executed_from_the_current_source_without_errors(py):
+    nb_path = py.with_suffix(".ipynb")
+    assert nb_path.exists(), f"{nb_path.name} is missing: run `make book`"
+    nb = json.loads(nb_path.read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"
+            and "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
+    src_code = [c["source"] for c in cells_of_py(py) if c["cell_type"] == "code"]
+    stored = ["".join(c["source"]) for c in code]
+    assert stored == src_code, f"{nb_path.name} was not executed from the current {py.name}: run `make book`"
+    for c in code:
+        assert c.get("execution_count") is not None, f"{nb_path.name} has unexecuted cells: run `make book`"
+        for out in c.get("outputs", []):
+            assert out["output_type"] != "error", f"{nb_path.name} stores an error: {out.get('ename')}"
+    assert "revgn" in "".join(stored), "every chapter uses the library"
