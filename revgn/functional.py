@@ -1,0 +1,42 @@
+"""Any nn.Module as a pure function of its parameters, and flat views of parameter dicts (torch.func)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+Params = dict[str, torch.Tensor]
+
+
+def params_of(model: nn.Module) -> Params:
+    """The trained parameters, detached: the point a functional transform works around."""
+    return {k: v.detach() for k, v in model.named_parameters()}
+
+
+def as_function(model: nn.Module, x: torch.Tensor, **kwargs) -> Callable[[Params], torch.Tensor]:
+    """f(params) = model(x, **kwargs) with `params` swapped in; buffers stay the model's."""
+    return lambda p: functional_call(model, p, (x,), kwargs)
+
+
+def flatten(tree: Params) -> torch.Tensor:
+    return torch.cat([v.reshape(-1) for v in tree.values()])
+
+
+def unflatten(vec: torch.Tensor, like: Params) -> Params:
+    out, i = {}, 0
+    for k, v in like.items():
+        out[k] = vec[i:i + v.numel()].view_as(v)
+        i += v.numel()
+    if i != vec.numel():
+        raise ValueError(f"vector has {vec.numel()} entries, the parameters {i}")
+    return out
+
+
+def tree_dot(a: Params, b: Params) -> torch.Tensor:
+    return sum((a[k] * b[k]).sum() for k in a)
+
+
+def tree_norm(a: Params) -> torch.Tensor:
+    return tree_dot(a, a).sqrt()

@@ -1,0 +1,206 @@
+"""The exact, tractable Gauss-Newton step for `RevMLP` (Buffelli et al. 2024, Prop. 4.4).
+
+Notation (row convention, one row per example): the GN step solves J Delta = eps in function space, where
+eps (n x C) is the loss's error (see `revgn.losses`) and J the Jacobian of the logits. Equation numbers refer
+to the chapter "Exact Gauss-Newton in reversible networks".
+
+The step is built block by block. With T_l the output error carried back to block l's output through the
+*inverse* network (forward-mode tangents, eq. 7), block l's own step is
+
+    dW1^T = A1^+ T1,                       A1 = sigma(X2 V2^T)                      (eq. 8)
+    dW2^T = A2^+ (T2 - M),   M = D_{X1'}[sigma(X1' V1^T) W2^T] T1                     (eq. 9)
+
+and M is exactly the term the inverse-network tangent subtracts, so T2 - M is the tangent's second half
+after block l has been inverted. Each block's step alone moves the output by eps; stacking them with a
+factor 1/L gives a right inverse of J (eq. 10). Pseudo-inverses of the n x h features go through the n x n
+Gram matrix (eq. 11).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .models import HalfLayerCache, RevMLP
+
+PINV_KINDS = ("exact", "truncate", "damp", "ridge", "noise")
+
+
+class RankDeficientError(ValueError):
+    """The features of a half-layer cannot be inverted exactly; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Pinv:
+    """How the pseudo-inverse A^+ of an n x h feature matrix is formed (the paper's App. K, plus ridge).
+
+    With A = U S V^T (singular values s_i, s_max the largest) the step is A^+ T = A^T U f(S^2) U^T T, where
+    the filter f is:
+
+    - "exact":    f = 1/s^2. Refuses rank-deficient features (`RankDeficientError`): then no step is exact.
+    - "truncate": f = 1/s^2 for s >= max(rtol * s_max, atol), else 0.
+    - "damp":     f = 1/(s (s + damping * s_max)): every singular value of A shifted up by damping * s_max.
+    - "ridge":    f = 1/(s^2 + ridge): Tikhonov / Levenberg-Marquardt damping of the Gram matrix.
+    - "noise":    A is replaced by A + noise * std(A) * N(0, 1) (fresh each step), then "exact".
+
+    gram_dtype: dtype of the n x n Gram matrix and its eigendecomposition.
+    """
+
+    kind: str = "exact"
+    rtol: float = 0.0
+    atol: float = 0.0
+    damping: float = 0.0
+    ridge: float = 0.0
+    noise: float = 0.0
+    gram_dtype: torch.dtype = torch.float64
+
+    def __post_init__(self):
+        if self.kind not in PINV_KINDS:
+            raise ValueError(f"Pinv kind must be one of {PINV_KINDS}, got {self.kind!r}")
+        for name in ("rtol", "atol", "damping", "ridge", "noise"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"Pinv.{name} must be >= 0, got {getattr(self, name)}")
+
+    @classmethod
+    def exact(cls) -> "Pinv":
+        return cls("exact")
+
+    @classmethod
+    def truncated(cls, rtol: float = 1e-2, atol: float = 1e-5) -> "Pinv":
+        return cls("truncate", rtol=rtol, atol=atol)
+
+    @classmethod
+    def damped(cls, damping: float = 1e-2) -> "Pinv":
+        return cls("damp", damping=damping)
+
+    @classmethod
+    def ridged(cls, ridge: float) -> "Pinv":
+        return cls("ridge", ridge=ridge)
+
+    @classmethod
+    def noisy(cls, noise: float = 0.1) -> "Pinv":
+        return cls("noise", noise=noise)
+
+    @property
+    def is_exact(self) -> bool:
+        return self.kind in ("exact", "noise")
+
+
+def features_pinv(A: torch.Tensor, T: torch.Tensor, pinv: Pinv = Pinv(), *, where: str = "features",
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """(A^+ T)^T through the Gram matrix G = A A^T (eq. 11).
+
+    A: n x m features (m = h, or h + 1 with a bias column). T: n x k targets. Returns k x m, the shape of the
+    weight matrix the step updates. Cost: the Gram matrix (n^2 m), its eigendecomposition (n^3, in
+    `pinv.gram_dtype`) and one n x m x k product, instead of an SVD of the m x n matrix.
+    """
+    n, m = A.shape
+    if T.shape[0] != n:
+        raise ValueError(f"{where}: features have {n} rows but the targets {T.shape[0]}")
+    if pinv.kind == "noise":
+        A = A + pinv.noise * A.std() * torch.randn(A.shape, generator=generator, dtype=A.dtype).to(A.device)
+    if pinv.is_exact and m < n:
+        raise RankDeficientError(
+            f"{where}: exact GN needs at least as many features as examples, got h={m} < n={n}. An m x n feature "
+            f"matrix with m < n cannot have independent columns, so no step moves the outputs by exactly the "
+            f"error. Use a batch of at most {m} examples, a wider bottleneck, or a regularised pseudo-inverse "
+            f"(Pinv.truncated / damped / ridged), which gives an inexact step.")
+    Ag = A.to(pinv.gram_dtype)
+    lam, U = torch.linalg.eigh(Ag @ Ag.T)
+    lam = lam.clamp_min(0)
+    lam_max = lam[-1]
+    if lam_max == 0:
+        raise RankDeficientError(f"{where}: the features are all zero; no step can change the outputs")
+    s = lam.sqrt()
+    if pinv.is_exact:
+        # Singular values below the features' own precision, or below what the Gram route can resolve, are
+        # indistinguishable from zero: the matrix is then numerically rank-deficient.
+        rtol_data = max(n, m) * torch.finfo(A.dtype).eps
+        rtol_gram = (10 * n * torch.finfo(pinv.gram_dtype).eps) ** 0.5
+        tol = max(rtol_data, rtol_gram) * s[-1]
+        if s[0] <= tol:
+            rank = int((s > tol).sum())
+            raise RankDeficientError(
+                f"{where}: the n x h features (n={n}, h={m}) are rank-deficient: numerical rank {rank} < n "
+                f"(smallest singular value {s[0].item():.3g}, largest {s[-1].item():.3g}, tolerance {tol.item():.3g})."
+                f" Exact GN needs linearly independent feature columns; with a dependent column no step moves "
+                f"the outputs by exactly the error. Use Pinv.truncated(), damped() or ridged() for an inexact step.")
+        filt = 1.0 / lam
+    elif pinv.kind == "truncate":
+        keep = s >= max(pinv.rtol * s[-1].item(), pinv.atol)
+        filt = torch.where(keep, 1.0 / lam.clamp_min(torch.finfo(lam.dtype).tiny), torch.zeros_like(lam))
+    elif pinv.kind == "damp":
+        filt = 1.0 / (s * (s + pinv.damping * s[-1])).clamp_min(torch.finfo(lam.dtype).tiny)
+        filt = torch.where(s > 0, filt, torch.zeros_like(filt))
+    else:  # ridge
+        if pinv.ridge == 0:
+            raise ValueError("Pinv.ridged needs ridge > 0; use Pinv.exact() for no damping")
+        filt = 1.0 / (lam + pinv.ridge)
+    coef = U @ (filt[:, None] * (U.T @ T.to(pinv.gram_dtype)))  # G^+ T, n x k
+    return coef.to(A.dtype).T @ A
+
+
+def _split(D: torch.Tensor, has_bias: bool):
+    return (D[:, :-1], D[:, -1]) if has_bias else (D, None)
+
+
+def _through_half_layer(t_in: torch.Tensor, V: torch.Tensor, W: torch.Tensor, cache: HalfLayerCache):
+    """D_x[sigma(x V^T) W^T] t_in: how a half-layer's output moves when its input moves by t_in (n x d/2)."""
+    z = t_in @ V.T
+    if cache.slope is not None:
+        z = z * cache.slope
+    return z @ W.T
+
+
+@torch.no_grad()
+def block_directions(model: RevMLP, caches, error: torch.Tensor, pinv: Pinv = Pinv(),
+                     generator: torch.Generator | None = None) -> list[dict[str, torch.Tensor]]:
+    """Each block's own GN step (eqs. 7-9): the list, block by block, of {parameter name: step}.
+
+    caches: from `model.forward_with_features(x)`. error: n x C logit-space error. Block l's step alone
+    moves x_L by error @ R^T (and so the logits by `error`) to first order; it is the Moore-Penrose
+    solution for that block's Jacobian of x_L (the chapter explains why not of the logits).
+    """
+    n = error.shape[0]
+    if error.dim() != 2 or error.shape[1] != model.num_classes:
+        raise ValueError(f"error must be n x {model.num_classes}, got {tuple(error.shape)}")
+    if not torch.isfinite(error).all():
+        raise FloatingPointError("the GN error contains NaN or inf; refusing to compute a step")
+    t = error @ model.readout.T  # the smallest change of x_L that moves the logits by `error`
+    half = model.width // 2
+    out: list[dict[str, torch.Tensor]] = [{} for _ in model.blocks]
+    for l in reversed(range(model.depth)):
+        block, (c1, c2) = model.blocks[l], caches[l]
+        if c1.features.shape[0] != n:
+            raise ValueError(f"caches hold {c1.features.shape[0]} examples but the error {n}")
+        bias = block.b1 is not None
+        t1, t2 = t.split(half, dim=1)
+        where = f"block {l + 1}/{model.depth}, half-layer"
+        w1, b1 = _split(features_pinv(c1.features, t1, pinv, where=f"{where} 1", generator=generator), bias)
+        t2 = t2 - _through_half_layer(t1, block.V1, block.W2, c2)
+        w2, b2 = _split(features_pinv(c2.features, t2, pinv, where=f"{where} 2", generator=generator), bias)
+        prefix = f"blocks.{l}."
+        out[l] = {prefix + "W1": w1, prefix + "W2": w2}
+        if bias:
+            out[l].update({prefix + "b1": b1, prefix + "b2": b2})
+        if l > 0:
+            t1 = t1 - _through_half_layer(t2, block.V2, block.W1, c1)
+            t = torch.cat([t1, t2], dim=1)
+    return out
+
+
+def stack_blocks(directions: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The right inverse of eq. (10): every block's own step, scaled by 1/L."""
+    L = len(directions)
+    return {k: v / L for d in directions for k, v in d.items()}
+
+
+@torch.no_grad()
+def gn_direction(model: RevMLP, x: torch.Tensor, error: torch.Tensor, pinv: Pinv = Pinv(),
+                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """The tractable exact GN direction Delta with J Delta = error (eq. 10), as {parameter name: step}.
+
+    x: n x D inputs. error: n x C. Update with theta <- theta - lr * Delta.
+    """
+    _, _, caches = model.forward_with_features(x)
+    return stack_blocks(block_directions(model, caches, error, pinv, generator))

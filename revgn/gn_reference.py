@@ -1,0 +1,86 @@
+"""Reference GN routes for checking the tractable step, and for models that are not reversible.
+
+- `jacobian_matrix` / `explicit_gn_direction`: the full Jacobian by reverse mode (jacrev) and the
+  Moore-Penrose step J^+ eps (eq. 3). Memory (n C) x p: small models only.
+- `matrix_free_gn_direction`: Delta = J^T u with (J J^T + lambda I) u = eps solved by conjugate gradients,
+  using only Jacobian-vector (jvp) and vector-Jacobian (vjp) products. With lambda = 0 and J of full row rank
+  this is again J^+ eps, for any model; with lambda > 0 it is the Levenberg-Marquardt step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.func import jacrev, jvp, vjp
+
+from .functional import Params, as_function, params_of, unflatten
+
+
+def jacobian_matrix(model: nn.Module, x: torch.Tensor, params: Params | None = None, **kwargs) -> torch.Tensor:
+    """J = d vec(f(x)) / d theta as an (n * out) x p matrix, rows example-major, columns in parameter order."""
+    params = params_of(model) if params is None else params
+    jac = jacrev(as_function(model, x, **kwargs))(params)
+    rows = next(iter(jac.values())).shape[0] * next(iter(jac.values())).shape[1]
+    return torch.cat([jac[k].reshape(rows, -1) for k in params], dim=1)
+
+
+def explicit_gn_direction(model: nn.Module, x: torch.Tensor, error: torch.Tensor, **kwargs) -> Params:
+    """The Moore-Penrose GN direction J^+ eps from the explicit Jacobian."""
+    params = params_of(model)
+    J = jacobian_matrix(model, x, params, **kwargs)
+    step = torch.linalg.pinv(J) @ error.reshape(-1)
+    return unflatten(step, params)
+
+
+@dataclass
+class CGResult:
+    solution: torch.Tensor
+    iterations: int
+    relative_residual: float
+
+
+def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, *, rtol: float = 1e-10,
+                       maxiter: int | None = None) -> CGResult:
+    """Solve A u = b for symmetric positive (semi-)definite A given as `matvec`. Raises if it does not converge."""
+    maxiter = maxiter or 2 * b.numel()
+    u = torch.zeros_like(b)
+    r = b.clone()
+    p = r.clone()
+    rs = (r * r).sum()
+    bnorm = b.norm()
+    if bnorm == 0:
+        return CGResult(u, 0, 0.0)
+    for it in range(1, maxiter + 1):
+        Ap = matvec(p)
+        alpha = rs / (p * Ap).sum()
+        u = u + alpha * p
+        r = r - alpha * Ap
+        rs_new = (r * r).sum()
+        if rs_new.sqrt() <= rtol * bnorm:
+            return CGResult(u, it, (rs_new.sqrt() / bnorm).item())
+        p = r + (rs_new / rs) * p
+        rs = rs_new
+    raise RuntimeError(f"conjugate gradients did not reach rtol={rtol} in {maxiter} iterations "
+                       f"(relative residual {(rs.sqrt() / bnorm).item():.2e}); J J^T may be singular: add damping")
+
+
+def matrix_free_gn_direction(model: nn.Module, x: torch.Tensor, error: torch.Tensor, *, damping: float = 0.0,
+                             rtol: float = 1e-10, maxiter: int | None = None, **kwargs) -> tuple[Params, CGResult]:
+    """Delta = J^T (J J^T + damping I)^{-1} eps without forming J: CG on the kernel, jvp/vjp products only."""
+    if damping < 0:
+        raise ValueError(f"damping must be >= 0, got {damping}")
+    params = params_of(model)
+    f = as_function(model, x, **kwargs)
+    out, vjp_fn = vjp(f, params)
+    if out.shape != error.shape:
+        raise ValueError(f"error has shape {tuple(error.shape)}, the model's output {tuple(out.shape)}")
+
+    def kernel_matvec(v: torch.Tensor) -> torch.Tensor:
+        (g,) = vjp_fn(v)
+        return jvp(f, (params,), (g,))[1] + damping * v
+
+    res = conjugate_gradient(kernel_matvec, error, rtol=rtol, maxiter=maxiter)
+    (step,) = vjp_fn(res.solution)
+    return step, res

@@ -1,0 +1,259 @@
+"""The one training loop, parameterised by its optimiser: SGD, Adam, exact GN, matrix-free GN.
+
+    history = train(model, GaussNewton(lr=0.1), train_set, test_set=test_set, loss="ce", epochs=10,
+                    batch_size=256)
+
+An optimiser implements `step(model, x, y, loss) -> float`: one update on a batch, returning the batch loss
+*before* the update. The loop shuffles with its own seeded generator, evaluates at init and after every
+epoch, calls optional metric callbacks, shows a tqdm progress bar and returns a `History`.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .gn import Pinv, block_directions, stack_blocks
+from .gn_reference import matrix_free_gn_direction
+from .losses import accuracy, check_finite, get_loss
+from .models import RevMLP
+from .utils import atomic_write_json
+
+
+def _check_lr(lr: float) -> float:
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"learning rate must be a positive finite number, got {lr!r}")
+    return float(lr)
+
+
+class Optimizer:
+    """Base class: `setup` once before training, `step` once per batch."""
+
+    name = "optimizer"
+
+    def setup(self, model: nn.Module, batch_size: int) -> None:
+        pass
+
+    def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss) -> float:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, **{k: v for k, v in vars(self).items() if not k.startswith("_")}}
+
+
+class FirstOrder(Optimizer):
+    """A torch.optim optimiser on the batch-mean loss (the gradient is taken with autograd, grad enabled)."""
+
+    def __init__(self, name: str, factory: Callable, lr: float, **kwargs):
+        self.name, self.lr, self.kwargs = name, _check_lr(lr), kwargs
+        self._factory, self._opt, self._model = factory, None, None
+
+    def setup(self, model: nn.Module, batch_size: int) -> None:
+        if self._model is model:
+            return  # keep the moment estimates when training continues
+        self._model = model
+        self._opt = self._factory([p for p in model.parameters() if p.requires_grad], lr=self.lr, **self.kwargs)
+
+    def step(self, model, x, y, loss) -> float:
+        if self._model is not model:
+            self.setup(model, len(x))
+        self._opt.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            value = loss(model(x), y)
+            check_finite(value, f"{self.name} step")
+            value.backward()
+        self._opt.step()
+        return value.item()
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "lr": self.lr, **self.kwargs}
+
+
+def SGD(lr: float, momentum: float = 0.0, weight_decay: float = 0.0) -> FirstOrder:
+    return FirstOrder("sgd", torch.optim.SGD, lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def Adam(lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> FirstOrder:
+    return FirstOrder("adam", torch.optim.Adam, lr, betas=betas, eps=eps)
+
+
+def apply_step(model: nn.Module, direction: dict[str, torch.Tensor], lr: float) -> None:
+    """theta <- theta - lr * direction, in place."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in direction:
+                p.sub_(direction[name], alpha=lr)
+
+
+class GaussNewton(Optimizer):
+    """The exact, tractable GN step of `revgn.gn` for a `RevMLP`: theta <- theta - lr * J^{-|} eps (eq. 10).
+
+    lr = 1 moves the logits by -eps to first order (for the square loss: onto the targets).
+    """
+
+    name = "gn"
+
+    def __init__(self, lr: float = 1.0, pinv: Pinv = Pinv(), seed: int = 0):
+        self.lr, self.pinv, self.seed = _check_lr(lr), pinv, seed
+        self._generator = torch.Generator().manual_seed(seed)
+
+    def setup(self, model: nn.Module, batch_size: int) -> None:
+        if not isinstance(model, RevMLP):
+            raise TypeError("GaussNewton needs a RevMLP; use MatrixFreeGaussNewton for other models")
+        features = model.hidden + (model.blocks[0].b1 is not None)
+        if self.pinv.is_exact and batch_size > features:
+            raise ValueError(
+                f"exact GN needs batch size n <= bottleneck width h: got n={batch_size} > h={features}. The h x n "
+                f"feature matrices then have dependent columns and no step fits the batch exactly. Use a smaller "
+                f"batch, a wider RevMLP, or a regularised Pinv.")
+
+    def step(self, model, x, y, loss) -> float:
+        with torch.no_grad():
+            logits, _, caches = model.forward_with_features(x)
+            value = check_finite(loss(logits, y), "GN step")
+            eps = loss.error(logits, y)
+            direction = stack_blocks(block_directions(model, caches, eps, self.pinv, self._generator))
+        apply_step(model, direction, self.lr)
+        return value
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "lr": self.lr, "pinv": self.pinv.kind, "rtol": self.pinv.rtol,
+                "atol": self.pinv.atol, "damping": self.pinv.damping, "ridge": self.pinv.ridge,
+                "noise": self.pinv.noise}
+
+
+class MatrixFreeGaussNewton(Optimizer):
+    """GN (or Levenberg-Marquardt with damping > 0) for any model, by CG on J J^T (`revgn.gn_reference`)."""
+
+    name = "gn-cg"
+
+    def __init__(self, lr: float = 1.0, damping: float = 0.0, rtol: float = 1e-6, maxiter: int | None = None):
+        self.lr, self.damping, self.rtol, self.maxiter = _check_lr(lr), damping, rtol, maxiter
+
+    def step(self, model, x, y, loss) -> float:
+        with torch.no_grad():
+            logits = model(x)
+            value = check_finite(loss(logits, y), "GN-CG step")
+            eps = loss.error(logits, y)
+        direction, _ = matrix_free_gn_direction(model, x, eps, damping=self.damping, rtol=self.rtol,
+                                                maxiter=self.maxiter)
+        apply_step(model, direction, self.lr)
+        return value
+
+
+# ------------------------------------------------------------------------------------------------ loop
+@dataclass
+class History:
+    """What a run produced. `steps`: one entry per update; `epochs`: one per evaluation (epoch 0 = init)."""
+
+    steps: dict[str, list] = field(default_factory=lambda: {"epoch": [], "loss": []})
+    epochs: dict[str, list] = field(default_factory=lambda: {"epoch": []})
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def log(self, table: dict[str, list], **values) -> None:
+        for k, v in values.items():
+            table.setdefault(k, []).append(v)
+
+    def final(self, key: str) -> float:
+        return self.epochs[key][-1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"config": self.config, "steps": self.steps, "epochs": self.epochs}
+
+    def save(self, path: str | Path) -> Path:
+        return atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "History":
+        d = json.loads(Path(path).read_text())
+        return cls(d["steps"], d["epochs"], d["config"])
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss, chunk: int = 4096) -> tuple[float, float]:
+    """Mean loss and accuracy over a dataset, in chunks to bound memory."""
+    total, correct = 0.0, 0.0
+    for i in range(0, len(x), chunk):
+        out = model(x[i:i + chunk])
+        total += loss(out, y[i:i + chunk]).item() * len(out)
+        correct += accuracy(out, y[i:i + chunk]) * len(out)
+    return total / len(x), correct / len(x)
+
+
+def _as_xy(data, device) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = (data.x, data.y) if hasattr(data, "x") else data
+    if len(x) != len(y):
+        raise ValueError(f"inputs ({len(x)}) and targets ({len(y)}) differ in length")
+    return x.to(device), y.to(device)
+
+
+def train(model: nn.Module, optimizer: Optimizer, train_set, *, loss="ce", epochs: int = 1,
+          batch_size: int | None = None, test_set=None, seed: int = 0, eval_train_size: int | None = None,
+          track_batch_change: bool = False, metrics: dict[str, Callable[[nn.Module], float]] | None = None,
+          progress: bool = True, history: History | None = None) -> History:
+    """Train `model` in place with `optimizer` and return the `History`.
+
+    Args:
+        train_set, test_set: a `revgn.data.Dataset` or an (x, y) pair; y are labels (n,) or targets (n x C).
+        loss: "ce", "ce-exact", "mse" or a loss object (see `revgn.losses`).
+        batch_size: None for full batch. Batches are drawn without replacement from a permutation made by a
+            generator seeded with `seed`; a last batch smaller than `batch_size` is dropped (so every GN step
+            sees the same n).
+        eval_train_size: evaluate the training loss on this many fixed training examples (None: all of them).
+        track_batch_change: also record each batch's loss *after* its update (one more forward pass).
+        metrics: name -> f(model) evaluated at init and after every epoch.
+        history: continue this history (its epochs are counted on).
+    """
+    if epochs < 0:
+        raise ValueError(f"epochs must be >= 0, got {epochs}")
+    loss = get_loss(loss)
+    device = next(model.parameters()).device
+    x, y = _as_xy(train_set, device)
+    n_train = len(x)
+    batch_size = n_train if batch_size is None else batch_size
+    if not 0 < batch_size <= n_train:
+        raise ValueError(f"batch_size must be in 1..{n_train}, got {batch_size}")
+    test = _as_xy(test_set, device) if test_set is not None else None
+    x_eval, y_eval = (x, y) if eval_train_size is None else (x[:eval_train_size], y[:eval_train_size])
+    metrics = metrics or {}
+    optimizer.setup(model, batch_size)
+    hist = history or History(config={"optimizer": optimizer.describe(), "loss": getattr(loss, "name", str(loss)),
+                                      "batch_size": batch_size, "seed": seed, "n_train": n_train})
+    start = hist.epochs["epoch"][-1] if hist.epochs["epoch"] else 0
+    gen = torch.Generator().manual_seed(seed + 1_000_003 * start)
+
+    def record(epoch: int) -> None:
+        tr_loss, tr_acc = evaluate(model, x_eval, y_eval, loss)
+        row = {"epoch": epoch, "train_loss": tr_loss, "train_acc": tr_acc}
+        if test is not None:
+            row["test_loss"], row["test_acc"] = evaluate(model, *test, loss)
+        with torch.no_grad():
+            row.update({k: float(f(model)) for k, f in metrics.items()})
+        hist.log(hist.epochs, **row)
+
+    if start == 0:
+        record(0)
+    per_epoch = n_train // batch_size
+    bar = tqdm(total=epochs * per_epoch, desc=optimizer.name, disable=not progress, mininterval=2.0, leave=False)
+    for epoch in range(start + 1, start + epochs + 1):
+        order = torch.randperm(n_train, generator=gen).to(device)
+        for b in range(per_epoch):
+            idx = order[b * batch_size:(b + 1) * batch_size]
+            xb, yb = x[idx], y[idx]
+            before = optimizer.step(model, xb, yb, loss)
+            row = {"epoch": epoch, "loss": before}
+            if track_batch_change:
+                with torch.no_grad():
+                    row["loss_after"] = check_finite(loss(model(xb), yb), f"epoch {epoch} after step")
+            hist.log(hist.steps, **row)
+            bar.update()
+        record(epoch)
+        bar.set_postfix(loss=f"{hist.epochs['train_loss'][-1]:.3g}")
+    bar.close()
+    return hist

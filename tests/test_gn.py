@@ -1,0 +1,242 @@
+"""The tractable GN step is exact: checked against explicit Jacobians in float64 on random configurations."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from revgn.functional import flatten, params_of
+from revgn.gn import Pinv, RankDeficientError, block_directions, features_pinv, gn_direction, stack_blocks
+from revgn.gn_reference import explicit_gn_direction, jacobian_matrix, matrix_free_gn_direction
+from revgn.losses import CrossEntropy, SquareLoss
+from revgn.models import RevMLP
+
+F64 = torch.float64
+
+# (depth, hidden, n, bias, loss): depths 1-4, h >= n with several ratios, biases on/off, MSE and CE.
+CONFIGS = [
+    (1, 36, 24, False, "mse"), (1, 40, 16, True, "ce"), (2, 32, 20, False, "ce"), (2, 20, 20, True, "mse"),
+    (3, 48, 12, True, "ce"), (3, 30, 25, False, "mse"), (4, 36, 18, False, "ce"), (4, 24, 10, True, "mse"),
+]
+IDS = [f"L{L}-h{h}-n{n}-{'bias' if b else 'nobias'}-{loss}" for L, h, n, b, loss in CONFIGS]
+
+
+def problem(depth, hidden, n, bias, loss, seed=0, in_features=13, classes=4, init_std=0.2):
+    """A random model, batch and the loss's GN error. A larger init than the paper's keeps every term alive."""
+    g = torch.Generator().manual_seed(seed)
+    model = RevMLP(in_features, classes, depth=depth, hidden=hidden, bias=bias, init_std=init_std, seed=seed,
+                   dtype=F64)
+    with torch.no_grad():  # non-zero biases, so their step is tested on a generic point
+        for name, p in model.named_parameters():
+            if name.split(".")[-1].startswith("b"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=g, dtype=F64))
+    x = torch.randn(n, in_features, generator=g, dtype=F64)
+    y = torch.randint(0, classes, (n,), generator=g)
+    loss_fn = SquareLoss() if loss == "mse" else CrossEntropy()
+    eps = loss_fn.error(model(x), y)
+    return model, x, y, eps
+
+
+def jvp_residual(model, x, direction, eps, **kw):
+    """||J Delta - eps|| / ||eps|| with J computed explicitly."""
+    p = params_of(model)
+    J = jacobian_matrix(model, x, **kw)
+    return ((J @ flatten({k: direction[k] for k in p}) - eps.reshape(-1)).norm() / eps.norm()).item()
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
+def test_step_moves_the_outputs_by_exactly_the_error(cfg):
+    model, x, _, eps = problem(*cfg)
+    assert jvp_residual(model, x, gn_direction(model, x, eps), eps) <= 1e-10
+
+
+def test_square_features_are_exact_to_the_accuracy_of_the_gram_route():
+    """With h = n the ReLU features are ill-conditioned (cond(A) ~ 1e4 here). Forming G = A A^T squares the
+    condition number, so the function-space residual is bounded by ~ eps * cond(A)^2, not by 1e-10."""
+    model, x, _, eps = problem(1, 24, 24, False, "mse")
+    _, _, caches = model.forward_with_features(x)
+    cond = max(torch.linalg.cond(c.features).item() for pair in caches for c in pair)
+    assert cond > 1e3, "this configuration is meant to be ill-conditioned"
+    residual = jvp_residual(model, x, gn_direction(model, x, eps), eps)
+    assert residual <= torch.finfo(F64).eps * cond**2
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
+def test_each_block_step_is_the_moore_penrose_step_of_that_block(cfg):
+    model, x, _, eps = problem(*cfg)
+    _, _, caches = model.forward_with_features(x)
+    blocks = block_directions(model, caches, eps)
+    params = params_of(model)
+    J_body = jacobian_matrix(model, x, output="body")  # of x_L, the reversible network's output
+    eps_body = (eps @ model.readout.T).reshape(-1)
+    offsets = dict(zip(params, itertools.accumulate([0] + [p.numel() for p in params.values()])))
+    for direction in blocks:
+        cols = torch.cat([torch.arange(offsets[k], offsets[k] + params[k].numel()) for k in direction])
+        mp = torch.linalg.pinv(J_body[:, cols]) @ eps_body
+        ours = torch.cat([direction[k].reshape(-1) for k in direction])
+        assert ((ours - mp).norm() / mp.norm()).item() <= 1e-10
+        # ... and alone it moves the logits by the error.
+        assert jvp_residual(model, x, {**{k: torch.zeros_like(v) for k, v in params.items()}, **direction},
+                            eps) <= 1e-10
+
+
+@pytest.mark.parametrize("cfg", CONFIGS[::2], ids=IDS[::2])
+def test_matrix_free_and_explicit_routes_agree(cfg):
+    model, x, _, eps = problem(*cfg)
+    explicit = explicit_gn_direction(model, x, eps)
+    free, cg = matrix_free_gn_direction(model, x, eps, rtol=1e-12)
+    rel = ((flatten(free) - flatten(explicit)).norm() / flatten(explicit).norm()).item()
+    assert rel <= 1e-8, f"parameter steps differ by {rel:.2e} after {cg.iterations} CG iterations"
+    # In function space all three routes give the same move: the error.
+    for d in (explicit, free, gn_direction(model, x, eps)):
+        assert jvp_residual(model, x, d, eps) <= 1e-9
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
+def test_parameter_step_differs_from_the_full_moore_penrose_step(cfg):
+    """A right inverse, not J^+: same function-space move, larger parameter step (J^+ eps is the shortest)."""
+    model, x, _, eps = problem(*cfg)
+    ours = flatten(gn_direction(model, x, eps))
+    mp = flatten(explicit_gn_direction(model, x, eps))
+    assert ours.norm() > mp.norm() * (1 + 1e-6)
+    assert ((ours - mp).norm() / mp.norm()).item() > 1e-3
+
+
+@pytest.mark.parametrize("depth", [1, 2, 4])
+@pytest.mark.parametrize("init_std", [1e-3, 0.2, 1.0])
+def test_inverse_network_reconstructs_inputs(depth, init_std):
+    model, x, _, _ = problem(depth, 32, 16, True, "mse", init_std=init_std)
+    u = model.embed(x)
+    out = model.body(u)
+    # Rounding errors scale with the activations' size, which grows with init_std and depth.
+    scale = max(1.0, out.abs().max().item())
+    assert (model.inverse_body(out) - u).abs().max().item() <= 1e-12 * scale
+
+
+def test_narrow_bottleneck_raises_a_clear_error():
+    model, x, _, eps = problem(2, 12, 16, False, "mse")
+    with pytest.raises(RankDeficientError, match=r"h=12 < n=16.*independent columns"):
+        gn_direction(model, x, eps)
+    from revgn.train import GaussNewton
+    with pytest.raises(ValueError, match="batch size n <= bottleneck width h"):
+        GaussNewton().setup(model, 16)
+    # A regularised pseudo-inverse is allowed: it is knowingly inexact.
+    gn_direction(model, x, eps, Pinv.truncated())
+
+
+def test_rank_deficient_features_raise_a_clear_error():
+    # Two identical examples make the feature matrices' columns dependent.
+    model, x, _, eps = problem(2, 32, 10, False, "mse")
+    x = torch.cat([x, x[:1]])
+    eps = torch.cat([eps, eps[:1] + 1.0])
+    with pytest.raises(RankDeficientError, match="rank-deficient: numerical rank 10 < n"):
+        gn_direction(model, x, eps)
+
+
+def test_identity_first_block_is_rank_deficient_when_n_exceeds_half_width():
+    """The public code's linear first block: its features have rank <= d/2, so exactness fails for n > d/2."""
+    model = RevMLP(8, 3, depth=2, hidden=64, first_activation="identity", dtype=F64, seed=1)
+    x = torch.randn(10, 8, dtype=F64)  # n = 10 > d/2 = 4
+    with pytest.raises(RankDeficientError, match="block 1/2, half-layer 1"):
+        gn_direction(model, x, torch.randn(10, 3, dtype=F64))
+
+
+def test_one_step_with_lr_one_fits_a_small_full_batch_square_loss():
+    """First-order theory: after one step with lr 1 the residual is second order in the error, so for targets
+    at distance s from the outputs the loss falls from O(s^2) to O(s^4)."""
+    model, x, _, _ = problem(2, 64, 16, False, "mse", init_std=1e-3)
+    loss = SquareLoss()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    outputs = model(x).detach()
+    direction_of_targets = torch.randn(outputs.shape, generator=torch.Generator().manual_seed(1), dtype=F64)
+    before, after = [], []
+    for s in (1e-1, 1e-2, 1e-3):
+        model.load_state_dict(start)
+        targets = outputs + s * direction_of_targets
+        before.append(loss(model(x), targets).item())
+        direction = gn_direction(model, x, loss.error(model(x), targets))
+        with torch.no_grad():
+            for k, p in model.named_parameters():
+                p -= direction[k]
+        after.append(loss(model(x), targets).item())
+    assert after[1] < 1e-4 * before[1], "one step fits the batch nearly exactly"
+    slopes = torch.diff(torch.log10(torch.tensor(after))) / -1.0  # per decade of s
+    assert torch.allclose(slopes, torch.tensor([4.0, 4.0], dtype=slopes.dtype), atol=0.15), slopes
+
+
+def svd_pinv_apply(A, T, filt):
+    """(A^+ T)^T through the SVD of A, with singular values filtered by filt(s): the reference for eq. (11)."""
+    U, s, Vh = torch.linalg.svd(A, full_matrices=False)
+    return (Vh.T @ (filt(s)[:, None] * (U.T @ T))).T
+
+
+@pytest.mark.parametrize("kind", ["exact", "truncate", "damp", "ridge"])
+def test_gram_route_matches_the_svd_route(kind):
+    g = torch.Generator().manual_seed(3)
+    A = torch.relu(torch.randn(20, 50, generator=g, dtype=F64))
+    U, s, Vh = torch.linalg.svd(A, full_matrices=False)
+    s = s * torch.logspace(0, -3, 20, dtype=F64)  # singular values over three decades
+    A = U @ torch.diag(s) @ Vh
+    T = torch.randn(20, 7, generator=g, dtype=F64)
+    smax = s.max()
+    pinv, filt = {
+        "exact": (Pinv.exact(), lambda s: 1 / s),
+        "truncate": (Pinv.truncated(rtol=1e-2, atol=0.0), lambda s: torch.where(s >= 1e-2 * smax, 1 / s, 0 * s)),
+        "damp": (Pinv.damped(0.01), lambda s: 1 / (s + 0.01 * smax)),
+        "ridge": (Pinv.ridged(0.3), lambda s: s / (s**2 + 0.3)),
+    }[kind]
+    ours, ref = features_pinv(A, T, pinv), svd_pinv_apply(A, T, filt)
+    # The Gram route squares the condition number: its error is bounded by ~ eps * cond(A)^2 (here ~1e-10).
+    cond = (s.max() / s.min()).item()
+    assert ((ours - ref).norm() / ref.norm()).item() <= torch.finfo(F64).eps * cond**2
+
+
+def test_noise_pinv_is_seeded_and_inexact():
+    model, x, _, eps = problem(2, 32, 16, False, "mse")
+    a = gn_direction(model, x, eps, Pinv.noisy(0.1), torch.Generator().manual_seed(0))
+    b = gn_direction(model, x, eps, Pinv.noisy(0.1), torch.Generator().manual_seed(0))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert jvp_residual(model, x, a, eps) > 1e-3
+
+
+def test_exact_hessian_cross_entropy_error_is_the_newton_step_in_logit_space():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(6, 5, generator=g, dtype=F64)
+    y = torch.randint(0, 5, (6,), generator=g)
+    delta = CrossEntropy("exact").error(z, y)
+    p = torch.softmax(z, 1)
+    H = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+    # H delta = softmax(z) - y (the gradient), and delta is the shortest such change: orthogonal to 1.
+    assert torch.allclose((H @ delta[:, :, None]).squeeze(2), CrossEntropy().error(z, y), atol=1e-12)
+    assert delta.sum(1).abs().max().item() <= 1e-12
+    # Reached through a GN step, the logits move by exactly that Newton step.
+    model, x, _, _ = problem(2, 32, 6, False, "ce", in_features=9, classes=5)
+    eps = CrossEntropy("exact").error(model(x), y)
+    assert jvp_residual(model, x, gn_direction(model, x, eps), eps) <= 1e-10
+
+
+def test_bad_inputs_are_refused():
+    model, x, _, eps = problem(2, 32, 16, False, "mse")
+    with pytest.raises(ValueError, match=r"inputs of shape \(n, 13\)"):
+        model(torch.randn(4, 12, dtype=F64))
+    with pytest.raises(ValueError, match="error must be n x 4"):
+        gn_direction(model, x, eps[:, :3])
+    with pytest.raises(FloatingPointError, match="NaN"):
+        gn_direction(model, x, eps * float("nan"))
+    with pytest.raises(ValueError, match="width d=7 must be even"):
+        RevMLP(7, 3, width=7)
+    with pytest.raises(ValueError, match="Pinv.rtol must be >= 0"):
+        Pinv("truncate", rtol=-1)
+
+
+def test_odd_and_projected_inputs_are_handled_explicitly():
+    odd = RevMLP(7, 3, hidden=8)
+    assert odd.width == 8 and odd.embedding is None
+    x = torch.randn(5, 7)
+    assert torch.equal(odd.embed(x)[:, :7], x) and torch.equal(odd.embed(x)[:, 7], torch.zeros(5))
+    proj = RevMLP(20, 3, hidden=8, width=10, dtype=F64)
+    Q = proj.embedding
+    assert Q.shape == (20, 10) and torch.allclose(Q.T @ Q, torch.eye(10, dtype=F64), atol=1e-12)
+    R = proj.readout
+    assert torch.allclose(R.T @ R, torch.eye(3, dtype=F64), atol=1e-12)
