@@ -18,6 +18,7 @@ Gram matrix (eq. 11).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 
@@ -86,13 +87,50 @@ class Pinv:
         return self.kind in ("exact", "noise")
 
 
+def _extreme_eigenvalues(G: torch.Tensor, chol: torch.Tensor, iterations: int = 8) -> tuple[float, float]:
+    """Estimates of (lambda_min, lambda_max) of the SPD matrix G from block power and inverse iteration.
+
+    Both come from Rayleigh quotients, so lambda_min is never underestimated and lambda_max never
+    overestimated: a small lambda_min estimate proves the matrix is that ill-conditioned. Deterministic start.
+    Cost: a few n x 4 products and triangular solves, negligible next to forming G.
+    """
+    n = G.shape[0]
+    start = torch.randn(n, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(G)
+    lo, hi = start.clone(), start.clone()
+    for _ in range(iterations):
+        lo = torch.linalg.solve_triangular(chol.mT, torch.linalg.solve_triangular(chol, lo, upper=False), upper=True)
+        lo = lo / lo.norm(dim=0)
+        hi = G @ hi
+        hi = hi / hi.norm(dim=0)
+    lam_min = ((lo * (G @ lo)).sum(0)).min().item()
+    lam_max = ((hi * (G @ hi)).sum(0)).max().item()
+    return lam_min, lam_max
+
+
+def _exact_tolerance(n: int, m: int, dtype: torch.dtype, gram_dtype: torch.dtype) -> float:
+    """Relative singular-value threshold below which features count as rank-deficient.
+
+    The larger of the features' own precision (max(n, m) eps, numpy's matrix_rank rule) and what the Gram
+    route can resolve (sqrt(10 n eps) in the Gram's dtype).
+    """
+    return max(max(n, m) * torch.finfo(dtype).eps, (10 * n * torch.finfo(gram_dtype).eps) ** 0.5)
+
+
+def _rank_error(where: str, n: int, m: int, detail: str) -> RankDeficientError:
+    return RankDeficientError(
+        f"{where}: the n x h features (n={n}, h={m}) are rank-deficient: {detail}. Exact GN needs linearly "
+        f"independent feature columns; with a dependent column no step moves the outputs by exactly the error. "
+        f"Use Pinv.truncated(), damped() or ridged() for an inexact step.")
+
+
 def features_pinv(A: torch.Tensor, T: torch.Tensor, pinv: Pinv = Pinv(), *, where: str = "features",
                   generator: torch.Generator | None = None) -> torch.Tensor:
     """(A^+ T)^T through the Gram matrix G = A A^T (eq. 11).
 
     A: n x m features (m = h, or h + 1 with a bias column). T: n x k targets. Returns k x m, the shape of the
-    weight matrix the step updates. Cost: the Gram matrix (n^2 m), its eigendecomposition (n^3, in
-    `pinv.gram_dtype`) and one n x m x k product, instead of an SVD of the m x n matrix.
+    weight matrix the step updates. Cost: the Gram matrix (n^2 m), an n x n factorisation in
+    `pinv.gram_dtype` (Cholesky for the exact kinds, an eigendecomposition for the spectral filters) and one
+    k x n x m product, instead of an SVD of the m x n matrix.
     """
     n, m = A.shape
     if T.shape[0] != n:
@@ -101,65 +139,65 @@ def features_pinv(A: torch.Tensor, T: torch.Tensor, pinv: Pinv = Pinv(), *, wher
         A = A + pinv.noise * A.std() * torch.randn(A.shape, generator=generator, dtype=A.dtype).to(A.device)
     if pinv.is_exact and m < n:
         raise RankDeficientError(
-            f"{where}: exact GN needs at least as many features as examples, got h={m} < n={n}. An m x n feature "
-            f"matrix with m < n cannot have independent columns, so no step moves the outputs by exactly the "
+            f"{where}: exact GN needs at least as many features as examples, got h={m} < n={n}. An h x n feature "
+            f"matrix with h < n cannot have independent columns, so no step moves the outputs by exactly the "
             f"error. Use a batch of at most {m} examples, a wider bottleneck, or a regularised pseudo-inverse "
             f"(Pinv.truncated / damped / ridged), which gives an inexact step.")
     Ag = A.to(pinv.gram_dtype)
-    lam, U = torch.linalg.eigh(Ag @ Ag.T)
-    lam = lam.clamp_min(0)
-    lam_max = lam[-1]
-    if lam_max == 0:
-        raise RankDeficientError(f"{where}: the features are all zero; no step can change the outputs")
-    s = lam.sqrt()
+    G = Ag @ Ag.T
+    Tg = T.to(pinv.gram_dtype)
     if pinv.is_exact:
-        # Singular values below the features' own precision, or below what the Gram route can resolve, are
-        # indistinguishable from zero: the matrix is then numerically rank-deficient.
-        rtol_data = max(n, m) * torch.finfo(A.dtype).eps
-        rtol_gram = (10 * n * torch.finfo(pinv.gram_dtype).eps) ** 0.5
-        tol = max(rtol_data, rtol_gram) * s[-1]
-        if s[0] <= tol:
-            rank = int((s > tol).sum())
-            raise RankDeficientError(
-                f"{where}: the n x h features (n={n}, h={m}) are rank-deficient: numerical rank {rank} < n "
-                f"(smallest singular value {s[0].item():.3g}, largest {s[-1].item():.3g}, tolerance {tol.item():.3g})."
-                f" Exact GN needs linearly independent feature columns; with a dependent column no step moves "
-                f"the outputs by exactly the error. Use Pinv.truncated(), damped() or ridged() for an inexact step.")
-        filt = 1.0 / lam
-    elif pinv.kind == "truncate":
-        keep = s >= max(pinv.rtol * s[-1].item(), pinv.atol)
-        filt = torch.where(keep, 1.0 / lam.clamp_min(torch.finfo(lam.dtype).tiny), torch.zeros_like(lam))
-    elif pinv.kind == "damp":
-        filt = 1.0 / (s * (s + pinv.damping * s[-1])).clamp_min(torch.finfo(lam.dtype).tiny)
-        filt = torch.where(s > 0, filt, torch.zeros_like(filt))
-    else:  # ridge
-        if pinv.ridge == 0:
-            raise ValueError("Pinv.ridged needs ridge > 0; use Pinv.exact() for no damping")
-        filt = 1.0 / (lam + pinv.ridge)
-    coef = U @ (filt[:, None] * (U.T @ T.to(pinv.gram_dtype)))  # G^+ T, n x k
+        chol, info = torch.linalg.cholesky_ex(G)
+        if info.item() != 0:
+            raise _rank_error(where, n, m, "the Gram matrix is not numerically positive definite")
+        lam_min, lam_max = _extreme_eigenvalues(G, chol)
+        tol = _exact_tolerance(n, m, A.dtype, pinv.gram_dtype)
+        if lam_max <= 0 or lam_min <= (tol ** 2) * lam_max:
+            ratio = (max(lam_min, 0.0) / lam_max) ** 0.5 if lam_max > 0 else 0.0
+            raise _rank_error(where, n, m, f"smallest/largest singular value <= {ratio:.3g}, below the tolerance "
+                                           f"{tol:.3g} for {str(A.dtype).replace('torch.', '')} features")
+        coef = torch.cholesky_solve(Tg, chol)  # G^{-1} T
+    else:
+        lam, U = torch.linalg.eigh(G)
+        lam = lam.clamp_min(0)
+        s = lam.sqrt()
+        if s[-1] == 0:
+            raise RankDeficientError(f"{where}: the features are all zero; no step can change the outputs")
+        tiny = torch.finfo(lam.dtype).tiny
+        if pinv.kind == "truncate":
+            filt = torch.where(s >= max(pinv.rtol * s[-1].item(), pinv.atol), 1.0 / lam.clamp_min(tiny), 0.0)
+        elif pinv.kind == "damp":
+            filt = torch.where(s > 0, 1.0 / (s * (s + pinv.damping * s[-1])).clamp_min(tiny), 0.0)
+        else:  # ridge
+            if pinv.ridge == 0:
+                raise ValueError("Pinv.ridged needs ridge > 0; use Pinv.exact() for no damping")
+            filt = 1.0 / (lam + pinv.ridge)
+        coef = U @ (filt[:, None] * (U.T @ Tg))  # f(G) T
     return coef.to(A.dtype).T @ A
+
+
+def _through_half_layer(t_in: torch.Tensor, V: torch.Tensor, W: torch.Tensor, cache: HalfLayerCache):
+    """D_x[sigma(x V^T) W^T] t_in: how a half-layer's output moves when its input moves by t_in (n x d/2)."""
+    z = t_in @ V.T
+    if cache.activation == "relu":
+        # z * sigma'(Z) with sigma'(Z) = (A > 0): the kernel autograd uses for ReLU's backward pass.
+        z = torch.ops.aten.threshold_backward(z, cache.features[:, :cache.hidden], 0.0)
+    return z @ W.T
 
 
 def _split(D: torch.Tensor, has_bias: bool):
     return (D[:, :-1], D[:, -1]) if has_bias else (D, None)
 
 
-def _through_half_layer(t_in: torch.Tensor, V: torch.Tensor, W: torch.Tensor, cache: HalfLayerCache):
-    """D_x[sigma(x V^T) W^T] t_in: how a half-layer's output moves when its input moves by t_in (n x d/2)."""
-    z = t_in @ V.T
-    if cache.slope is not None:
-        z = z * cache.slope
-    return z @ W.T
-
-
 @torch.no_grad()
-def block_directions(model: RevMLP, caches, error: torch.Tensor, pinv: Pinv = Pinv(),
-                     generator: torch.Generator | None = None) -> list[dict[str, torch.Tensor]]:
-    """Each block's own GN step (eqs. 7-9): the list, block by block, of {parameter name: step}.
+def iter_block_directions(model: RevMLP, caches, error: torch.Tensor, pinv: Pinv = Pinv(),
+                          generator: torch.Generator | None = None) -> Iterator[dict[str, torch.Tensor]]:
+    """Each block's own GN step (eqs. 7-9), from the last block to the first, as {parameter name: step}.
 
-    caches: from `model.forward_with_features(x)`. error: n x C logit-space error. Block l's step alone
-    moves x_L by error @ R^T (and so the logits by `error`) to first order; it is the Moore-Penrose
-    solution for that block's Jacobian of x_L (the chapter explains why not of the logits).
+    caches: from `model.forward_with_features(x)`. error: n x C logit-space error. Block l's step alone moves
+    x_L by error @ R^T (and so the logits by `error`) to first order; it is the Moore-Penrose solution for
+    that block's Jacobian of x_L (the chapter explains why not of the logits). A block's weights are no longer
+    read once its step has been yielded, so a caller may apply it in place before asking for the next.
     """
     n = error.shape[0]
     if error.dim() != 2 or error.shape[1] != model.num_classes:
@@ -168,7 +206,6 @@ def block_directions(model: RevMLP, caches, error: torch.Tensor, pinv: Pinv = Pi
         raise FloatingPointError("the GN error contains NaN or inf; refusing to compute a step")
     t = error @ model.readout.T  # the smallest change of x_L that moves the logits by `error`
     half = model.width // 2
-    out: list[dict[str, torch.Tensor]] = [{} for _ in model.blocks]
     for l in reversed(range(model.depth)):
         block, (c1, c2) = model.blocks[l], caches[l]
         if c1.features.shape[0] != n:
@@ -177,16 +214,21 @@ def block_directions(model: RevMLP, caches, error: torch.Tensor, pinv: Pinv = Pi
         t1, t2 = t.split(half, dim=1)
         where = f"block {l + 1}/{model.depth}, half-layer"
         w1, b1 = _split(features_pinv(c1.features, t1, pinv, where=f"{where} 1", generator=generator), bias)
-        t2 = t2 - _through_half_layer(t1, block.V1, block.W2, c2)
+        t2 = t2 - _through_half_layer(t1, block.V1, block.W2, c2)  # T2 - M: the tangent through the inverse
         w2, b2 = _split(features_pinv(c2.features, t2, pinv, where=f"{where} 2", generator=generator), bias)
-        prefix = f"blocks.{l}."
-        out[l] = {prefix + "W1": w1, prefix + "W2": w2}
-        if bias:
-            out[l].update({prefix + "b1": b1, prefix + "b2": b2})
         if l > 0:
-            t1 = t1 - _through_half_layer(t2, block.V2, block.W1, c1)
-            t = torch.cat([t1, t2], dim=1)
-    return out
+            t = torch.cat([t1 - _through_half_layer(t2, block.V2, block.W1, c1), t2], dim=1)
+        prefix = f"blocks.{l}."
+        step = {prefix + "W1": w1, prefix + "W2": w2}
+        if bias:
+            step.update({prefix + "b1": b1, prefix + "b2": b2})
+        yield step
+
+
+def block_directions(model: RevMLP, caches, error: torch.Tensor, pinv: Pinv = Pinv(),
+                     generator: torch.Generator | None = None) -> list[dict[str, torch.Tensor]]:
+    """`iter_block_directions` as a list ordered from the first block to the last."""
+    return list(iter_block_directions(model, caches, error, pinv, generator))[::-1]
 
 
 def stack_blocks(directions: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

@@ -18,21 +18,18 @@ def _act(name: str, z: torch.Tensor) -> torch.Tensor:
     return torch.relu(z) if name == "relu" else z
 
 
-def _act_grad(name: str, z: torch.Tensor) -> torch.Tensor | None:
-    """sigma'(z) as a 0/1 mask for ReLU (the value at 0 is taken as 0, as autograd does); None for identity."""
-    return (z > 0).to(z.dtype) if name == "relu" else None
-
-
 @dataclass
 class HalfLayerCache:
     """What one half-layer keeps from the forward pass for the GN step.
 
-    features: A = sigma(Z), n x h (n x (h+1) with a column of ones when the block has biases);
-    slope: sigma'(Z), n x h, or None for the identity.
+    features: A = sigma(Z), n x h (n x (h+1) with a trailing column of ones when the block has biases).
+    activation: "relu" or "identity". For ReLU the slope sigma'(Z) is (A > 0) (sigma'(0) = 0, as autograd
+    has it), so it need not be stored.
     """
 
     features: torch.Tensor
-    slope: torch.Tensor | None
+    activation: str
+    hidden: int
 
 
 class RevBlock(nn.Module):
@@ -66,7 +63,7 @@ class RevBlock(nn.Module):
         cache = None
         if keep:
             feats = a if b is None else torch.cat([a, torch.ones_like(a[:, :1])], dim=1)
-            cache = HalfLayerCache(feats.detach(), _act_grad(act, z.detach()))
+            cache = HalfLayerCache(feats.detach(), act, self.hidden)
         return out, cache
 
     def forward(self, x: torch.Tensor, keep: bool = False):

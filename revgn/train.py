@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .gn import Pinv, block_directions, stack_blocks
+from .gn import Pinv, iter_block_directions
 from .gn_reference import matrix_free_gn_direction
 from .losses import accuracy, check_finite, get_loss
 from .models import RevMLP
@@ -118,8 +118,9 @@ class GaussNewton(Optimizer):
             logits, _, caches = model.forward_with_features(x)
             value = check_finite(loss(logits, y), "GN step")
             eps = loss.error(logits, y)
-            direction = stack_blocks(block_directions(model, caches, eps, self.pinv, self._generator))
-        apply_step(model, direction, self.lr)
+            # Apply each block's step (with the 1/L of eq. 10) as soon as the sweep is done with the block.
+            for step in iter_block_directions(model, caches, eps, self.pinv, self._generator):
+                apply_step(model, step, self.lr / model.depth)
         return value
 
     def describe(self) -> dict[str, Any]:

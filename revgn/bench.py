@@ -1,0 +1,155 @@
+"""Side-by-side timings and peak memory of one optimiser step on a RevMLP.
+
+Every optimiser runs on its own copy of the same model and batch; timings are taken in interleaved rounds
+(each round times every method once), so slow drifts of the machine hit all methods alike. Peak memory is
+measured in a fresh process per method on the CPU (the rise of the resident set over the step, read from
+Linux's resettable high-water mark) and with the allocator's statistics on CUDA.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .gn_reference import explicit_gn_direction, matrix_free_gn_direction
+from .losses import CrossEntropy
+from .models import RevMLP
+from .train import SGD, Adam, GaussNewton, Optimizer, apply_step
+
+
+@dataclass(frozen=True)
+class Shape:
+    d: int
+    h: int
+    depth: int
+    n: int
+    classes: int = 10
+
+    def __str__(self) -> str:
+        return f"d={self.d} h={self.h} L={self.depth} n={self.n}"
+
+    @property
+    def params(self) -> int:
+        return 2 * self.depth * (self.d // 2) * self.h
+
+
+class _CG(Optimizer):
+    """Matrix-free GN with a fixed number of CG iterations (timed per step; not run to convergence)."""
+
+    name = "gn-cg"
+
+    def __init__(self, iterations: int):
+        self.iterations = iterations
+
+    def step(self, model, x, y, loss):
+        with torch.no_grad():
+            eps = loss.error(model(x), y)
+        direction, _ = matrix_free_gn_direction(model, x, eps, maxiter=self.iterations, strict=False)
+        apply_step(model, direction, 1.0)
+        return 0.0
+
+
+class _Explicit(Optimizer):
+    name = "gn-explicit"
+
+    def step(self, model, x, y, loss):
+        with torch.no_grad():
+            eps = loss.error(model(x), y)
+        apply_step(model, explicit_gn_direction(model, x, eps), 1.0)
+        return 0.0
+
+
+def make_optimizer(name: str, cg_iterations: int = 10) -> Optimizer:
+    return {"gn": lambda: GaussNewton(1.0), "sgd": lambda: SGD(0.01), "adam": lambda: Adam(1e-4),
+            "gn-cg": lambda: _CG(cg_iterations), "gn-explicit": _Explicit}[name]()
+
+
+def make_problem(shape: Shape, device="cpu", dtype=torch.float32, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    model = RevMLP(shape.d, shape.classes, depth=shape.depth, hidden=shape.h, seed=seed, dtype=dtype, device=device)
+    x = torch.randn(shape.n, shape.d, generator=g, dtype=dtype).to(device)
+    y = torch.randint(0, shape.classes, (shape.n,), generator=g).to(device)
+    return model, x, y
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(shape: Shape, methods: list[str], repeats: int = 5, device="cpu", cg_iterations: int = 10,
+               seed: int = 0) -> dict[str, list[float]]:
+    """Seconds per step for each method: one warm-up step, then `repeats` interleaved rounds."""
+    model, x, y = make_problem(shape, device, seed=seed)
+    loss = CrossEntropy()
+    runs = {m: (copy.deepcopy(model), make_optimizer(m, cg_iterations)) for m in methods}
+    for m, (net, opt) in runs.items():
+        opt.setup(net, shape.n)
+        opt.step(net, x, y, loss)
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    for _ in range(repeats):
+        for m, (net, opt) in runs.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            opt.step(net, x, y, loss)
+            _sync(device)
+            times[m].append(time.perf_counter() - t0)
+    return times
+
+
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not found in /proc/self/status")
+
+
+def _step_peak_bytes_here(shape: Shape, method: str, device="cpu") -> int:
+    model, x, y = make_problem(shape, device)
+    opt = make_optimizer(method)
+    opt.setup(model, shape.n)
+    loss = CrossEntropy()
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        opt.step(model, x, y, loss)
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    base = _rss_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as fh:  # resets VmHWM to the current resident set
+        fh.write("5")
+    opt.step(model, x, y, loss)
+    return (_rss_kib("VmHWM") - base) * 1024
+
+
+def step_peak_bytes(shape: Shape, method: str, device="cpu") -> int:
+    """Peak extra memory of the first step of `method` (CPU: in a fresh process; CUDA: allocator stats)."""
+    if torch.device(device).type == "cuda":
+        return _step_peak_bytes_here(shape, method, device)
+    cmd = [sys.executable, "-m", "revgn.bench", "--memory-probe", method, "--shape",
+           json.dumps(asdict(shape))]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS":
+                                                                              str(torch.get_num_threads())})
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+if __name__ == "__main__":  # the memory probe run in a fresh process by `step_peak_bytes`
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--memory-probe", required=True)
+    parser.add_argument("--shape", required=True)
+    args = parser.parse_args()
+    print(_step_peak_bytes_here(Shape(**json.loads(args.shape)), args.memory_probe))
