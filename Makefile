@@ -17,7 +17,6 @@ ifeq ($(strip $(REVGN_DATA)),)
     export REVGN_DATA := $(abspath ../shared/data)
   endif
 endif
-export MPLBACKEND := Agg
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
 PARAMS := $(if $(SCALE),-p scale $(SCALE)) $(if $(DEVICE),-p device $(DEVICE)) $(if $(SEED),-y "seed: $(SEED)")

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .gn import Pinv
 from .gn_reference import explicit_gn_direction, matrix_free_gn_direction
 from .losses import CrossEntropy
 from .models import RevMLP
@@ -68,7 +69,8 @@ class _Explicit(Optimizer):
 
 
 def make_optimizer(name: str, cg_iterations: int = 10) -> Optimizer:
-    return {"gn": lambda: GaussNewton(1.0), "sgd": lambda: SGD(0.01), "adam": lambda: Adam(1e-4),
+    return {"gn": lambda: GaussNewton(1.0), "gn-f32gram": lambda: GaussNewton(1.0, Pinv(gram_dtype=torch.float32)),
+            "sgd": lambda: SGD(0.01), "adam": lambda: Adam(1e-4),
             "gn-cg": lambda: _CG(cg_iterations), "gn-explicit": _Explicit}[name]()
 
 
@@ -145,6 +147,26 @@ def step_peak_bytes(shape: Shape, method: str, device="cpu") -> int:
 
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
+
+
+def jacobian_bytes(shape: Shape, dtype=torch.float32) -> int:
+    """Memory of the explicit (n C) x p Jacobian."""
+    return shape.n * shape.classes * shape.params * torch.finfo(dtype).bits // 8
+
+
+def compare(shape: Shape, methods: list[str], repeats: int = 5, device="cpu", memory: tuple[str, ...] = (),
+            cg_iterations: int = 10) -> dict:
+    """One row of a benchmark table: median seconds per method, GN/other ratios, peak memory (bytes)."""
+    times = time_steps(shape, methods, repeats, device, cg_iterations)
+    row = {"shape": str(shape), "params": shape.params, **{f"{m}_s": median(t) for m, t in times.items()}}
+    for m in methods:
+        if m != "gn" and "gn" in methods:
+            row[f"gn/{m}"] = row["gn_s"] / row[f"{m}_s"]
+    for m in memory:
+        row[f"{m}_peak_bytes"] = step_peak_bytes(shape, m, device)
+    if "gn" in memory and "sgd" in memory:
+        row["gn/sgd_memory"] = row["gn_peak_bytes"] / row["sgd_peak_bytes"]
+    return row
 
 
 if __name__ == "__main__":  # the memory probe run in a fresh process by `step_peak_bytes`

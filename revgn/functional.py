@@ -11,8 +11,11 @@ Params = dict[str, torch.Tensor]
 
 
 def params_of(model: nn.Module) -> Params:
-    """The trained parameters, detached: the point a functional transform works around."""
-    return {k: v.detach() for k, v in model.named_parameters()}
+    """The trained parameters (requires_grad), detached: the point a functional transform works around.
+
+    Frozen parameters (a centering copy, a linearisation anchor) are left out and keep their values.
+    """
+    return {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
 
 
 def as_function(model: nn.Module, x: torch.Tensor, **kwargs) -> Callable[[Params], torch.Tensor]:

@@ -178,3 +178,71 @@ class RevMLP(nn.Module):
         p = sum(p.numel() for p in self.parameters())
         return (f"in={self.in_features}, d={self.width}, h={self.hidden}, L={self.depth}, C={self.num_classes}, "
                 f"first_activation={self.first_activation}, params={p:,}")
+
+
+# ------------------------------------------------------------------------------------------------ lazy-training models
+class TwoLayerReLU(nn.Module):
+    """f(x) = scale * sum_j b_j relu(a_j . x), the two-layer net of Chizat et al. (2019).
+
+    Args:
+        in_features: d. width: m hidden units (with symmetric=True, m is even and the second half mirrors the first).
+        init_scale: tau; a_j ~ N(0, tau^2 / d) and b_j ~ N(0, tau^2) (a 2-homogeneous model: scaling tau is
+            like an output scale alpha = tau^2).
+        output_scaling: "none" (scale 1), "ntk" (1/sqrt(m)) or "mean-field" (1/m).
+        symmetric: duplicate the hidden units and negate the copies' output weights, so f(w0) = 0
+            (centering (b)) while the tangent kernel is that of the full width.
+    Parameters: `a` (m x d) and `b` (m,), so `b[:, None] * a` are the units' positions plotted in the chapter.
+    """
+
+    def __init__(self, in_features: int, width: int, *, init_scale: float = 1.0, output_scaling: str = "none",
+                 symmetric: bool = True, bias: bool = False, seed: int = 0, dtype: torch.dtype = torch.float64):
+        super().__init__()
+        if output_scaling not in ("none", "ntk", "mean-field"):
+            raise ValueError(f"output_scaling must be 'none', 'ntk' or 'mean-field', got {output_scaling!r}")
+        if symmetric and width % 2:
+            raise ValueError(f"symmetric init needs an even width, got {width}")
+        g = torch.Generator().manual_seed(seed)
+        half = width // 2 if symmetric else width
+        a = torch.randn(half, in_features, generator=g, dtype=torch.float64) * init_scale / math.sqrt(in_features)
+        b = torch.randn(half, generator=g, dtype=torch.float64) * init_scale
+        if symmetric:
+            a, b = torch.cat([a, a]), torch.cat([b, -b])
+        self.a = nn.Parameter(a.to(dtype))
+        self.b = nn.Parameter(b.to(dtype))
+        self.scale = {"none": 1.0, "ntk": 1 / math.sqrt(width), "mean-field": 1 / width}[output_scaling]
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * (self.relu(x @ self.a.T) @ self.b)[:, None]
+
+
+class ConvNet(nn.Module):
+    """A VGG-style CNN without batch norm (BatchNorm's running statistics break torch.func transforms).
+
+    config: channels per 3x3 conv layer, "M" for 2x2 max-pooling, e.g. VGG11 = [64, "M", 128, "M", 256, 256,
+    "M", 512, 512, "M", 512, 512, "M"]. The feature map is averaged over space, then a linear layer gives the
+    logits. All nonlinearities are nn.ReLU modules, so `revgn.kernels.relu_patterns` sees them.
+    """
+
+    VGG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+
+    def __init__(self, config=(32, "M", 64, "M", 128, "M"), in_channels: int = 3, num_classes: int = 10,
+                 seed: int = 0, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        torch.manual_seed(seed)  # nn's default initialisers draw from the global generator
+        layers: list[nn.Module] = []
+        ch = in_channels
+        for item in config:
+            if item == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers += [nn.Conv2d(ch, int(item), 3, padding=1), nn.ReLU()]
+                ch = int(item)
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(ch, num_classes)
+        self.to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"ConvNet expects images (n, C, H, W), got shape {tuple(x.shape)}")
+        return self.head(self.features(x).mean(dim=(2, 3)))

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .gn import Pinv, iter_block_directions
 from .gn_reference import matrix_free_gn_direction
