@@ -36,8 +36,8 @@
 #
 # | chapter | claim | status |
 # |---|---|---|
+# | {doc}`01_lazy_training` | $\kappa$ predicts laziness; lazy nets generalise worse | in the book |
 # | {doc}`02_exact_gauss_newton` | the layer-wise GN step is an exact right inverse of the Jacobian, at roughly the cost of an SGD step | in the book |
-# | Lazy training and the scaling criterion | $\kappa$ predicts laziness; lazy nets generalise worse | planned |
 # | Iterative linearisation and damped GN | $K$ and GN damping interpolate between feature learning and kernel regression | planned |
 # | Exact GN experiments | GN is fast on each batch, stays lazy and generalises poorly | planned |
 # | When does exact GN generalise poorly? | a regime map of that claim | planned |

@@ -346,3 +346,28 @@ def load(name: str, split: str = "train", *, n: int | None = None, seed: int = 0
         x = x.reshape(len(x), -1)
     y = torch.from_numpy(labels.astype(np.int64))
     return Dataset(name, split, x.to(dtype=dtype, device=device), y.to(device), classes)
+
+
+# ------------------------------------------------------------------------------------------------ synthetic
+@dataclass(frozen=True)
+class TeacherStudent:
+    """Data from a two-layer ReLU teacher f*(x) = sum_j s_j relu(a*_j . x) (Chizat et al. 2019, Sec. 3).
+
+    teacher: (m0, d) unit-norm input weights a*_j; signs: (m0,) output weights s_j = +-1; inputs uniform on
+    the unit sphere. train, test: (x (n, d), y (n, 1)) pairs, float64.
+    """
+
+    teacher: torch.Tensor
+    signs: torch.Tensor
+    train: tuple[torch.Tensor, torch.Tensor]
+    test: tuple[torch.Tensor, torch.Tensor]
+
+
+def teacher_student(d: int, m0: int = 3, n_train: int = 1000, n_test: int = 1000, seed: int = 0) -> TeacherStudent:
+    g = torch.Generator().manual_seed(seed)
+    sphere = lambda n: torch.nn.functional.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=1)
+    teacher = sphere(m0)
+    signs = torch.tensor([(-1.0) ** j for j in range(m0)], dtype=torch.float64)
+    label = lambda x: (torch.relu(x @ teacher.T) @ signs)[:, None]
+    x, xt = sphere(n_train), sphere(n_test)
+    return TeacherStudent(teacher, signs, (x, label(x)), (xt, label(xt)))

@@ -18,6 +18,11 @@ def params_of(model: nn.Module) -> Params:
     return {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
 
 
+def snapshot(model: nn.Module) -> Params:
+    """A copy of the trained parameters that later training does not change (params_of shares storage)."""
+    return {k: v.clone() for k, v in params_of(model).items()}
+
+
 def as_function(model: nn.Module, x: torch.Tensor, **kwargs) -> Callable[[Params], torch.Tensor]:
     """f(params) = model(x, **kwargs) with `params` swapped in; buffers stay the model's."""
     return lambda p: functional_call(model, p, (x,), kwargs)

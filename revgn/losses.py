@@ -14,6 +14,8 @@ PyTorch's losses do by default; their learning rates are per-example-average rat
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -96,6 +98,6 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
 
 def check_finite(value: torch.Tensor, where: str) -> float:
     v = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
-    if not torch.isfinite(torch.tensor(v)):
+    if not math.isfinite(v):
         raise NonFiniteLossError(f"loss is {v} at {where}; stopping (lower the learning rate or regularise)")
     return v

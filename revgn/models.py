@@ -246,3 +246,21 @@ class ConvNet(nn.Module):
         if x.dim() != 4:
             raise ValueError(f"ConvNet expects images (n, C, H, W), got shape {tuple(x.shape)}")
         return self.head(self.features(x).mean(dim=(2, 3)))
+
+
+class MLP(nn.Module):
+    """A plain ReLU MLP (nn.ReLU modules, no normalisation): in_features -> hidden... -> num_classes."""
+
+    def __init__(self, in_features: int, num_classes: int, hidden=(128, 128), seed: int = 0,
+                 dtype: torch.dtype = torch.float32):
+        super().__init__()
+        torch.manual_seed(seed)
+        layers, width = [], in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        layers.append(nn.Linear(width, num_classes))
+        self.net = nn.Sequential(*layers).to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)

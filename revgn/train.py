@@ -48,11 +48,16 @@ class Optimizer:
 
 
 class FirstOrder(Optimizer):
-    """A torch.optim optimiser on the batch-mean loss (the gradient is taken with autograd, grad enabled)."""
+    """A torch.optim optimiser on the batch-mean loss (the gradient is taken with autograd, grad enabled).
 
-    def __init__(self, name: str, factory: Callable, lr: float, **kwargs):
-        self.name, self.lr, self.kwargs = name, _check_lr(lr), kwargs
-        self._factory, self._opt, self._model = factory, None, None
+    decay: beta of the schedule lr_t = lr / (1 + beta t), t the number of steps taken (0: constant).
+    """
+
+    def __init__(self, name: str, factory: Callable, lr: float, decay: float = 0.0, **kwargs):
+        if decay < 0:
+            raise ValueError(f"decay must be >= 0, got {decay}")
+        self.name, self.lr, self.decay, self.kwargs = name, _check_lr(lr), decay, kwargs
+        self._factory, self._opt, self._model, self._t = factory, None, None, 0
 
     def setup(self, model: nn.Module, batch_size: int) -> None:
         if self._model is model:
@@ -69,18 +74,22 @@ class FirstOrder(Optimizer):
             check_finite(value, f"{self.name} step")
             value.backward()
         self._opt.step()
+        self._t += 1
+        if self.decay:
+            for group in self._opt.param_groups:
+                group["lr"] = self.lr / (1 + self.decay * self._t)
         return value.item()
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "lr": self.lr, **self.kwargs}
+        return {"name": self.name, "lr": self.lr, "decay": self.decay, **self.kwargs}
 
 
-def SGD(lr: float, momentum: float = 0.0, weight_decay: float = 0.0) -> FirstOrder:
-    return FirstOrder("sgd", torch.optim.SGD, lr, momentum=momentum, weight_decay=weight_decay)
+def SGD(lr: float, momentum: float = 0.0, weight_decay: float = 0.0, decay: float = 0.0) -> FirstOrder:
+    return FirstOrder("sgd", torch.optim.SGD, lr, decay, momentum=momentum, weight_decay=weight_decay)
 
 
 def Adam(lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> FirstOrder:
-    return FirstOrder("adam", torch.optim.Adam, lr, betas=betas, eps=eps)
+    return FirstOrder("adam", torch.optim.Adam, lr, betas=betas, eps=eps)  # no decay: Adam as in the papers
 
 
 def apply_step(model: nn.Module, direction: dict[str, torch.Tensor], lr: float) -> None:
@@ -148,6 +157,67 @@ class MatrixFreeGaussNewton(Optimizer):
         return value
 
 
+class DampedGaussNewton(Optimizer):
+    """Levenberg-Marquardt, Delta = -J^T (J J^T + mu I)^{-1} eps, from the explicit Jacobian on the batch.
+
+    damping mu = 0 gives the minimum-norm GN step. For small models and batches (the Jacobian is formed);
+    see `revgn.damping` for the spectral-filter view.
+    """
+
+    name = "lm"
+
+    def __init__(self, lr: float = 1.0, damping: float = 0.0):
+        if not damping >= 0:
+            raise ValueError(f"damping must be >= 0, got {damping}")
+        self.lr, self.damping = _check_lr(lr), float(damping)
+
+    def step(self, model, x, y, loss) -> float:
+        from .damping import gn_filter, lm_filter, spectral_step
+
+        with torch.no_grad():
+            logits = model(x)
+            value = check_finite(loss(logits, y), "LM step")
+            eps = loss.error(logits, y)
+        phi = gn_filter if self.damping == 0 else (lambda lam: lm_filter(lam, self.damping))
+        # spectral_step returns -J^T phi(JJ^T) eps: the step to add.
+        apply_step(model, {k: -v for k, v in spectral_step(model, x, eps, phi).items()}, self.lr)
+        return value
+
+
+class IterativeLinearisation(Optimizer):
+    """Train `Linearized(net)` with an inner optimiser and re-anchor it every K steps (Goldwaser & Ge 2023).
+
+    Use it on a `revgn.linearize.Linearized` model: each step is the inner optimiser's step on the
+    linearised model around the current anchor; every K steps the anchor moves to the current parameters
+    (a "feature update"). K = 1 is plain (S)GD with the inner optimiser; K = inf never re-anchors, which is
+    training the linearisation at init (NTK-regime training).
+    """
+
+    name = "itlin"
+
+    def __init__(self, K: float, inner: Optimizer | None = None):
+        if not (K == float("inf") or (isinstance(K, int) and K >= 1)):
+            raise ValueError(f"K must be a positive integer or inf, got {K!r}")
+        self.K, self.inner, self._t = K, inner or SGD(0.1), 0
+
+    def setup(self, model: nn.Module, batch_size: int) -> None:
+        from .linearize import Linearized
+
+        if not isinstance(model, Linearized):
+            raise TypeError("IterativeLinearisation trains a revgn.linearize.Linearized model")
+        self.inner.setup(model, batch_size)
+
+    def step(self, model, x, y, loss) -> float:
+        value = self.inner.step(model, x, y, loss)
+        self._t += 1
+        if self.K != float("inf") and self._t % self.K == 0:
+            model.reanchor()
+        return value
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "K": self.K, "inner": self.inner.describe()}
+
+
 # ------------------------------------------------------------------------------------------------ loop
 @dataclass
 class History:
@@ -197,6 +267,7 @@ def _as_xy(data, device) -> tuple[torch.Tensor, torch.Tensor]:
 def train(model: nn.Module, optimizer: Optimizer, train_set, *, loss="ce", epochs: int = 1,
           batch_size: int | None = None, test_set=None, seed: int = 0, eval_train_size: int | None = None,
           track_batch_change: bool = False, metrics: dict[str, Callable[[nn.Module], float]] | None = None,
+          callbacks: list[Callable[[nn.Module, int], None]] | None = None, eval_every: int = 1,
           progress: bool = True, history: History | None = None) -> History:
     """Train `model` in place with `optimizer` and return the `History`.
 
@@ -208,11 +279,15 @@ def train(model: nn.Module, optimizer: Optimizer, train_set, *, loss="ce", epoch
             sees the same n).
         eval_train_size: evaluate the training loss on this many fixed training examples (None: all of them).
         track_batch_change: also record each batch's loss *after* its update (one more forward pass).
-        metrics: name -> f(model) evaluated at init and after every epoch.
+        metrics: name -> f(model), recorded at init and at every evaluation.
+        callbacks: f(model, epoch) called at init and at every evaluation (e.g. to take snapshots).
+        eval_every: evaluate every this many epochs (and after the last); for long full-batch runs.
         history: continue this history (its epochs are counted on).
     """
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
+    if eval_every < 1:
+        raise ValueError(f"eval_every must be >= 1, got {eval_every}")
     loss = get_loss(loss)
     device = next(model.parameters()).device
     x, y = _as_xy(train_set, device)
@@ -237,16 +312,23 @@ def train(model: nn.Module, optimizer: Optimizer, train_set, *, loss="ce", epoch
         with torch.no_grad():
             row.update({k: float(f(model)) for k, f in metrics.items()})
         hist.log(hist.epochs, **row)
+        for f in callbacks or ():
+            f(model, epoch)
 
     if start == 0:
         record(0)
     per_epoch = n_train // batch_size
     bar = tqdm(total=epochs * per_epoch, desc=optimizer.name, disable=not progress, mininterval=2.0, leave=False)
-    for epoch in range(start + 1, start + epochs + 1):
-        order = torch.randperm(n_train, generator=gen).to(device)
+    last = start + epochs
+    for epoch in range(start + 1, last + 1):
+        full_batch = batch_size == n_train  # then every step sees all examples: no shuffle needed
+        order = None if full_batch else torch.randperm(n_train, generator=gen).to(device)
         for b in range(per_epoch):
-            idx = order[b * batch_size:(b + 1) * batch_size]
-            xb, yb = x[idx], y[idx]
+            if order is None:
+                xb, yb = x, y
+            else:
+                idx = order[b * batch_size:(b + 1) * batch_size]
+                xb, yb = x[idx], y[idx]
             before = optimizer.step(model, xb, yb, loss)
             row = {"epoch": epoch, "loss": before}
             if track_batch_change:
@@ -254,7 +336,8 @@ def train(model: nn.Module, optimizer: Optimizer, train_set, *, loss="ce", epoch
                     row["loss_after"] = check_finite(loss(model(xb), yb), f"epoch {epoch} after step")
             hist.log(hist.steps, **row)
             bar.update()
-        record(epoch)
-        bar.set_postfix(loss=f"{hist.epochs['train_loss'][-1]:.3g}")
+        if (epoch - start) % eval_every == 0 or epoch == last:
+            record(epoch)
+            bar.set_postfix(loss=f"{hist.epochs['train_loss'][-1]:.3g}", refresh=False)
     bar.close()
     return hist

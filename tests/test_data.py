@@ -259,3 +259,13 @@ def test_real_cifar10_subset(monkeypatch):
     # The README's known first bytes of training image 0 (the frog), red channel.
     assert (train.x[0, 0, 0, :5] * 255).round().tolist() == [59, 43, 50, 68, 98]
     assert train.y[:10].tolist() == [6, 9, 9, 4, 1, 1, 2, 7, 8, 3]
+
+
+def test_teacher_student_data():
+    ts = data.teacher_student(5, 3, 40, 10, seed=2)
+    x, y = ts.train
+    assert x.shape == (40, 5) and y.shape == (40, 1) and ts.test[0].shape == (10, 5)
+    assert torch.allclose(x.norm(dim=1), torch.ones(40, dtype=torch.float64))
+    assert torch.allclose(ts.teacher.norm(dim=1), torch.ones(3, dtype=torch.float64))
+    assert torch.allclose(y[:, 0], torch.relu(x @ ts.teacher.T) @ ts.signs)
+    assert torch.equal(data.teacher_student(5, 3, 40, 10, seed=2).train[0], x)

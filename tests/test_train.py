@@ -129,3 +129,30 @@ def test_bad_shapes_and_sizes_are_refused():
         SquareLoss()(torch.zeros(4, 3), torch.zeros(5, dtype=torch.long))
     with pytest.raises(TypeError, match="needs a RevMLP"):
         train(nn.Linear(10, 3), GaussNewton(), (x.float(), y), progress=False)
+
+
+def test_sgd_decay_schedule_is_lr_over_one_plus_beta_t():
+    x, y = toy(n=32)
+    opt = SGD(0.4, decay=0.5)
+    train(model(), opt, (x, y), epochs=3, batch_size=32, progress=False)
+    assert opt._opt.param_groups[0]["lr"] == pytest.approx(0.4 / (1 + 0.5 * 3))
+    with pytest.raises(ValueError, match="decay"):
+        SGD(0.1, decay=-1)
+
+
+def test_eval_every_and_callbacks():
+    x, y = toy(n=32)
+    seen = []
+    h = train(model(), SGD(0.1), (x, y), epochs=7, eval_every=3, progress=False,
+              callbacks=[lambda m, epoch: seen.append(epoch)])
+    assert h.epochs["epoch"] == [0, 3, 6, 7] and seen == [0, 3, 6, 7]
+    assert len(h.steps["loss"]) == 7
+    with pytest.raises(ValueError, match="eval_every"):
+        train(model(), SGD(0.1), (x, y), eval_every=0, progress=False)
+
+
+def test_non_finite_check_sees_float64_overflow_of_float32():
+    from revgn.losses import check_finite
+    assert check_finite(torch.tensor(1e93, dtype=F64), "here") == 1e93  # finite in float64: not an error
+    with pytest.raises(NonFiniteLossError):
+        check_finite(torch.tensor(float("inf")), "here")

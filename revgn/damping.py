@@ -1,0 +1,58 @@
+"""Damped Gauss-Newton as spectral filters of the tangent kernel (Goldwaser & Ge 2023, Sec. 2 of the chapter).
+
+For the square loss with residual r = f - y and Jacobian J at the anchor, write J J^T = U diag(lambda) U^T.
+Every step below has the form Delta = -J^T U diag(phi(lambda)) U^T r, and differs only in its filter phi:
+
+    K steps of GD on the linearised loss (rate eta):  phi(lambda) = [1 - (1 - eta lambda)^K] / lambda     (eq. 3)
+    Levenberg-Marquardt, damping mu:                  phi(lambda) = 1 / (lambda + mu)                    (eq. 4)
+    exact (minimum-norm) GN:                          phi(lambda) = 1 / lambda                           (eq. 5)
+
+Relative to exact GN, K-step GD keeps the fraction 1 - (1 - eta lambda)^K of each eigendirection and LM the
+fraction lambda / (lambda + mu): both damp the small-eigenvalue directions first, and as K -> infinity or
+mu -> 0 both tend to exact GN, while K = 1 and mu -> infinity both become gradient steps.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .functional import Params, params_of, unflatten
+from .gn_reference import jacobian_matrix
+
+
+def kstep_gd_filter(lam: torch.Tensor, eta: float, K: float) -> torch.Tensor:
+    """phi for K steps of GD with rate eta (K = inf gives exact GN where eta lambda is in (0, 2))."""
+    if K == float("inf"):
+        return gn_filter(lam)
+    lam = lam.clamp_min(0)
+    x = eta * lam
+    # 1 - (1 - x)^K: through expm1/log1p where x is small (no cancellation; limit K x as x -> 0), and as a
+    # plain power elsewhere (1 - x may then be negative, which log1p cannot take).
+    small = x < 0.5
+    kept = torch.where(small, -torch.expm1(K * torch.log1p(-x.clamp(max=0.5))), 1 - torch.pow(1 - x, K))
+    return torch.where(lam > 0, kept / lam.clamp_min(1e-300), K * eta * torch.ones_like(lam))
+
+
+def lm_filter(lam: torch.Tensor, mu: float) -> torch.Tensor:
+    """phi for Levenberg-Marquardt damping mu > 0."""
+    if mu <= 0:
+        raise ValueError(f"LM damping must be positive, got {mu}; use gn_filter for mu = 0")
+    return 1.0 / (lam.clamp_min(0) + mu)
+
+
+def gn_filter(lam: torch.Tensor, rtol: float = 1e-12) -> torch.Tensor:
+    """phi for the minimum-norm GN step: 1/lambda on the range of J J^T, 0 on its null space."""
+    keep = lam > rtol * lam.max()
+    return torch.where(keep, 1.0 / lam.clamp_min(1e-300), torch.zeros_like(lam))
+
+
+def kernel_step(J: torch.Tensor, residual: torch.Tensor, phi) -> torch.Tensor:
+    """Delta = -J^T U phi(Lambda) U^T r for an explicit Jacobian J ((n O) x p) and residual r (n O)."""
+    lam, U = torch.linalg.eigh(J @ J.T)
+    return -J.T @ (U @ (phi(lam) * (U.T @ residual.reshape(-1))))
+
+
+def spectral_step(model: nn.Module, x: torch.Tensor, residual: torch.Tensor, phi) -> Params:
+    """`kernel_step` for a model's explicit Jacobian on x, as {parameter name: step} (small models only)."""
+    params = params_of(model)
+    return unflatten(kernel_step(jacobian_matrix(model, x, params), residual, phi), params)
