@@ -22,7 +22,7 @@ export PYDEVD_DISABLE_FILE_VALIDATION := 1
 PARAMS := $(if $(SCALE),-p scale $(SCALE)) $(if $(DEVICE),-p device $(DEVICE)) $(if $(SEED),-y "seed: $(SEED)")
 NBVAL  := --nbval-lax --nbval-current-env --nbval-sanitize-with chapters/nbval_sanitize.cfg
 
-.PHONY: book execute html test unit nbval venv clean
+.PHONY: book execute sync html test unit nbval venv clean
 
 book: execute html
 
@@ -43,6 +43,10 @@ execute: $(STAMP)
 	  $(BIN)/papermill --log-level WARNING -k python3 --cwd chapters $(PARAMS) $$ch.ipynb $$ch.ipynb \
 	    || { echo "FAILED: $$ch (the failing cell's traceback is above and in $$ch.ipynb)"; exit 1; }; \
 	done
+
+# After a Markdown-only edit: copy the sources' text into the notebooks, keeping the stored outputs.
+sync: $(STAMP)
+	@for ch in $(CHAPTERS); do $(BIN)/jupytext --quiet --update --to ipynb $$ch.py; done
 
 # Warnings are errors; --all so a stale page cannot hide a problem.
 html: $(STAMP)

@@ -37,10 +37,10 @@
 # | chapter | claim | status |
 # |---|---|---|
 # | {doc}`01_lazy_training` | $\kappa$ predicts laziness; lazy nets generalise worse | in the book |
-# | {doc}`02_exact_gauss_newton` | the layer-wise GN step is an exact right inverse of the Jacobian, at roughly the cost of an SGD step | in the book |
-# | Iterative linearisation and damped GN | $K$ and GN damping interpolate between feature learning and kernel regression | planned |
-# | Exact GN experiments | GN is fast on each batch, stays lazy and generalises poorly | planned |
-# | When does exact GN generalise poorly? | a regime map of that claim | planned |
+# | {doc}`02_iterative_linearisation` | $K$ and GN damping interpolate between feature learning and kernel regression | in the book |
+# | {doc}`03_exact_gauss_newton` | the layer-wise GN step is an exact right inverse of the Jacobian, at roughly the cost of an SGD step | in the book |
+# | Exact GN experiments | GN is fast on each batch, stays lazy and generalises poorly | planned (issue 6) |
+# | When does exact GN generalise poorly? | a regime map of that claim | planned (issue 7) |
 #
 # Each chapter reads like a paper section: a claim, its derivation, an experiment, a figure, and a plain
 # statement of whether the run reproduces the claim. All computing happens in the `revgn` library; the
@@ -61,9 +61,9 @@
 #
 # ```bash
 # make venv
-# .venv/bin/jupytext --to ipynb chapters/02_exact_gauss_newton.py
+# .venv/bin/jupytext --to ipynb chapters/03_exact_gauss_newton.py
 # .venv/bin/papermill -k python3 --cwd chapters -p scale paper -p device cuda \
-#     chapters/02_exact_gauss_newton.ipynb paper_run.ipynb
+#     chapters/03_exact_gauss_newton.ipynb paper_run.ipynb
 # ```
 #
 # or execute the whole book that way with `make book SCALE=paper DEVICE=cuda`. Long runs record their

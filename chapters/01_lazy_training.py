@@ -22,7 +22,8 @@
 #
 # This chapter reproduces those claims at book scale, and introduces the tools every later chapter uses
 # (`revgn.linearize`, `revgn.kernels`). Exact Gauss-Newton, the subject of the rest of the book, takes the
-# step the linearised model prescribes, so the lazy regime is where its behaviour should be read.
+# step the linearised model prescribes, so the lazy regime is where its behaviour should be read. The next
+# chapter connects the two through iterative linearisation.
 #
 # ## Setting
 #

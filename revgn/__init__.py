@@ -1,9 +1,11 @@
 """revgn: exact Gauss-Newton in reversible networks, lazy training and generalisation.
 
-Modules (one idea each): `data` (verified dataset loaders), `models` (RevMLP and friends), `gn` (the exact,
-tractable GN step and its reference routes), `losses` (losses and their GN errors), `train` (the one training
-loop and its optimisers), `book` (chapter setup), `utils` (seeding, atomic writes, run metadata).
+Modules (one idea each): `data` (verified dataset loaders), `models` (RevMLP and friends), `losses` (losses and
+their GN errors), `gn` (the exact, tractable GN step), `gn_reference` (explicit and matrix-free GN),
+`linearize` (linearisation, centering, output scaling), `kernels` (NTK, CKA, kappa), `damping` (GN as spectral
+filters), `train` (the one training loop and its optimisers), `lazy` and `itlin` (chapter experiments),
+`verify`, `bench`, `functional`, `book`, `utils`.
 """
-from . import book, data, utils
+from . import book, data, models, utils
 
 __version__ = "0.1.0"

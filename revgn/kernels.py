@@ -59,8 +59,11 @@ def ntk_vector_product(model: nn.Module, x: torch.Tensor, v: torch.Tensor, param
 
 
 def kernel_distance(K0: torch.Tensor, K1: torch.Tensor) -> float:
-    """1 - <K0, K1>_F / (||K0||_F ||K1||_F): 0 when the kernels are proportional (Fort et al. 2020)."""
-    return (1 - (K0 * K1).sum() / (K0.norm() * K1.norm())).item()
+    """1 - <K0, K1>_F / (||K0||_F ||K1||_F): 0 when the kernels are proportional (Fort et al. 2020).
+
+    Clamped at 0: for identical kernels rounding can otherwise give -1e-16.
+    """
+    return max(0.0, (1 - (K0 * K1).sum() / (K0.norm() * K1.norm())).item())
 
 
 def relative_kernel_change(K0: torch.Tensor, K1: torch.Tensor) -> float:

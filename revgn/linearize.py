@@ -67,13 +67,19 @@ class Linearized(nn.Module):
         out0, tangent = jvp(lambda p: functional_call(self._net[0], p, (x,), kwargs), (anchor,), (delta,))
         return out0 + tangent
 
-    def nonlinear(self) -> nn.Module:
-        """The wrapped network at the current parameters theta (a new module)."""
+    def network(self, at: str = "theta") -> nn.Module:
+        """The wrapped network (a new module) at the current parameters theta, or at the anchor.
+
+        The linearised model's tangent kernel is the network's NTK at the anchor.
+        """
+        if at not in ("theta", "anchor"):
+            raise ValueError(f"at must be 'theta' or 'anchor', got {at!r}")
+        values = self.current() if at == "theta" else self.anchor()
         net = copy.deepcopy(self._net[0])
         with torch.no_grad():
             for k, p in net.named_parameters():
-                if k in self._names:
-                    p.copy_(self.theta[_key(k)])
+                if k in values:
+                    p.copy_(values[k])
         return net
 
 

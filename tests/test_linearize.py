@@ -64,8 +64,8 @@ def test_linearized_module_trains_like_the_taylor_model_and_reanchors():
     assert {n for n, _ in lin.named_parameters()} == {f"theta.{k.replace('.', '__')}" for k in params_of(model)}
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in lin.parameters())
     lin.reanchor()
-    assert torch.allclose(lin(x), lin.nonlinear()(x), atol=1e-13)
-    assert not torch.allclose(lin.nonlinear()(x), model(x))
+    assert torch.allclose(lin(x), lin.network()(x), atol=1e-13)
+    assert not torch.allclose(lin.network()(x), model(x))
 
 
 @pytest.mark.parametrize("make,shape", [(mlp, (6, 5)), (cnn, (4, 2, 6, 6))], ids=["mlp", "cnn"])
