@@ -39,7 +39,9 @@
 # | {doc}`01_lazy_training` | $\kappa$ predicts laziness; lazy nets generalise worse | in the book |
 # | {doc}`02_iterative_linearisation` | $K$ and GN damping interpolate between feature learning and kernel regression | in the book |
 # | {doc}`03_exact_gauss_newton` | the layer-wise GN step is an exact right inverse of the Jacobian, at roughly the cost of an SGD step | in the book |
-# | Exact GN experiments | GN is fast on each batch, stays lazy and generalises poorly | planned (issue 6) |
+# | {doc}`04_gn_experiments` | exact GN is fast on each batch but saturates; Adam ends lower | in the book |
+# | {doc}`05_gn_lazy_regime` | GN keeps the network lazy: NTK, CKA, weights, and the criterion $\kappa$ | in the book |
+# | Exact GN: ablations and a damping continuum | regularised pseudo-inverses, no bottleneck, optimiser switches, init scale | planned (issue 6) |
 # | When does exact GN generalise poorly? | a regime map of that claim | planned (issue 7) |
 #
 # Each chapter reads like a paper section: a claim, its derivation, an experiment, a figure, and a plain

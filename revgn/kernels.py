@@ -49,10 +49,10 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = 
     return vmap(column)(basis).T
 
 
-def ntk_vector_product(model: nn.Module, x: torch.Tensor, v: torch.Tensor, params: Params | None = None):
-    """Theta(x, x) v = J (J^T v) for v shaped like the outputs on x."""
+def ntk_vector_product(model: nn.Module, x: torch.Tensor, v: torch.Tensor, params: Params | None = None, **kwargs):
+    """Theta(x, x) v = J (J^T v) for v shaped like the outputs on x (kwargs go to the model's forward)."""
     params = params_of(model) if params is None else params
-    f = as_function(model, x)
+    f = as_function(model, x, **kwargs)
     _, vjp_fn = vjp(f, params)
     (g,) = vjp_fn(v)
     return jvp(f, (params,), (g,))[1]
@@ -160,6 +160,8 @@ def kappa(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, max_iterations:
     estimated by power iteration from a seeded start (`jacobian_norm`, `hessian_norm`).
     """
     params = params_of(model)
+    if not params:
+        raise ValueError("kappa needs a model with trainable parameters (a frozen copy has none)")
     f = as_function(model, x)
     with torch.no_grad():
         residual = (f(params) - y).norm().item()

@@ -1,0 +1,64 @@
+"""Recorded runs are written once, atomically, and never silently replaced; experiment helpers say what they mean."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from revgn import gn_experiments as gx
+from revgn.data import Dataset
+from revgn.runs import load_recorded, recorded_run
+from revgn.train import History
+
+
+def fake_history(loss=(1.0, 0.5)):
+    h = History()
+    for e, l in enumerate(loss):
+        h.log(h.epochs, epoch=e, train_loss=l)
+    return h
+
+
+def test_recorded_run_runs_once_then_loads(tmp_path):
+    calls = []
+    make = lambda: calls.append(1) or fake_history()
+    path = tmp_path / "r" / "run.json"
+    a = recorded_run(path, {"lr": 0.1, "seed": 0}, make)
+    b = recorded_run(path, {"seed": 0, "lr": 0.1}, make)
+    assert len(calls) == 1 and a.epochs == b.epochs
+    stored = json.loads(path.read_text())
+    assert {"date", "device", "commit", "torch"} <= set(stored["meta"])
+    hist, meta = load_recorded(path)
+    assert hist.epochs == a.epochs and meta["commit"] == stored["meta"]["commit"]
+    assert load_recorded(tmp_path / "absent.json") is None
+
+
+def test_recorded_run_refuses_another_configuration(tmp_path):
+    path = tmp_path / "run.json"
+    recorded_run(path, {"lr": 0.1}, fake_history)
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match="another configuration"):
+        recorded_run(path, {"lr": 0.2}, fake_history)
+    assert path.read_bytes() == before
+
+
+def test_an_interrupted_run_leaves_nothing(tmp_path):
+    def crash():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        recorded_run(tmp_path / "run.json", {"lr": 0.1}, crash)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_split_saturation_and_batch_drop():
+    ds = Dataset("toy", "train", torch.arange(10.0)[:, None], torch.arange(10) % 3, ("a", "b", "c"))
+    tr, val = gx.split(ds, 3)
+    assert len(tr) == 7 and len(val) == 3 and torch.equal(val.x[:, 0], torch.tensor([7.0, 8.0, 9.0]))
+    with pytest.raises(ValueError):
+        gx.split(ds, 10)
+    assert gx.saturation(fake_history((4.0, 2.0, 1.0, 1.0)), last=1) == 0.0
+    assert gx.saturation(fake_history((4.0, 2.0, 1.0)), last=2) == 0.75
+    h = History()
+    h.log(h.steps, epoch=1, loss=2.0, loss_after=0.5)
+    assert gx.batch_loss_drop(h).tolist() == [75.0]
