@@ -41,7 +41,7 @@
 # | {doc}`03_exact_gauss_newton` | the layer-wise GN step is an exact right inverse of the Jacobian, at roughly the cost of an SGD step | in the book |
 # | {doc}`04_gn_experiments` | exact GN is fast on each batch but saturates; Adam ends lower | in the book |
 # | {doc}`05_gn_lazy_regime` | GN keeps the network lazy: NTK, CKA, weights, and the criterion $\kappa$ | in the book |
-# | Exact GN: ablations and a damping continuum | regularised pseudo-inverses, no bottleneck, optimiser switches, init scale | planned (issue 6) |
+# | {doc}`06_gn_ablations` | regularised pseudo-inverses, no bottleneck, optimiser switches, init scale, learning rate; a damping continuum | in the book |
 # | When does exact GN generalise poorly? | a regime map of that claim | planned (issue 7) |
 #
 # Each chapter reads like a paper section: a claim, its derivation, an experiment, a figure, and a plain

@@ -41,7 +41,8 @@ class Pinv:
     - "exact":    f = 1/s^2. Refuses rank-deficient features (`RankDeficientError`): then no step is exact.
     - "truncate": f = 1/s^2 for s >= max(rtol * s_max, atol), else 0.
     - "damp":     f = 1/(s (s + damping * s_max)): every singular value of A shifted up by damping * s_max.
-    - "ridge":    f = 1/(s^2 + ridge): Tikhonov / Levenberg-Marquardt damping of the Gram matrix.
+    - "ridge":    f = 1/(s^2 + mu): Tikhonov / Levenberg-Marquardt damping of the Gram matrix, with mu = ridge,
+                  or mu = ridge * mean(s^2) when ridge_relative (one grid then fits every layer).
     - "noise":    A is replaced by A + noise * std(A) * N(0, 1) (fresh each step), then "exact".
 
     gram_dtype: dtype of the n x n Gram matrix and its eigendecomposition.
@@ -53,6 +54,7 @@ class Pinv:
     damping: float = 0.0
     ridge: float = 0.0
     noise: float = 0.0
+    ridge_relative: bool = False
     gram_dtype: torch.dtype = torch.float64
 
     def __post_init__(self):
@@ -75,8 +77,8 @@ class Pinv:
         return cls("damp", damping=damping)
 
     @classmethod
-    def ridged(cls, ridge: float) -> "Pinv":
-        return cls("ridge", ridge=ridge)
+    def ridged(cls, ridge: float, relative: bool = False) -> "Pinv":
+        return cls("ridge", ridge=ridge, ridge_relative=relative)
 
     @classmethod
     def noisy(cls, noise: float = 0.1) -> "Pinv":
@@ -171,7 +173,7 @@ def features_pinv(A: torch.Tensor, T: torch.Tensor, pinv: Pinv = Pinv(), *, wher
         else:  # ridge
             if pinv.ridge == 0:
                 raise ValueError("Pinv.ridged needs ridge > 0; use Pinv.exact() for no damping")
-            filt = 1.0 / (lam + pinv.ridge)
+            filt = 1.0 / (lam + pinv.ridge * (lam.mean() if pinv.ridge_relative else 1.0))
         coef = U @ (filt[:, None] * (U.T @ Tg))  # f(G) T
     return coef.to(A.dtype).T @ A
 

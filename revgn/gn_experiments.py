@@ -41,16 +41,30 @@ def split(data: Dataset, n_val: int) -> tuple[Dataset, Dataset]:
     return part(slice(0, cut), "train"), part(slice(cut, None), "val")
 
 
-def run(opt_name: str, lr: float, arch: Arch, train_set: Dataset, eval_set: Dataset, *, epochs: int,
-        batch_size: int | None, seed: int = 0, device="cpu", track_batch_change: bool = True,
-        eval_train_size: int | None = 2000) -> History:
-    """One run: a fresh RevMLP (seeded) trained by `opt_name` at `lr`; `eval_set` plays the test set."""
-    model = arch.build(train_set, seed, device)
-    hist = train(model, OPTIMISERS[opt_name](lr), train_set, test_set=eval_set, loss="ce", epochs=epochs,
-                 batch_size=batch_size, seed=seed, track_batch_change=track_batch_change,
-                 eval_train_size=eval_train_size, progress=False)
-    hist.config.update({"arch": vars(arch), "lr": lr, "dataset": train_set.name})
+def run(optimizer: str | Optimizer, lr: float | None, arch: Arch, train_set: Dataset, eval_set: Dataset, *,
+        epochs: int, batch_size: int | None, seed: int = 0, device="cpu", track_batch_change: bool = True,
+        eval_train_size: int | None = 2000, model=None, history: History | None = None, metrics=None) -> History:
+    """One run: a fresh RevMLP (seeded; or `model`, to continue one) trained by `optimizer`.
+
+    optimizer: a name in OPTIMISERS (then at `lr`) or an Optimizer instance. `eval_set` plays the test set.
+    """
+    model = arch.build(train_set, seed, device) if model is None else model
+    opt = OPTIMISERS[optimizer](lr) if isinstance(optimizer, str) else optimizer
+    hist = train(model, opt, train_set, test_set=eval_set, loss="ce", epochs=epochs, batch_size=batch_size, seed=seed,
+                 track_batch_change=track_batch_change, eval_train_size=eval_train_size, progress=False,
+                 history=history, metrics=metrics)
+    hist.config.update({"arch": vars(arch), "lr": lr if lr is not None else getattr(opt, "lr", None),
+                        "dataset": train_set.name})
+    hist.model = model  # the trained network, for measurements after the run
     return hist
+
+
+def switched(first: Optimizer, second: Optimizer, switch_epoch: int, arch: Arch, train_set: Dataset,
+             eval_set: Dataset, *, epochs: int, **kwargs) -> History:
+    """Train with `first` for `switch_epoch` epochs, then continue the same network with `second`."""
+    hist = run(first, None, arch, train_set, eval_set, epochs=switch_epoch, **kwargs)
+    return run(second, None, arch, train_set, eval_set, epochs=epochs - switch_epoch, model=hist.model,
+               history=hist, **kwargs)
 
 
 @dataclass

@@ -43,12 +43,16 @@ class RevBlock(nn.Module):
     """
 
     def __init__(self, half: int, hidden: int, *, bias: bool, init_std: float, activations: tuple[str, str],
-                 generator: torch.Generator, dtype: torch.dtype):
+                 generator: torch.Generator, dtype: torch.dtype, bottleneck: bool = True):
         super().__init__()
         self.half, self.hidden, self.activations = half, hidden, activations
         draw = lambda *shape: torch.randn(*shape, generator=generator, dtype=torch.float64).to(dtype)
-        self.register_buffer("V2", draw(hidden, half) / math.sqrt(hidden))
-        self.register_buffer("V1", draw(hidden, half) / math.sqrt(hidden))
+        if bottleneck:
+            self.register_buffer("V2", draw(hidden, half) / math.sqrt(hidden))
+            self.register_buffer("V1", draw(hidden, half) / math.sqrt(hidden))
+        else:  # no inverted bottleneck: sigma acts on the half-stream itself (h = d/2, V = I)
+            self.register_buffer("V2", torch.eye(half, dtype=dtype))
+            self.register_buffer("V1", torch.eye(half, dtype=dtype))
         self.W1 = nn.Parameter(draw(half, hidden) * init_std)
         self.W2 = nn.Parameter(draw(half, hidden) * init_std)
         self.b1 = nn.Parameter(torch.zeros(half, dtype=dtype)) if bias else None
@@ -99,6 +103,8 @@ class RevMLP(nn.Module):
         first_activation: activation of the first half-layer of the first block, "relu" (the paper's text)
             or "identity" (the public code). Every other half-layer uses ReLU.
         seed: seeds all random draws (W, V, readout, projection): the same seed gives the same network.
+        bottleneck: False removes the inverted bottleneck: V = I and h = d/2 (`hidden` is then ignored), the
+            paper's ablation. Exactness then needs n <= d/2.
 
     Readout: logits = x_L R with R a fixed random d x C matrix with orthonormal columns (R^T R = I), drawn
     from the QR factorisation of a Gaussian matrix. It is not trained. Because R^T R = I, a desired change e of
@@ -108,7 +114,7 @@ class RevMLP(nn.Module):
     def __init__(self, in_features: int, num_classes: int, *, depth: int = 2, hidden: int = 1024,
                  width: int | None = None, bias: bool = False, init_std: float = 1e-3,
                  first_activation: str = "relu", seed: int = 0, dtype: torch.dtype = torch.float32,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", bottleneck: bool = True):
         super().__init__()
         if depth < 1 or hidden < 1 or in_features < 1 or num_classes < 1:
             raise ValueError("depth, hidden, in_features and num_classes must be positive")
@@ -121,6 +127,7 @@ class RevMLP(nn.Module):
             raise ValueError(f"width d={width} must be even: the coupling layers split it into two halves")
         if num_classes > width:
             raise ValueError(f"the readout needs num_classes <= width, got {num_classes} > {width}")
+        hidden = hidden if bottleneck else width // 2
         self.in_features, self.num_classes, self.width, self.hidden = in_features, num_classes, width, hidden
         self.depth, self.first_activation, self.seed = depth, first_activation, seed
         g = torch.Generator().manual_seed(seed)
@@ -130,7 +137,7 @@ class RevMLP(nn.Module):
         else:
             self.embedding = None
         self.blocks = nn.ModuleList(
-            RevBlock(width // 2, hidden, bias=bias, init_std=init_std, generator=g, dtype=dtype,
+            RevBlock(width // 2, hidden, bias=bias, init_std=init_std, generator=g, dtype=dtype, bottleneck=bottleneck,
                      activations=(first_activation if i == 0 else "relu", "relu"))
             for i in range(depth))
         r, _ = torch.linalg.qr(torch.randn(width, num_classes, generator=g, dtype=torch.float64))

@@ -215,3 +215,24 @@ def test_odd_and_projected_inputs_are_handled_explicitly():
     assert Q.shape == (20, 10) and torch.allclose(Q.T @ Q, torch.eye(10, dtype=F64), atol=1e-12)
     R = proj.readout
     assert torch.allclose(R.T @ R, torch.eye(3, dtype=F64), atol=1e-12)
+
+
+def test_model_without_bottleneck_is_exact_for_n_up_to_half_width():
+    model = RevMLP(20, 3, depth=2, bottleneck=False, init_std=0.2, dtype=F64, seed=0)
+    assert model.hidden == 10 and torch.equal(model.blocks[0].V1, torch.eye(10, dtype=F64))
+    x = torch.randn(8, 20, dtype=F64)
+    eps = torch.randn(8, 3, dtype=F64)
+    assert jvp_residual(model, x, gn_direction(model, x, eps), eps) <= 1e-10
+    with pytest.raises(RankDeficientError, match="h=10 < n=12"):
+        gn_direction(model, torch.randn(12, 20, dtype=F64), torch.randn(12, 3, dtype=F64))
+
+
+def test_relative_ridge_scales_with_the_gram_spectrum():
+    g = torch.Generator().manual_seed(0)
+    A = torch.relu(torch.randn(6, 30, generator=g, dtype=F64))
+    T = torch.randn(6, 2, generator=g, dtype=F64)
+    mean_eig = torch.linalg.eigvalsh(A @ A.T).mean().item()
+    assert torch.allclose(features_pinv(A, T, Pinv.ridged(0.5, relative=True)),
+                          features_pinv(A, T, Pinv.ridged(0.5 * mean_eig)), atol=1e-12)
+    assert torch.allclose(features_pinv(3 * A, T, Pinv.ridged(0.5, relative=True)),
+                          features_pinv(A, T, Pinv.ridged(0.5, relative=True)) / 3, atol=1e-12)
