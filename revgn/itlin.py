@@ -8,7 +8,7 @@ import torch
 
 from .kernels import empirical_ntk, kernel_distance
 from .linearize import Linearized
-from .models import MLP
+from .models import MLP, ConvNet
 from .train import SGD, DampedGaussNewton, IterativeLinearisation, train
 
 
@@ -17,9 +17,22 @@ def feature_updates(K: float, steps: int) -> int:
     return 0 if K == math.inf else steps // int(K)
 
 
-def k_sweep(train_set, test_set, Ks, *, hidden=(64,), lr: float = 0.01, momentum: float = 0.9, epochs: int = 60,
+def mlp_factory(train_set, hidden=(64,)):
+    """The book-scale model: seed -> a ReLU MLP for `train_set`'s flattened inputs."""
+    return lambda seed: MLP(train_set.x.shape[1], train_set.num_classes, hidden=hidden, seed=seed)
+
+
+def lenet_factory(train_set):
+    """The paper-scale model: seed -> a small LeNet-like CNN (two conv layers of 6 and 16 channels)."""
+    return lambda seed: ConvNet((6, "M", 16, "M"), in_channels=train_set.x.shape[1], num_classes=train_set.num_classes,
+                                seed=seed)
+
+
+def k_sweep(train_set, test_set, Ks, *, make_model=None, lr: float = 0.01, momentum: float = 0.9, epochs: int = 60,
             batch_size: int = 100, seeds=(0, 1), probe: int = 20, eval_every: int = 5, device="cpu") -> dict:
-    """Train Linearized(MLP) with IterativeLinearisation(K, SGD) for each K and seed; square loss.
+    """Train Linearized(model) with IterativeLinearisation(K, SGD) for each K and seed; square loss.
+
+    make_model: seed -> network (default: `mlp_factory(train_set)`).
 
     Returns arrays (len(Ks), len(seeds)): "test_acc", "train_acc", "test_loss", "train_loss", and
     "kernel_distance" between the model's tangent kernel at the end (the NTK at its anchor) and at init, on
@@ -28,10 +41,11 @@ def k_sweep(train_set, test_set, Ks, *, hidden=(64,), lr: float = 0.01, momentum
     keys = ("test_acc", "train_acc", "test_loss", "train_loss", "kernel_distance")
     out = {k: np.zeros((len(Ks), len(seeds))) for k in keys}
     out["histories"] = []
+    make_model = make_model or mlp_factory(train_set)
     x_probe = train_set.x[:probe].to(device)
     for i, K in enumerate(Ks):
         for j, seed in enumerate(seeds):
-            net = MLP(train_set.x.shape[1], train_set.num_classes, hidden=hidden, seed=seed).to(device)
+            net = make_model(seed).to(device)
             kernel0 = empirical_ntk(net, x_probe)
             lin = Linearized(net)
             hist = train(lin, IterativeLinearisation(K, SGD(lr, momentum=momentum)), train_set, test_set=test_set,
@@ -45,7 +59,7 @@ def k_sweep(train_set, test_set, Ks, *, hidden=(64,), lr: float = 0.01, momentum
     return out
 
 
-def damping_sweep(train_set, test_set, dampings, *, hidden=(64,), lr: float = 1.0, epochs: int = 1,
+def damping_sweep(train_set, test_set, dampings, *, make_model=None, lr: float = 1.0, epochs: int = 1,
                   batch_size: int = 20, seed: int = 0, probe: int = 20, device="cpu") -> dict[str, np.ndarray]:
     """Levenberg-Marquardt (explicit Jacobian of each batch) at each damping mu; square loss.
 
@@ -54,10 +68,11 @@ def damping_sweep(train_set, test_set, dampings, *, hidden=(64,), lr: float = 1.
     """
     from .losses import NonFiniteLossError
 
+    make_model = make_model or mlp_factory(train_set)
     out = {k: [] for k in ("test_acc", "train_loss", "kernel_distance")}
     x_probe = train_set.x[:probe].to(device)
     for mu in dampings:
-        net = MLP(train_set.x.shape[1], train_set.num_classes, hidden=hidden, seed=seed).to(device)
+        net = make_model(seed).to(device)
         kernel0 = empirical_ntk(net, x_probe)
         try:
             hist = train(net, DampedGaussNewton(lr, float(mu)), train_set, test_set=test_set, loss="mse",

@@ -218,13 +218,14 @@ def test_odd_and_projected_inputs_are_handled_explicitly():
 
 
 def test_model_without_bottleneck_is_exact_for_n_up_to_half_width():
-    model = RevMLP(20, 3, depth=2, bottleneck=False, init_std=0.2, dtype=F64, seed=0)
-    assert model.hidden == 10 and torch.equal(model.blocks[0].V1, torch.eye(10, dtype=F64))
-    x = torch.randn(8, 20, dtype=F64)
-    eps = torch.randn(8, 3, dtype=F64)
+    model = RevMLP(40, 3, depth=2, bottleneck=False, init_std=0.2, dtype=F64, seed=0)
+    assert model.hidden == 20 and torch.equal(model.blocks[0].V1, torch.eye(20, dtype=F64))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 40, generator=g, dtype=F64)
+    eps = torch.randn(8, 3, generator=g, dtype=F64)
     assert jvp_residual(model, x, gn_direction(model, x, eps), eps) <= 1e-10
-    with pytest.raises(RankDeficientError, match="h=10 < n=12"):
-        gn_direction(model, torch.randn(12, 20, dtype=F64), torch.randn(12, 3, dtype=F64))
+    with pytest.raises(RankDeficientError, match="h=20 < n=24"):
+        gn_direction(model, torch.randn(24, 40, generator=g, dtype=F64), torch.randn(24, 3, generator=g, dtype=F64))
 
 
 def test_relative_ridge_scales_with_the_gram_spectrum():
