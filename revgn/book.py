@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import torch
 
@@ -45,9 +45,3 @@ def _style() -> None:
         "legend.frameon": False,
     })
 
-
-def fmt(x: Any, digits: int = 3) -> str:
-    """Round for printing in nbval-checked cells: fixed significant digits, no '-0'."""
-    x = float(x)
-    s = f"{x:.{digits}g}"
-    return "0" if s in ("-0", "0") else s
