@@ -42,7 +42,7 @@
 # | {doc}`04_gn_experiments` | exact GN is fast on each batch but saturates; Adam ends lower | in the book |
 # | {doc}`05_gn_lazy_regime` | GN keeps the network lazy: NTK, CKA, weights, and the criterion $\kappa$ | in the book |
 # | {doc}`06_gn_ablations` | regularised pseudo-inverses, no bottleneck, optimiser switches, init scale, learning rate; a damping continuum | in the book |
-# | When does exact GN generalise poorly? | a regime map of that claim | planned (issue 7) |
+# | {doc}`07_gn_regime_map` | where exact GN generalises worse than a tuned Adam: a regime map over data, widths, batch sizes, first block, init | in the book |
 #
 # Each chapter reads like a paper section: a claim, its derivation, an experiment, a figure, and a plain
 # statement of whether the run reproduces the claim. All computing happens in the `revgn` library; the

@@ -1,10 +1,12 @@
-"""Recorded runs: long experiments write their history once, atomically, with what is needed to trace them.
+"""Recorded runs: long experiments write their results once, atomically, with what is needed to trace them.
 
     hist = recorded_run(RESULTS / "gn" / "mnist-gn-seed0.json", config, lambda: train(...))
+    rec = recorded(RESULTS / "regime" / "point.json", config, lambda: {"test_acc": ...})
 
 If the file exists and holds the same configuration, it is loaded instead of rerun. An interrupted run
-leaves no file (the write is atomic), so the next call starts it again cleanly; a file whose configuration
-differs is never overwritten silently.
+leaves no file (the write is atomic), so the next call starts it again cleanly; a sweep made of many
+recorded pieces therefore resumes where it stopped. A file whose configuration differs is never
+overwritten silently.
 """
 from __future__ import annotations
 
@@ -22,8 +24,16 @@ def _canonical(config: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(config, sort_keys=True, default=str))
 
 
-def recorded_run(path: str | Path, config: dict[str, Any], run: Callable[[], History], device=None) -> History:
-    """Load the history recorded at `path` for `config`, or run it and record it (atomically)."""
+def recorded(path: str | Path | None, config: dict[str, Any], compute: Callable[[], dict[str, Any]],
+             device=None) -> dict[str, Any]:
+    """The JSON record stored at `path` for `config`, or `compute()` it and store it (atomically).
+
+    path None computes without storing (book-scale runs in a chapter leave the repository untouched).
+    The stored file is {"run_config": config, "meta": date/device/commit, "result": compute()}. The result is
+    returned as JSON reads it back (e.g. dict keys become strings) whether it was computed or loaded.
+    """
+    if path is None:
+        return _canonical(compute())
     path = Path(path)
     config = _canonical(config)
     if path.exists():
@@ -31,16 +41,22 @@ def recorded_run(path: str | Path, config: dict[str, Any], run: Callable[[], His
         if stored.get("run_config") != config:
             raise ValueError(f"{path} holds a run with another configuration; move it away or choose another path.\n"
                              f"  stored: {stored.get('run_config')}\n  asked:  {config}")
-        return History(stored["steps"], stored["epochs"], stored["config"])
-    hist = run()
-    atomic_write_json(path, {**hist.to_dict(), "run_config": config, "meta": run_metadata(device)})
-    return hist
+        return stored["result"]
+    result = _canonical(compute())
+    atomic_write_json(path, {"run_config": config, "meta": run_metadata(device), "result": result})
+    return result
 
 
-def load_recorded(path: str | Path) -> tuple[History, dict[str, Any]] | None:
-    """A recorded history and its metadata, or None when there is no such file."""
+def recorded_run(path: str | Path | None, config: dict[str, Any], run: Callable[[], History], device=None) -> History:
+    """Load the History recorded at `path` for `config`, or run it and record it (atomically)."""
+    d = recorded(path, config, lambda: run().to_dict(), device)
+    return History(d["steps"], d["epochs"], d["config"])
+
+
+def load_recorded(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """A recorded result and its metadata (date, device, commit), or None when there is no such file."""
     path = Path(path)
     if not path.exists():
         return None
     stored = json.loads(path.read_text())
-    return History(stored["steps"], stored["epochs"], stored["config"]), stored.get("meta", {})
+    return stored["result"], stored.get("meta", {})

@@ -8,7 +8,7 @@ import torch
 
 from revgn import gn_experiments as gx
 from revgn.data import Dataset
-from revgn.runs import load_recorded, recorded_run
+from revgn.runs import load_recorded, recorded, recorded_run
 from revgn.train import History
 
 
@@ -28,8 +28,8 @@ def test_recorded_run_runs_once_then_loads(tmp_path):
     assert len(calls) == 1 and a.epochs == b.epochs
     stored = json.loads(path.read_text())
     assert {"date", "device", "commit", "torch"} <= set(stored["meta"])
-    hist, meta = load_recorded(path)
-    assert hist.epochs == a.epochs and meta["commit"] == stored["meta"]["commit"]
+    result, meta = load_recorded(path)
+    assert result["epochs"] == a.epochs and meta["commit"] == stored["meta"]["commit"]
     assert load_recorded(tmp_path / "absent.json") is None
 
 
@@ -40,6 +40,25 @@ def test_recorded_run_refuses_another_configuration(tmp_path):
     with pytest.raises(ValueError, match="another configuration"):
         recorded_run(path, {"lr": 0.2}, fake_history)
     assert path.read_bytes() == before
+
+
+def test_a_sweep_of_recorded_pieces_resumes_where_it_stopped(tmp_path):
+    done = []
+
+    def piece(i):
+        if i == 2 and not done:
+            done.append("crashed once")
+            raise KeyboardInterrupt
+        return {"value": i * i}
+
+    sweep = lambda: [recorded(tmp_path / f"p{i}.json", {"i": i}, lambda i=i: piece(i)) for i in range(4)]
+    with pytest.raises(KeyboardInterrupt):
+        sweep()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p0.json", "p1.json"]
+    first = (tmp_path / "p0.json").read_bytes()
+    assert [r["value"] for r in sweep()] == [0, 1, 4, 9]
+    assert (tmp_path / "p0.json").read_bytes() == first  # finished pieces were loaded, not rerun
+    assert recorded(None, {"i": 0}, lambda: {"value": -1}) == {"value": -1}  # no path: nothing stored
 
 
 def test_an_interrupted_run_leaves_nothing(tmp_path):
