@@ -31,10 +31,11 @@
 #
 # | setting | book scale (this run) | paper scale |
 # |---|---|---|
-# | model | RevMLP, 2 blocks, $h=512$, ReLU everywhere, $W$ sd $10^{-3}$ | $h=8000$; MNIST 2 blocks (CIFAR-10: 6 in the paper) |
+# | model | RevMLP, 2 blocks, $h=512$, ReLU everywhere, $W$ sd $10^{-3}$ | $h=8000$; 2 blocks on MNIST, 6 on the full CIFAR-10 |
 # | full batch | 256 training images, 30 steps | 1024 images, 200 steps |
 # | mini-batch | $n=128$; MNIST 4,000 train / 1,000 val, CIFAR 3,000 / 1,000; 6 epochs | $n=1024$, full sets, 100 epochs |
-# | seeds | 2 at the chosen rates | 3 |
+# | learning rates | chosen from a grid (below) | the paper's |
+| seeds | 2 at the chosen rates | 3 |
 #
 # Book scale keeps $h\ge n$, which exactness requires. Cross-entropy throughout, with GN using the paper's
 # identity-Hessian error $\varepsilon=\mathrm{softmax}(z)-y$.
@@ -51,23 +52,39 @@ import numpy as np
 import revgn
 from revgn import data
 from revgn import gn_experiments as gx
+from revgn.runs import RESULTS, recorded_histories
 
 run = revgn.book.setup(scale, device, seed)
+PAPER_LRS = {("full batch", "MNIST"): dict(gn=0.5, sgd=0.1, adam=1e-4),  # the paper's rates (Sec. 5)
+             ("full batch", "CIFAR-10"): dict(gn=0.5, sgd=0.01, adam=1e-5),
+             ("mini-batch", "MNIST"): dict(gn=0.1, sgd=0.1, adam=1e-4),
+             ("mini-batch", "CIFAR-10"): dict(gn=0.1, sgd=0.01, adam=1e-4)}
+BOOK_GRIDS = {"gn": [0.1, 0.5, 1.0], "sgd": [0.01, 0.03, 0.1], "adam": [1e-5, 1e-4, 1e-3]}
 S = dict(
-    arch=run.pick(gx.Arch(depth=2, hidden=512), gx.Arch(depth=2, hidden=8000)),
+    arch={"MNIST": run.pick(gx.Arch(depth=2, hidden=512), gx.Arch(depth=2, hidden=8000)),
+          "CIFAR-10": run.pick(gx.Arch(depth=2, hidden=512), gx.Arch(depth=6, hidden=8000))},
     fb_n=run.pick(256, 1024), fb_steps=run.pick(30, 200),
     mb_n=run.pick(128, 1024), mb_epochs=run.pick(6, 100),
-    mnist_train=run.pick(5000, None), n_val=1000,
+    mnist_train=run.pick(5000, None), n_val=run.pick(1000, 5000),
     seeds=run.pick((0, 1), (0, 1, 2)),
-    grids={"gn": [0.1, 0.5, 1.0], "sgd": [0.01, 0.03, 0.1], "adam": [1e-5, 1e-4, 1e-3]},
+    store=run.pick(None, RESULTS / "gn_experiments"),  # paper scale: every run recorded, an interrupted chapter resumes
 )
+
+
+def lr_grid(phase: str, dataset: str, opt: str) -> list[float]:
+    """Book scale: a small grid to choose from. Paper scale: the paper's rate."""
+    return run.pick(BOOK_GRIDS[opt], [PAPER_LRS[phase, "CIFAR-10" if "CIFAR" in dataset else "MNIST"][opt]])
+
+
+cifar = run.pick("cifar10-subset", "cifar10")
 datasets = {
     "MNIST": (data.load("mnist", "train", n=S["mnist_train"], seed=run.seed, device=run.device),
               data.load("mnist", "test", n=run.pick(2000, None), seed=run.seed, device=run.device)),
-    "CIFAR-10 subset": (data.load("cifar10-subset", "train", device=run.device),
-                        data.load("cifar10-subset", "test", device=run.device)),
+    run.pick("CIFAR-10 subset", "CIFAR-10"): (data.load(cifar, "train", device=run.device),
+                                             data.load(cifar, "test", device=run.device)),
 }
-print({k: v for k, v in S.items() if k != "arch"}, S["arch"])
+arch_of = lambda name: S["arch"]["CIFAR-10" if "CIFAR" in name else "MNIST"]
+print({k: v for k, v in S.items() if k != "arch"}, S["arch"], sep="\n")
 
 # %% [markdown]
 # ## 1. Full batch
@@ -78,9 +95,10 @@ print({k: v for k, v in S.items() if k != "arch"}, S["arch"])
 full_batch = {}
 for name, (train_set, _) in datasets.items():
     fb = gx.split(train_set, len(train_set) - S["fb_n"])[0]  # the first fb_n images
-    kw = dict(arch=S["arch"], epochs=S["fb_steps"], batch_size=None, seed=run.seed, device=run.device)
-    chosen = {o: gx.select_lr(o, S["grids"][o], train_set=fb, val_set=fb, criterion="train_loss", **kw).lr
-              for o in gx.OPTIMISERS}
+    kw = dict(arch=arch_of(name), epochs=S["fb_steps"], batch_size=None, seed=run.seed, device=run.device,
+              store=S["store"])
+    chosen = {o: gx.select_lr(o, lr_grid("full batch", name, o), train_set=fb, val_set=fb, criterion="train_loss",
+                              **kw).lr for o in gx.OPTIMISERS}
     full_batch[name] = {o: gx.run(o, lr, train_set=fb, eval_set=fb, **kw) for o, lr in chosen.items()}
 
 # %% tags=["nbval-check-output"]
@@ -110,9 +128,9 @@ plt.show()
 selected, minibatch = {}, {}
 for name, (train_set, test_set) in datasets.items():
     tr, val = gx.split(train_set, S["n_val"])
-    kw = dict(arch=S["arch"], epochs=S["mb_epochs"], batch_size=S["mb_n"], device=run.device)
-    selected[name] = {o: gx.select_lr(o, S["grids"][o], train_set=tr, val_set=val, criterion="val_acc", seed=run.seed,
-                                      **kw) for o in gx.OPTIMISERS}
+    kw = dict(arch=arch_of(name), epochs=S["mb_epochs"], batch_size=S["mb_n"], device=run.device, store=S["store"])
+    selected[name] = {o: gx.select_lr(o, lr_grid("mini-batch", name, o), train_set=tr, val_set=val, criterion="val_acc",
+                                      seed=run.seed, **kw) for o in gx.OPTIMISERS}
     minibatch[name] = {o: [gx.run(o, sel.lr, train_set=tr, eval_set=test_set, seed=s, **kw) for s in S["seeds"]]
                        for o, sel in selected[name].items()}
 
@@ -188,4 +206,33 @@ for name, runs in minibatch.items():
 # The book-scale runs differ from the paper in width ($h=512$ vs 8000), batch size (128 vs 1024), data (4,000
 # vs 60,000 images) and length (6 vs 100 epochs). Saturation may need many more epochs, or a larger $n$
 # relative to the data. Issue 7's regime map is where the book will vary these factors one at a time.
-# `scale = "paper"` runs the paper's settings on a GPU; no paper-scale run has been recorded yet.
+# `scale = "paper"` runs the paper's settings on a GPU (below).
+#
+# ## Paper scale: recorded runs
+#
+# At `scale = "paper"` every run above is recorded under `results/gn_experiments/` with its date, device,
+# commit and configuration, and is loaded instead of rerun when the chapter is executed again, so an
+# interrupted execution resumes at the first unfinished run. This cell plots whatever has been recorded
+# there, at any scale, and says where each curve came from.
+
+# %%
+recorded = [(h, meta) for h, meta in recorded_histories(RESULTS / "gn_experiments")
+            if h.config.get("batch_size", 0) < h.config.get("n_train", 0)]  # the mini-batch runs
+if not recorded:
+    print("No paper-scale run is recorded under results/gn_experiments/ yet (no GPU has been lent to this "
+          "project so far).")
+else:
+    names = sorted({h.config["dataset"] for h, _ in recorded})
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.4), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for h, meta in recorded:
+            if h.config["dataset"] == name and "test_acc" in h.epochs:
+                ax.plot(h.epochs["epoch"], h.epochs["test_acc"],
+                        label=f"{h.config['optimizer']['name']} lr {h.config['lr']:g} seed {h.config['seed']}")
+        ax.set(title=name, xlabel="epoch", ylabel="test accuracy")
+        ax.legend(fontsize=7)
+    plt.show()
+    for h, meta in recorded:
+        print(f"{h.config['dataset']:10s} {h.config['optimizer']['name']:4s} seed {h.config['seed']}: final test acc "
+              f"{h.final('test_acc'):.3f}; recorded {meta.get('date')} on {meta.get('device')} at commit "
+              f"{meta.get('commit', '')[:10]}")

@@ -38,6 +38,8 @@ device = "auto"
 seed = 0
 
 # %%
+from dataclasses import replace
+
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -45,6 +47,7 @@ import revgn
 from revgn import data, laziness
 from revgn import gn_experiments as gx
 from revgn.gn import Pinv, RankDeficientError
+from revgn.runs import RESULTS
 from revgn.train import Adam, GaussNewton
 
 run = revgn.book.setup(scale, device, seed)
@@ -54,7 +57,9 @@ S = dict(n_train=run.pick(4000, 60000), arch=run.pick(gx.Arch(2, 512), gx.Arch(2
 train_set = data.load("mnist", "train", n=S["n_train"], seed=run.seed, device=run.device)
 test_set = data.load("mnist", "test", n=1000, seed=run.seed, device=run.device)
 kw = dict(train_set=train_set, eval_set=test_set, epochs=S["epochs"], batch_size=S["batch"], seed=run.seed,
-          device=run.device, track_batch_change=False, eval_train_size=1000)
+          device=run.device, track_batch_change=False, eval_train_size=1000,
+          store=run.pick(None, RESULTS / "gn_ablations"))  # paper scale: plain runs recorded, a rerun resumes
+unstored = {**kw, "store": None}  # runs that continue or inspect a given network are not recorded
 gn = lambda lr=S["gn_lr"], pinv=Pinv(): GaussNewton(lr, pinv)
 adam = lambda: Adam(S["adam_lr"])
 print({k: v for k, v in S.items() if k != "arch"}, S["arch"])
@@ -99,11 +104,11 @@ def guarded(make):
 
 
 other_runs = {
-    "GN, no bottleneck": guarded(lambda: gx.run(gn(), None, gx.Arch(2, 392), **kw, model=revgn.models.RevMLP(
+    "GN, no bottleneck": guarded(lambda: gx.run(gn(), None, gx.Arch(2, 392), **unstored, model=revgn.models.RevMLP(
         784, 10, depth=2, bottleneck=False, seed=run.seed, device=run.device))),
-    "Adam, no bottleneck": gx.run(adam(), None, gx.Arch(2, 392), **kw, model=revgn.models.RevMLP(
+    "Adam, no bottleneck": gx.run(adam(), None, gx.Arch(2, 392), **unstored, model=revgn.models.RevMLP(
         784, 10, depth=2, bottleneck=False, seed=run.seed, device=run.device)),
-    **{f"GN, W init sd {s:g}": gx.run(gn(), None, gx.Arch(2, 512, init_std=s), **kw) for s in (1e-2, 1e-1)},
+    **{f"GN, W init sd {s:g}": gx.run(gn(), None, replace(S["arch"], init_std=s), **kw) for s in (1e-2, 1e-1)},
     **{f"GN, lr {lr:g}": gx.run(gn(lr), None, S["arch"], **kw) for lr in (0.01, 0.03, 0.3, 1.0)},
     f"Adam -> GN at epoch {S['switch']}": gx.switched(adam(), gn(), S["switch"], S["arch"], **kw),
     f"GN -> Adam at epoch {S['switch']}": gx.switched(gn(), adam(), S["switch"], S["arch"], **kw),
@@ -132,7 +137,7 @@ for rho in S["ridges"]:
     model = S["arch"].build(train_set, run.seed, run.device)
     model0 = laziness.frozen_copy(model)
     pinv = Pinv() if rho == 0 else Pinv.ridged(rho, relative=True)
-    h = gx.run(gn(S["gn_lr"] * (1 + rho), pinv), None, S["arch"], model=model, **kw)
+    h = gx.run(gn(S["gn_lr"] * (1 + rho), pinv), None, S["arch"], model=model, **unstored)
     continuum[rho] = (h, laziness.ntk_kernel_distance(model0, model, train_set.x[:4]),
                       min(laziness.block_cka(model0, model, test_set.x[:500])))
 

@@ -6,7 +6,10 @@ never on the test set.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -41,15 +44,34 @@ def split(data: Dataset, n_val: int) -> tuple[Dataset, Dataset]:
     return part(slice(0, cut), "train"), part(slice(cut, None), "val")
 
 
-def run(optimizer: str | Optimizer, lr: float | None, arch: Arch, train_set: Dataset, eval_set: Dataset, *,
+def run(optimizer: str | Optimizer, lr: float | None, arch: Arch, train_set: Dataset, eval_set: Dataset | None, *,
         epochs: int, batch_size: int | None, seed: int = 0, device="cpu", track_batch_change: bool = True,
-        eval_train_size: int | None = 2000, model=None, history: History | None = None, metrics=None) -> History:
+        eval_train_size: int | None = 2000, model=None, history: History | None = None, metrics=None,
+        store: str | Path | None = None) -> History:
     """One run: a fresh RevMLP (seeded; or `model`, to continue one) trained by `optimizer`.
 
     optimizer: a name in OPTIMISERS (then at `lr`) or an Optimizer instance. `eval_set` plays the test set.
+    store: a directory; the run is then recorded there (`revgn.runs.recorded_run`) and loaded instead of rerun
+    when the same configuration was recorded before. Only fresh runs without metric callbacks can be stored,
+    and a stored run's History has no `model`.
     """
-    model = arch.build(train_set, seed, device) if model is None else model
     opt = OPTIMISERS[optimizer](lr) if isinstance(optimizer, str) else optimizer
+    if store is not None:
+        if model is not None or history is not None or metrics:
+            raise ValueError("only a fresh run without metric callbacks can be stored")
+        from .runs import recorded_run
+
+        config = {"optimizer": opt.describe(), "arch": vars(arch), "epochs": epochs, "batch_size": batch_size,
+                  "seed": seed, "track_batch_change": track_batch_change, "eval_train_size": eval_train_size,
+                  "train": [train_set.name, train_set.split, len(train_set)],
+                  "eval": None if eval_set is None else [eval_set.name, eval_set.split, len(eval_set)]}
+        digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        path = Path(store) / f"{train_set.name}-{opt.name}-lr{getattr(opt, 'lr', lr)}-seed{seed}-{digest}.json"
+        return recorded_run(path, config, lambda: run(opt, lr, arch, train_set, eval_set, epochs=epochs,
+                                                      batch_size=batch_size, seed=seed, device=device,
+                                                      track_batch_change=track_batch_change,
+                                                      eval_train_size=eval_train_size), device)
+    model = arch.build(train_set, seed, device) if model is None else model
     hist = train(model, opt, train_set, test_set=eval_set, loss="ce", epochs=epochs, batch_size=batch_size, seed=seed,
                  track_batch_change=track_batch_change, eval_train_size=eval_train_size, progress=False,
                  history=history, metrics=metrics)
@@ -61,7 +83,8 @@ def run(optimizer: str | Optimizer, lr: float | None, arch: Arch, train_set: Dat
 
 def switched(first: Optimizer, second: Optimizer, switch_epoch: int, arch: Arch, train_set: Dataset,
              eval_set: Dataset, *, epochs: int, **kwargs) -> History:
-    """Train with `first` for `switch_epoch` epochs, then continue the same network with `second`."""
+    """Train with `first` for `switch_epoch` epochs, then continue the same network with `second` (not stored)."""
+    kwargs.pop("store", None)
     hist = run(first, None, arch, train_set, eval_set, epochs=switch_epoch, **kwargs)
     return run(second, None, arch, train_set, eval_set, epochs=epochs - switch_epoch, model=hist.model,
                history=hist, **kwargs)
@@ -79,10 +102,12 @@ def select_lr(opt_name: str, lrs, arch: Arch, train_set: Dataset, val_set: Datas
               **kwargs) -> Selection:
     """Train at each lr; keep the best by `criterion`: "val_acc" (highest) or "train_loss" (lowest, full batch).
 
-    A run that diverges (non-finite loss) scores as the worst.
+    A run that diverges (non-finite loss) scores as the worst. A grid of one rate is returned without training.
     """
     from .losses import NonFiniteLossError
 
+    if len(lrs) == 1:
+        return Selection(lrs[0])
     scores = {}
     for lr in lrs:
         try:

@@ -60,3 +60,13 @@ def load_recorded(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]] | N
         return None
     stored = json.loads(path.read_text())
     return stored["result"], stored.get("meta", {})
+
+
+def recorded_histories(directory: str | Path) -> list[tuple[History, dict[str, Any]]]:
+    """Every History recorded (by `recorded_run`) in a directory, with its metadata, in file-name order."""
+    out = []
+    for path in sorted(Path(directory).glob("*.json")) if Path(directory).is_dir() else []:
+        result, meta = load_recorded(path)
+        if {"steps", "epochs", "config"} <= set(result):
+            out.append((History(result["steps"], result["epochs"], result["config"]), meta))
+    return out

@@ -8,7 +8,7 @@ import torch
 
 from revgn import gn_experiments as gx
 from revgn.data import Dataset
-from revgn.runs import load_recorded, recorded, recorded_run
+from revgn.runs import load_recorded, recorded, recorded_histories, recorded_run
 from revgn.train import History
 
 
@@ -81,3 +81,22 @@ def test_split_saturation_and_batch_drop():
     h = History()
     h.log(h.steps, epoch=1, loss=2.0, loss_after=0.5)
     assert gx.batch_loss_drop(h).tolist() == [75.0]
+
+
+def test_a_stored_experiment_run_is_recorded_once_and_listed(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    ds = Dataset("toy", "train", torch.randn(64, 8, generator=g), torch.randint(0, 3, (64,), generator=g), ("a", "b", "c"))
+    kw = dict(arch=gx.Arch(depth=1, hidden=32), train_set=ds, eval_set=ds, epochs=2, batch_size=16, store=tmp_path)
+    first = gx.run("gn", 0.5, **kw)
+    (path,) = tmp_path.iterdir()
+    stamp = path.stat().st_mtime_ns
+    again = gx.run("gn", 0.5, **kw)
+    assert again.epochs == first.epochs and path.stat().st_mtime_ns == stamp  # loaded, not rerun
+    fresh = gx.run("gn", 0.5, **{**kw, "store": None})
+    assert fresh.epochs["train_loss"] == pytest.approx(first.epochs["train_loss"], rel=1e-12)
+    gx.run("gn", 0.25, **kw)  # another rate: another file
+    assert [h.config["lr"] for h, meta in recorded_histories(tmp_path)] == [0.25, 0.5]
+    assert all(meta["commit"] for h, meta in recorded_histories(tmp_path))
+    assert recorded_histories(tmp_path / "absent") == []
+    with pytest.raises(ValueError, match="fresh run"):
+        gx.run("gn", 0.5, **kw, model=gx.Arch(depth=1, hidden=32).build(ds, 0))
