@@ -47,13 +47,16 @@ def split(data: Dataset, n_val: int) -> tuple[Dataset, Dataset]:
 def run(optimizer: str | Optimizer, lr: float | None, arch: Arch, train_set: Dataset, eval_set: Dataset | None, *,
         epochs: int, batch_size: int | None, seed: int = 0, device="cpu", track_batch_change: bool = True,
         eval_train_size: int | None = 2000, model=None, history: History | None = None, metrics=None,
-        store: str | Path | None = None) -> History:
+        store: str | Path | None = None, checkpoint: str | Path | None = None) -> History:
     """One run: a fresh RevMLP (seeded; or `model`, to continue one) trained by `optimizer`.
 
     optimizer: a name in OPTIMISERS (then at `lr`) or an Optimizer instance. `eval_set` plays the test set.
     store: a directory; the run is then recorded there (`revgn.runs.recorded_run`) and loaded instead of rerun
     when the same configuration was recorded before. Only fresh runs without metric callbacks can be stored,
-    and a stored run's History has no `model`.
+    and a stored run's History has no `model`. While it trains, a stored run keeps a checkpoint beside its
+    record, so that a run interrupted mid-way resumes from its last epoch (the checkpoint is removed once the
+    record is written).
+    checkpoint: a file for `revgn.train.train`'s checkpoint (resume an interrupted run).
     """
     opt = OPTIMISERS[optimizer](lr) if isinstance(optimizer, str) else optimizer
     if store is not None:
@@ -67,14 +70,17 @@ def run(optimizer: str | Optimizer, lr: float | None, arch: Arch, train_set: Dat
                   "eval": None if eval_set is None else [eval_set.name, eval_set.split, len(eval_set)]}
         digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
         path = Path(store) / f"{train_set.name}-{opt.name}-lr{getattr(opt, 'lr', lr)}-seed{seed}-{digest}.json"
-        return recorded_run(path, config, lambda: run(opt, lr, arch, train_set, eval_set, epochs=epochs,
+        ckpt = path.with_suffix(".ckpt")
+        hist = recorded_run(path, config, lambda: run(opt, lr, arch, train_set, eval_set, epochs=epochs,
                                                       batch_size=batch_size, seed=seed, device=device,
                                                       track_batch_change=track_batch_change,
-                                                      eval_train_size=eval_train_size), device)
+                                                      eval_train_size=eval_train_size, checkpoint=ckpt), device)
+        ckpt.unlink(missing_ok=True)
+        return hist
     model = arch.build(train_set, seed, device) if model is None else model
     hist = train(model, opt, train_set, test_set=eval_set, loss="ce", epochs=epochs, batch_size=batch_size, seed=seed,
                  track_batch_change=track_batch_change, eval_train_size=eval_train_size, progress=False,
-                 history=history, metrics=metrics)
+                 history=history, metrics=metrics, checkpoint=checkpoint)
     hist.config.update({"arch": vars(arch), "lr": lr if lr is not None else getattr(opt, "lr", None),
                         "dataset": train_set.name})
     hist.model = model  # the trained network, for measurements after the run

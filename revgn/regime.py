@@ -13,6 +13,7 @@ Everything returned is plain JSON, so that a sweep can record each point with `r
 """
 from __future__ import annotations
 
+import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -104,18 +105,20 @@ def _optimiser(name: str, lr: float, point: Point):
 
 
 def tune(name: str, lrs, point: Point, train_set, val_set, test_set, *, kernel_inputs: torch.Tensor,
-         kernel0: torch.Tensor, device="cpu") -> dict:
+         kernel0: torch.Tensor, device="cpu", checkpoints: Path | None = None) -> dict:
     """Train `name` ("gn" or "adam") at each lr; report the run with the best final validation accuracy.
 
     A run that diverges or meets rank-deficient features is recorded as failed (and cannot be chosen).
     kernel0: the empirical NTK at init on `kernel_inputs`, against which the chosen run's kernel is compared.
+    checkpoints: a directory for each run's checkpoint, so that an interrupted run resumes mid-way.
     """
     scores, best, best_model = {}, None, None
     for lr in lrs:
         try:
             hist = gx.run(_optimiser(name, lr, point), lr, point.arch, train_set, None, epochs=point.epochs,
                           batch_size=point.batch, seed=point.seed, device=device, track_batch_change=True,
-                          eval_train_size=2000, metrics=_heldout_metrics({"val": val_set, "test": test_set}))
+                          eval_train_size=2000, metrics=_heldout_metrics({"val": val_set, "test": test_set}),
+                          checkpoint=None if checkpoints is None else Path(checkpoints) / f"{name}-lr{lr}.ckpt")
         except (NonFiniteLossError, RankDeficientError) as err:
             scores[lr] = type(err).__name__
             continue
@@ -139,7 +142,7 @@ def tune(name: str, lrs, point: Point, train_set, val_set, test_set, *, kernel_i
 
 
 def measure(point: Point, lrs: dict[str, list[float]], *, n_val: int = 1000, n_test: int | None = 2000,
-            kernel_size: int = 16, device="cpu") -> dict:
+            kernel_size: int = 16, device="cpu", checkpoints: Path | None = None) -> dict:
     """Each optimiser in `lrs` ({"gn": [...], "adam": [...]}) tuned on validation at one point.
 
     Returns {"point": the settings, "gn": ..., "adam": ..., "gap": GN minus Adam test accuracy (None if either
@@ -155,7 +158,7 @@ def measure(point: Point, lrs: dict[str, list[float]], *, n_val: int = 1000, n_t
             out[name] = {"lr": None, "skipped": "GN failed at every rate"}
             continue
         out[name] = tune(name, grid, point, train_set, val_set, test_set, kernel_inputs=kernel_inputs,
-                         kernel0=kernel0, device=device)
+                         kernel0=kernel0, device=device, checkpoints=checkpoints)
     out["gap"] = gap(out, out)
     return out
 
@@ -181,7 +184,8 @@ def sweep(points: list[Point], lrs: dict[str, list[float]], store=None, progress
     """`measure` every point; with `store` (a directory), each point is recorded there as it finishes.
 
     A stored point with the same configuration is loaded instead of rerun, so an interrupted sweep resumes
-    at the first unfinished point (`revgn.runs.recorded`). kwargs go to `measure` (n_val, n_test, ...).
+    at the first unfinished point (`revgn.runs.recorded`), and within it at the last epoch of the unfinished
+    run (checkpoints in `<point>.partial/`, removed once the point is recorded). kwargs go to `measure`.
     """
     from tqdm import tqdm
 
@@ -190,6 +194,10 @@ def sweep(points: list[Point], lrs: dict[str, list[float]], store=None, progress
     out = []
     for p in tqdm(points, desc="regime map", disable=not progress):
         path = None if store is None else Path(store) / f"{p.key()}.json"
+        partial = None if path is None else path.with_suffix(".partial")
         config = {"point": asdict(p), "lrs": lrs, **{k: v for k, v in kwargs.items() if k != "device"}}
-        out.append(recorded(path, config, lambda p=p: measure(p, lrs, **kwargs), kwargs.get("device")))
+        out.append(recorded(path, config, lambda p=p: measure(p, lrs, checkpoints=partial, **kwargs),
+                            kwargs.get("device")))
+        if partial is not None and partial.exists():
+            shutil.rmtree(partial)
     return out

@@ -9,6 +9,7 @@ epoch, calls optional metric callbacks, shows a tqdm progress bar and returns a 
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from .gn import Pinv, iter_block_directions
 from .gn_reference import matrix_free_gn_direction
 from .losses import accuracy, check_finite, get_loss
 from .models import RevMLP
-from .utils import atomic_write_json
+from .utils import atomic_write_bytes, atomic_write_json
 
 
 def _check_lr(lr: float) -> float:
@@ -45,6 +46,13 @@ class Optimizer:
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, **{k: v for k, v in vars(self).items() if not k.startswith("_")}}
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs besides the model (moments, step counters, random generators)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore `state_dict()`; called after `setup` on the model being resumed."""
 
 
 class FirstOrder(Optimizer):
@@ -82,6 +90,14 @@ class FirstOrder(Optimizer):
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "lr": self.lr, "decay": self.decay, **self.kwargs}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self._opt.state_dict() if self._opt is not None else None, "t": self._t}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["optimizer"] is not None:
+            self._opt.load_state_dict(state["optimizer"])
+        self._t = state["t"]
 
 
 def SGD(lr: float, momentum: float = 0.0, weight_decay: float = 0.0, decay: float = 0.0) -> FirstOrder:
@@ -136,6 +152,12 @@ class GaussNewton(Optimizer):
         return {"name": self.name, "lr": self.lr, "pinv": self.pinv.kind, "rtol": self.pinv.rtol,
                 "atol": self.pinv.atol, "damping": self.pinv.damping, "ridge": self.pinv.ridge,
                 "noise": self.pinv.noise}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self._generator.get_state()}  # draws the noise of Pinv.noisy
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._generator.set_state(state["generator"])
 
 
 class MatrixFreeGaussNewton(Optimizer):
@@ -217,6 +239,13 @@ class IterativeLinearisation(Optimizer):
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "K": self.K, "inner": self.inner.describe()}
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"t": self._t, "inner": self.inner.state_dict()}  # the anchor is a buffer of the model
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._t = state["t"]
+        self.inner.load_state_dict(state["inner"])
+
 
 # ------------------------------------------------------------------------------------------------ loop
 @dataclass
@@ -257,6 +286,29 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss, chunk: in
     return total / len(x), correct / len(x)
 
 
+def _save_checkpoint(path: Path, model, optimizer, hist: History, gen: torch.Generator, epoch: int, last: int):
+    buffer = io.BytesIO()
+    torch.save({"epoch": epoch, "last": last, "config": json.dumps(hist.config, sort_keys=True, default=str),
+                "history": json.dumps(hist.to_dict()), "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "generator": gen.get_state()}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _resume(path: Path, model, optimizer, hist: History, gen: torch.Generator, last: int):
+    """Load a checkpoint into model, optimiser and generator; return its history and epoch."""
+    state = torch.load(path, map_location="cpu", weights_only=True)  # tensors are copied to the model's device
+    config = json.dumps(hist.config, sort_keys=True, default=str)
+    if state["config"] != config or state["last"] != last:
+        raise ValueError(f"checkpoint {path} is from another run (configuration or epochs differ); delete it to "
+                         f"start afresh.\n  stored: {state['config']}, {state['last']} epochs\n  asked:  {config}, "
+                         f"{last} epochs")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    gen.set_state(state["generator"])
+    d = json.loads(state["history"])
+    return History(d["steps"], d["epochs"], d["config"]), state["epoch"]
+
+
 def _as_xy(data, device) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = (data.x, data.y) if hasattr(data, "x") else data
     if len(x) != len(y):
@@ -268,7 +320,7 @@ def train(model: nn.Module, optimizer: Optimizer, train_set, *, loss="ce", epoch
           batch_size: int | None = None, test_set=None, seed: int = 0, eval_train_size: int | None = None,
           track_batch_change: bool = False, metrics: dict[str, Callable[[nn.Module], float]] | None = None,
           callbacks: list[Callable[[nn.Module, int], None]] | None = None, eval_every: int = 1,
-          progress: bool = True, history: History | None = None) -> History:
+          progress: bool = True, history: History | None = None, checkpoint: str | Path | None = None) -> History:
     """Train `model` in place with `optimizer` and return the `History`.
 
     Args:
@@ -283,6 +335,11 @@ def train(model: nn.Module, optimizer: Optimizer, train_set, *, loss="ce", epoch
         callbacks: f(model, epoch) called at init and at every evaluation (e.g. to take snapshots).
         eval_every: evaluate every this many epochs (and after the last); for long full-batch runs.
         history: continue this history (its epochs are counted on).
+        checkpoint: a file. After every evaluation the model, the optimiser's state, the history and the
+            shuffling generator are written there atomically. If the file exists when training starts, the run
+            resumes from it and continues exactly as if it had not been interrupted (a finished checkpoint
+            returns at once). It must come from the same configuration and target epoch, else ValueError.
+            The file is a torch archive read with `weights_only=True` (never unpickled).
     """
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
@@ -303,6 +360,13 @@ def train(model: nn.Module, optimizer: Optimizer, train_set, *, loss="ce", epoch
                                       "batch_size": batch_size, "seed": seed, "n_train": n_train})
     start = hist.epochs["epoch"][-1] if hist.epochs["epoch"] else 0
     gen = torch.Generator().manual_seed(seed + 1_000_003 * start)
+    last = start + epochs
+    if checkpoint is not None:
+        if history is not None:
+            raise ValueError("use either history (to continue a run) or checkpoint (to resume one), not both")
+        checkpoint = Path(checkpoint)
+        if checkpoint.exists():
+            hist, start = _resume(checkpoint, model, optimizer, hist, gen, last)
 
     def record(epoch: int) -> None:
         tr_loss, tr_acc = evaluate(model, x_eval, y_eval, loss)
@@ -312,14 +376,16 @@ def train(model: nn.Module, optimizer: Optimizer, train_set, *, loss="ce", epoch
         with torch.no_grad():
             row.update({k: float(f(model)) for k, f in metrics.items()})
         hist.log(hist.epochs, **row)
+        if checkpoint is not None and epoch > 0:  # before the callbacks: a failing callback loses no epoch
+            _save_checkpoint(checkpoint, model, optimizer, hist, gen, epoch, last)
         for f in callbacks or ():
             f(model, epoch)
 
     if start == 0:
         record(0)
     per_epoch = n_train // batch_size
-    bar = tqdm(total=epochs * per_epoch, desc=optimizer.name, disable=not progress, mininterval=2.0, leave=False)
-    last = start + epochs
+    bar = tqdm(total=(last - start) * per_epoch, desc=optimizer.name, disable=not progress, mininterval=2.0,
+               leave=False)
     for epoch in range(start + 1, last + 1):
         full_batch = batch_size == n_train  # then every step sees all examples: no shuffle needed
         order = None if full_batch else torch.randperm(n_train, generator=gen).to(device)

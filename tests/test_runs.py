@@ -100,3 +100,25 @@ def test_a_stored_experiment_run_is_recorded_once_and_listed(tmp_path):
     assert recorded_histories(tmp_path / "absent") == []
     with pytest.raises(ValueError, match="fresh run"):
         gx.run("gn", 0.5, **kw, model=gx.Arch(depth=1, hidden=32).build(ds, 0))
+
+
+def test_an_interrupted_stored_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    g = torch.Generator().manual_seed(1)
+    ds = Dataset("toy", "train", torch.randn(64, 8, generator=g), torch.randint(0, 3, (64,), generator=g), ("a", "b", "c"))
+    kw = dict(arch=gx.Arch(depth=1, hidden=32), train_set=ds, eval_set=ds, epochs=3, batch_size=16, store=tmp_path)
+    real_train = gx.train
+
+    def crash_after_epoch_1(*args, **kwargs):
+        def crash(_, epoch):
+            if epoch == 1:
+                raise KeyboardInterrupt
+        return real_train(*args, **kwargs, callbacks=[crash])
+
+    monkeypatch.setattr(gx, "train", crash_after_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        gx.run("adam", 1e-2, **kw)
+    assert [p.suffix for p in tmp_path.iterdir()] == [".ckpt"]  # no record, the checkpoint of epoch 1
+    monkeypatch.setattr(gx, "train", real_train)
+    resumed = gx.run("adam", 1e-2, **kw)
+    assert [p.suffix for p in tmp_path.iterdir()] == [".json"]  # recorded; the checkpoint is gone
+    assert resumed.epochs == gx.run("adam", 1e-2, **{**kw, "store": None}).epochs

@@ -156,3 +156,47 @@ def test_non_finite_check_sees_float64_overflow_of_float32():
     assert check_finite(torch.tensor(1e93, dtype=F64), "here") == 1e93  # finite in float64: not an error
     with pytest.raises(NonFiniteLossError):
         check_finite(torch.tensor(float("inf")), "here")
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("make_opt", [lambda: Adam(1e-2), lambda: SGD(0.1, momentum=0.9, decay=0.01),
+                                      lambda: GaussNewton(0.5, Pinv.noisy(0.1), seed=3)],
+                         ids=["adam", "sgd-momentum-decay", "gn-noisy"])
+def test_a_run_resumed_from_its_checkpoint_is_the_uninterrupted_run(tmp_path, make_opt):
+    x, y = toy()
+    kw = dict(loss="ce", epochs=4, batch_size=16, seed=5, progress=False, test_set=(x[:20], y[:20]))
+    whole = model()
+    ref = train(whole, make_opt(), (x, y), **kw)
+
+    def crash_at_epoch_2(_, epoch):
+        if epoch == 2:
+            raise Interrupt
+
+    ckpt = tmp_path / "run.ckpt"
+    with pytest.raises(Interrupt):
+        train(model(), make_opt(), (x, y), checkpoint=ckpt, callbacks=[crash_at_epoch_2], **kw)
+    resumed_model = model()  # a fresh process: fresh network and optimiser, only the checkpoint survives
+    resumed = train(resumed_model, make_opt(), (x, y), checkpoint=ckpt, **kw)
+    assert resumed.steps == ref.steps and resumed.epochs == ref.epochs
+    for p, q in zip(resumed_model.parameters(), whole.parameters()):
+        assert torch.equal(p, q)
+    # a finished checkpoint returns at once, with the same history and network
+    again_model = model()
+    again = train(again_model, make_opt(), (x, y), checkpoint=ckpt, **kw)
+    assert again.epochs == ref.epochs and all(torch.equal(p, q) for p, q in zip(again_model.parameters(),
+                                                                                 whole.parameters()))
+
+
+def test_a_checkpoint_from_another_run_is_refused(tmp_path):
+    x, y = toy()
+    ckpt = tmp_path / "run.ckpt"
+    train(model(), Adam(1e-2), (x, y), epochs=1, batch_size=16, progress=False, checkpoint=ckpt)
+    before = ckpt.read_bytes()
+    with pytest.raises(ValueError, match="another run"):
+        train(model(), Adam(3e-2), (x, y), epochs=1, batch_size=16, progress=False, checkpoint=ckpt)
+    with pytest.raises(ValueError, match="another run"):
+        train(model(), Adam(1e-2), (x, y), epochs=2, batch_size=16, progress=False, checkpoint=ckpt)
+    assert ckpt.read_bytes() == before
