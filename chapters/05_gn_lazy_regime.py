@@ -51,7 +51,7 @@ import revgn
 from revgn import data, laziness
 from revgn.kernels import kappa
 from revgn.models import RevMLP
-from revgn.runs import RESULTS, recorded
+from revgn.runs import RESULTS, provenance, recorded
 from revgn.train import SGD, Adam, GaussNewton, History, train
 
 run = revgn.book.setup(scale, device, seed)
@@ -106,6 +106,13 @@ for ax, (key, title) in zip(axes, panels):
     ax.set(xlabel="epoch", title=title)
 axes[0].legend()
 plt.show()
+
+# %% [markdown]
+# At `scale = "paper"` the runs above are recorded in `results/gn_lazy_regime/` (and loaded from there when the chapter
+# is executed again). What is recorded there, and where it came from:
+
+# %%
+print(provenance(RESULTS / "gn_lazy_regime"))
 
 # %% [markdown]
 # ## What the measurements say

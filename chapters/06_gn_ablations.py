@@ -49,7 +49,7 @@ import revgn
 from revgn import data, laziness
 from revgn import gn_experiments as gx
 from revgn.gn import Pinv, RankDeficientError
-from revgn.runs import RESULTS
+from revgn.runs import RESULTS, provenance
 from revgn.train import Adam, GaussNewton
 
 run = revgn.book.setup(scale, device, seed)
@@ -173,6 +173,13 @@ ax.set(xlabel=r"relative ridge $\rho$ (leftmost: exact GN, $\rho=0$)", ylabel="t
 ax2.set_ylabel("NTK kernel distance from init", color="C1")
 ax2.grid(False)
 plt.show()
+
+# %% [markdown]
+# At `scale = "paper"` the plain runs above are recorded in `results/gn_ablations/` (and loaded from there
+# when the chapter is executed again). What is recorded there, and where it came from:
+
+# %%
+print(provenance(RESULTS / "gn_ablations"))
 
 # %% [markdown]
 # ## What the ablations say at book scale

@@ -87,7 +87,7 @@ import numpy as np
 import revgn
 from revgn import regime as rg
 from revgn.plots import heatmap
-from revgn.runs import RESULTS
+from revgn.runs import RESULTS, provenance
 
 run = revgn.book.setup(scale, device, seed)
 base = run.pick(rg.Point(n_train=2000, hidden=512, batch=128, epochs=6, seed=run.seed),
@@ -248,6 +248,13 @@ axes[1].set(xlabel="epoch", title="CIFAR-10: test accuracy")
 axes[1].legend()
 plt.tight_layout()
 plt.show()
+
+# %% [markdown]
+# At `scale = "paper"` the runs above are recorded in `results/regime_map/` (and loaded from there when the chapter
+# is executed again). What is recorded there, and where it came from:
+
+# %%
+print(provenance(RESULTS / "regime_map"))
 
 # %% [markdown]
 # ## Verdict

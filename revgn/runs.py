@@ -70,3 +70,17 @@ def recorded_histories(directory: str | Path) -> list[tuple[History, dict[str, A
         if {"steps", "epochs", "config"} <= set(result):
             out.append((History(result["steps"], result["epochs"], result["config"]), meta))
     return out
+
+
+def provenance(directory: str | Path) -> str:
+    """One line on what is recorded in a directory: how many records, when, on which devices, at which commits."""
+    directory = Path(directory)
+    metas = [load_recorded(p)[1] for p in sorted(directory.glob("*.json"))] if directory.is_dir() else []
+    where = directory.relative_to(REPO_ROOT) if directory.is_relative_to(REPO_ROOT) else directory
+    if not metas:
+        return f"{where}/: nothing recorded yet."
+    dates = sorted(m.get("date", "?") for m in metas)
+    devices = sorted({m.get("device", "?") for m in metas})
+    commits = sorted({m.get("commit", "?")[:10] for m in metas})
+    return (f"{where}/: {len(metas)} recorded runs, {dates[0]} to {dates[-1]}, on {', '.join(devices)}, "
+            f"at commit{'s' if len(commits) > 1 else ''} {', '.join(commits)}.")

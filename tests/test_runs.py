@@ -8,7 +8,7 @@ import torch
 
 from revgn import gn_experiments as gx
 from revgn.data import Dataset
-from revgn.runs import load_recorded, recorded, recorded_histories, recorded_run
+from revgn.runs import load_recorded, provenance, recorded, recorded_histories, recorded_run
 from revgn.train import History
 
 
@@ -122,3 +122,11 @@ def test_an_interrupted_stored_run_resumes_from_its_checkpoint(tmp_path, monkeyp
     resumed = gx.run("adam", 1e-2, **kw)
     assert [p.suffix for p in tmp_path.iterdir()] == [".json"]  # recorded; the checkpoint is gone
     assert resumed.epochs == gx.run("adam", 1e-2, **{**kw, "store": None}).epochs
+
+
+def test_provenance_says_what_is_recorded_where(tmp_path):
+    assert provenance(tmp_path / "none").endswith("nothing recorded yet.")
+    for i in range(2):
+        recorded(tmp_path / f"r{i}.json", {"i": i}, lambda: {"x": 1})
+    line = provenance(tmp_path)
+    assert "2 recorded runs" in line and json.loads((tmp_path / "r0.json").read_text())["meta"]["device"] in line
