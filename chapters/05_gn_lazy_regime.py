@@ -51,7 +51,7 @@ import revgn
 from revgn import data, laziness
 from revgn.kernels import kappa
 from revgn.models import RevMLP
-from revgn.runs import RESULTS, provenance, recorded
+from revgn.runs import RESULTS, provenance, recorded, scratch_for
 from revgn.train import SGD, Adam, GaussNewton, History, train
 
 run = revgn.book.setup(scale, device, seed)
@@ -68,7 +68,7 @@ kappa_of = lambda m: kappa(m, train_set.x[:S["kappa_inputs"]], onehot, max_itera
 store = run.pick(None, RESULTS / "gn_lazy_regime")  # paper scale: recorded, and long runs resume mid-way
 
 
-def lazy_run(name: str, make) -> dict:
+def lazy_run(name: str, make, checkpoint) -> dict:
     """Train one optimiser with the laziness metrics; its history and kappa at init and at the end."""
     model = RevMLP(784, 10, depth=2, hidden=S["hidden"], seed=run.seed, device=run.device)
     model0 = laziness.frozen_copy(model)
@@ -76,18 +76,17 @@ def lazy_run(name: str, make) -> dict:
     metrics = laziness.laziness_metrics(model0, train_set.x[:S["batch"]], train_set.x[:S["kernel_inputs"]], test_set.x[:500])
     hist = train(model, make(), train_set, test_set=test_set, loss="ce", epochs=S["epochs"], batch_size=S["batch"],
                  seed=run.seed, eval_every=S["eval_every"], eval_train_size=1000, metrics=metrics, progress=False,
-                 checkpoint=None if store is None else store / f"{name}-seed{run.seed}.ckpt")
+                 checkpoint=checkpoint)
     return {**hist.to_dict(), "kappa": [kappa_init, kappa_of(model)]}
 
 
 histories, kappas = {}, {}
 for name, make in optimisers.items():
     path = None if store is None else store / f"{name}-seed{run.seed}.json"
-    rec = recorded(path, {"optimiser": make().describe(), **S, "seed": run.seed}, lambda: lazy_run(name, make),
-                   run.device)
+    checkpoint = None if path is None else scratch_for(path) / "run.ckpt"  # a long run resumes mid-way
+    rec = recorded(path, {"optimiser": make().describe(), **S, "seed": run.seed},
+                   lambda: lazy_run(name, make, checkpoint), run.device)
     histories[name], kappas[name] = History(rec["steps"], rec["epochs"], rec["config"]), tuple(rec["kappa"])
-    if path is not None:
-        path.with_suffix(".ckpt").unlink(missing_ok=True)  # recorded: the checkpoint is no longer needed
 
 # %% tags=["nbval-check-output"]
 for name, h in histories.items():

@@ -16,6 +16,7 @@ import numpy as np
 
 from .data import Dataset
 from .models import RevMLP
+from .runs import recorded_run, scratch_for
 from .train import SGD, Adam, GaussNewton, History, Optimizer, train
 
 OPTIMISERS: dict[str, Callable[[float], Optimizer]] = {"gn": GaussNewton, "sgd": SGD, "adam": Adam}
@@ -53,30 +54,25 @@ def run(optimizer: str | Optimizer, lr: float | None, arch: Arch, train_set: Dat
     optimizer: a name in OPTIMISERS (then at `lr`) or an Optimizer instance. `eval_set` plays the test set.
     store: a directory; the run is then recorded there (`revgn.runs.recorded_run`) and loaded instead of rerun
     when the same configuration was recorded before. Only fresh runs without metric callbacks can be stored,
-    and a stored run's History has no `model`. While it trains, a stored run keeps a checkpoint beside its
-    record, so that a run interrupted mid-way resumes from its last epoch (the checkpoint is removed once the
-    record is written).
+    and a stored run's History has no `model`. While it trains, a stored run keeps a checkpoint in its record's
+    scratch folder, so that a run interrupted mid-way resumes from its last epoch.
     checkpoint: a file for `revgn.train.train`'s checkpoint (resume an interrupted run).
     """
     opt = OPTIMISERS[optimizer](lr) if isinstance(optimizer, str) else optimizer
     if store is not None:
         if model is not None or history is not None or metrics:
             raise ValueError("only a fresh run without metric callbacks can be stored")
-        from .runs import recorded_run
-
         config = {"optimizer": opt.describe(), "arch": vars(arch), "epochs": epochs, "batch_size": batch_size,
                   "seed": seed, "track_batch_change": track_batch_change, "eval_train_size": eval_train_size,
                   "train": [train_set.name, train_set.split, len(train_set)],
                   "eval": None if eval_set is None else [eval_set.name, eval_set.split, len(eval_set)]}
         digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
         path = Path(store) / f"{train_set.name}-{opt.name}-lr{getattr(opt, 'lr', lr)}-seed{seed}-{digest}.json"
-        ckpt = path.with_suffix(".ckpt")
-        hist = recorded_run(path, config, lambda: run(opt, lr, arch, train_set, eval_set, epochs=epochs,
-                                                      batch_size=batch_size, seed=seed, device=device,
-                                                      track_batch_change=track_batch_change,
-                                                      eval_train_size=eval_train_size, checkpoint=ckpt), device)
-        ckpt.unlink(missing_ok=True)
-        return hist
+        return recorded_run(path, config, lambda: run(opt, lr, arch, train_set, eval_set, epochs=epochs,
+                                                       batch_size=batch_size, seed=seed, device=device,
+                                                       track_batch_change=track_batch_change,
+                                                       eval_train_size=eval_train_size,
+                                                       checkpoint=scratch_for(path) / "run.ckpt"), device)
     model = arch.build(train_set, seed, device) if model is None else model
     hist = train(model, opt, train_set, test_set=eval_set, loss="ce", epochs=epochs, batch_size=batch_size, seed=seed,
                  track_batch_change=track_batch_change, eval_train_size=eval_train_size, progress=False,

@@ -13,12 +13,12 @@ Everything returned is plain JSON, so that a sweep can record each point with `r
 """
 from __future__ import annotations
 
-import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from . import data
 from . import gn_experiments as gx
@@ -26,6 +26,7 @@ from .gn import Pinv, RankDeficientError
 from .kernels import kernel_distance
 from .laziness import empirical_ntk_by_parameter
 from .losses import NonFiniteLossError, get_loss
+from .runs import recorded, scratch_for
 from .train import Adam, GaussNewton, evaluate
 
 #: the rtol of truncation when a point asks for it (the paper's App. K main setting; atol 1e-5)
@@ -185,19 +186,12 @@ def sweep(points: list[Point], lrs: dict[str, list[float]], store=None, progress
 
     A stored point with the same configuration is loaded instead of rerun, so an interrupted sweep resumes
     at the first unfinished point (`revgn.runs.recorded`), and within it at the last epoch of the unfinished
-    run (checkpoints in `<point>.partial/`, removed once the point is recorded). kwargs go to `measure`.
+    run (checkpoints in the record's scratch folder, `revgn.runs.scratch_for`). kwargs go to `measure`.
     """
-    from tqdm import tqdm
-
-    from .runs import recorded
-
     out = []
     for p in tqdm(points, desc="regime map", disable=not progress):
         path = None if store is None else Path(store) / f"{p.key()}.json"
-        partial = None if path is None else path.with_suffix(".partial")
         config = {"point": asdict(p), "lrs": lrs, **{k: v for k, v in kwargs.items() if k != "device"}}
-        out.append(recorded(path, config, lambda p=p: measure(p, lrs, checkpoints=partial, **kwargs),
-                            kwargs.get("device")))
-        if partial is not None and partial.exists():
-            shutil.rmtree(partial)
+        compute = lambda p=p, path=path: measure(p, lrs, checkpoints=scratch_for(path), **kwargs)
+        out.append(recorded(path, config, compute, kwargs.get("device")))
     return out

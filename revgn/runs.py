@@ -4,13 +4,15 @@
     rec = recorded(RESULTS / "regime" / "point.json", config, lambda: {"test_acc": ...})
 
 If the file exists and holds the same configuration, it is loaded instead of rerun. An interrupted run
-leaves no file (the write is atomic), so the next call starts it again cleanly; a sweep made of many
-recorded pieces therefore resumes where it stopped. A file whose configuration differs is never
-overwritten silently.
+leaves no record (the write is atomic). Long computations keep checkpoints in the record's scratch folder
+(`scratch_for(path)`), so the next call resumes them mid-way; the folder is removed once the record is
+written. A sweep made of many recorded pieces therefore resumes where it stopped. A file whose
+configuration differs is never overwritten silently.
 """
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -44,7 +46,13 @@ def recorded(path: str | Path | None, config: dict[str, Any], compute: Callable[
         return stored["result"]
     result = _canonical(compute())
     atomic_write_json(path, {"run_config": config, "meta": run_metadata(device), "result": result})
+    shutil.rmtree(scratch_for(path), ignore_errors=True)  # its checkpoints are no longer needed
     return result
+
+
+def scratch_for(path: str | Path | None) -> Path | None:
+    """Where the computation of the record at `path` keeps its checkpoints (None when nothing is stored)."""
+    return None if path is None else Path(path).with_suffix(".partial")
 
 
 def recorded_run(path: str | Path | None, config: dict[str, Any], run: Callable[[], History], device=None) -> History:

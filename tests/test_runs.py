@@ -117,10 +117,11 @@ def test_an_interrupted_stored_run_resumes_from_its_checkpoint(tmp_path, monkeyp
     monkeypatch.setattr(gx, "train", crash_after_epoch_1)
     with pytest.raises(KeyboardInterrupt):
         gx.run("adam", 1e-2, **kw)
-    assert [p.suffix for p in tmp_path.iterdir()] == [".ckpt"]  # no record, the checkpoint of epoch 1
+    (scratch,) = tmp_path.iterdir()  # no record: only the scratch folder, with the checkpoint of epoch 1
+    assert scratch.suffix == ".partial" and [p.name for p in scratch.iterdir()] == ["run.ckpt"]
     monkeypatch.setattr(gx, "train", real_train)
     resumed = gx.run("adam", 1e-2, **kw)
-    assert [p.suffix for p in tmp_path.iterdir()] == [".json"]  # recorded; the checkpoint is gone
+    assert [p.suffix for p in tmp_path.iterdir()] == [".json"]  # recorded; the scratch folder is gone
     assert resumed.epochs == gx.run("adam", 1e-2, **{**kw, "store": None}).epochs
 
 
