@@ -12,7 +12,8 @@ Files live in a cache folder, ``$REVGN_DATA`` if set, else ``$XDG_CACHE_HOME/rev
 
 Every file is checked against its SHA-256 before it is used. Downloads go to a temporary file and are renamed
 into place only once their hash matches, so an interrupted or corrupt download never poisons the cache; a file
-the user put in the cache is never deleted, only reported. Archives are extracted member by member into a
+the user put in the cache is never deleted, only reported. A download has an overall deadline and fails when
+it stalls; its temporary file goes on any exit, and what a killed process left is removed by the next call. Archives are extracted member by member into a
 temporary folder that refuses anything but regular files inside it.
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ import hashlib
 import os
 import shutil
 import tarfile
-import tempfile
+import time
 import urllib.error
 import urllib.request
 import zlib
@@ -32,7 +33,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .utils import check_int, remove_stale_partials, removed_on_signal, temporary_sibling
+
 ENV_VAR = "REVGN_DATA"
+#: Download limits, in seconds, each overridable by its environment variable: the whole download of one
+#: file (over all mirrors), and a stall: a connection that brings fewer than STALL_BYTES in that long.
+DEADLINE_VAR, STALL_VAR = "REVGN_DOWNLOAD_DEADLINE", "REVGN_DOWNLOAD_STALL"
+DEFAULT_DEADLINE_S, DEFAULT_STALL_S, STALL_BYTES = 1800.0, 30.0, 16 * 1024
 
 
 class DataError(RuntimeError):
@@ -128,16 +135,59 @@ def _check(path: Path, res: Resource, root: Path) -> None:
         raise DataError(f"{path} has the right SHA-256 but not the published MD5 {res.md5}; left in place.")
 
 
-def _download(res: Resource, dest: Path, root: Path) -> None:
-    """Fetch `res` into `dest` through a temporary file; rename only after the hash matches."""
+def _limit(value: float | None, var: str, default: float) -> float:
+    if value is None:
+        raw = os.environ.get(var, "").strip()
+        try:
+            value = float(raw) if raw else default
+        except ValueError:
+            raise ValueError(f"${var} must be a number of seconds, got {raw!r}") from None
+    if not value > 0:
+        raise ValueError(f"download limit {var.removeprefix('REVGN_DOWNLOAD_').lower()} must be > 0 s, got {value}")
+    return float(value)
+
+
+def _copy_bounded(response, out, url: str, deadline: float, stall_s: float) -> None:
+    """Copy a response to `out`, failing once the overall deadline passes or the transfer stalls.
+
+    A stall is a window of `stall_s` seconds that brought fewer than STALL_BYTES (a server that trickles a byte
+    every few seconds never trips a per-read timeout). A read that brings nothing at all ends with the
+    socket's own timeout, also `stall_s`.
+    """
+    window_start, window_bytes = time.monotonic(), 0
+    while chunk := response.read1(1 << 16):  # read1: at most one socket read, so the clock is checked often
+        out.write(chunk)
+        now, window_bytes = time.monotonic(), window_bytes + len(chunk)
+        if now > deadline:
+            raise TimeoutError(f"the download did not finish before its deadline (${DEADLINE_VAR})")
+        if now - window_start >= stall_s:
+            if window_bytes < STALL_BYTES:
+                raise TimeoutError(f"the transfer stalled: {window_bytes} bytes in {now - window_start:.0f} s "
+                                   f"(${STALL_VAR} = {stall_s:g} s)")
+            window_start, window_bytes = now, 0
+
+
+def _download(res: Resource, dest: Path, root: Path, deadline_s: float | None = None,
+              stall_s: float | None = None) -> None:
+    """Fetch `res` into `dest` through a temporary file; rename only after the hash matches.
+
+    The temporary file is removed on any exit, SIGTERM included; a killed earlier download's leftovers are
+    removed before starting (`revgn.utils.remove_stale_partials`).
+    """
+    deadline_s, stall_s = _limit(deadline_s, DEADLINE_VAR, DEFAULT_DEADLINE_S), _limit(stall_s, STALL_VAR, DEFAULT_STALL_S)
+    deadline = time.monotonic() + deadline_s
     dest.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(dest)
     errors = []
     for url in res.urls:
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".partial")
-        tmp = Path(tmp)
+        if time.monotonic() > deadline:
+            errors.append(f"{url}: not tried, the deadline of {deadline_s:g} s (${DEADLINE_VAR}) had passed")
+            continue
+        tmp = temporary_sibling(dest)
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-                shutil.copyfileobj(response, out)
+            with removed_on_signal(tmp), open(tmp, "wb") as out, \
+                    urllib.request.urlopen(url, timeout=min(stall_s, deadline - time.monotonic())) as response:
+                _copy_bounded(response, out, url, deadline, stall_s)
             actual = file_digest(tmp)
             if actual != res.sha256:
                 errors.append(f"{url}: SHA-256 {actual}, expected {res.sha256} (download discarded)")
@@ -147,7 +197,7 @@ def _download(res: Resource, dest: Path, root: Path) -> None:
                 continue
             os.replace(tmp, dest)
             return
-        except (urllib.error.URLError, OSError, ValueError) as exc:
+        except (urllib.error.URLError, OSError, ValueError) as exc:  # TimeoutError is an OSError
             errors.append(f"{url}: {exc}")
         finally:
             tmp.unlink(missing_ok=True)
@@ -155,8 +205,12 @@ def _download(res: Resource, dest: Path, root: Path) -> None:
                     + _how_to_fill(res, root))
 
 
-def fetch(key: str, *, download: bool = True) -> Path:
-    """Return the verified local path of resource `key`, downloading it into the cache if allowed."""
+def fetch(key: str, *, download: bool = True, deadline_s: float | None = None, stall_s: float | None = None) -> Path:
+    """Return the verified local path of resource `key`, downloading it into the cache if allowed.
+
+    deadline_s, stall_s: limits of a download (default: $REVGN_DOWNLOAD_DEADLINE, 1800 s, and
+    $REVGN_DOWNLOAD_STALL, 30 s; see `_copy_bounded`).
+    """
     if key not in RESOURCES:
         raise KeyError(f"unknown resource {key!r}; known: {sorted(RESOURCES)}")
     res, root = RESOURCES[key], cache_dir()
@@ -165,7 +219,7 @@ def fetch(key: str, *, download: bool = True) -> Path:
         if not (download and res.urls):
             why = "downloading is off" if res.urls else "it has no public download URL"
             raise DataError(f"{res.relpath} is missing: looked for {path} ({why}). " + _how_to_fill(res, root))
-        _download(res, path, root)
+        _download(res, path, root, deadline_s, stall_s)
     _check(path, res, root)
     return path
 
@@ -173,41 +227,42 @@ def fetch(key: str, *, download: bool = True) -> Path:
 def safe_extract(archive: Path, dest: Path, members: dict[str, str] | None = None) -> None:
     """Extract a tar archive into `dest`, refusing absolute paths, '..', links and special files.
 
-    Extraction goes into a temporary sibling folder that is renamed onto `dest` only when every member was
-    read in full, so a truncated archive leaves nothing behind. With `members` (name -> SHA-1), only those
-    base names are kept and each must hash as published.
+    Extraction goes into a temporary sibling folder; only when every member was read in full (and, with
+    `members`, name -> SHA-1, each kept member hashes as published) are the extracted files moved into `dest`,
+    each replacing its own name there. A truncated archive leaves nothing behind, and no file in `dest` that
+    the archive does not hold is ever touched. With `members`, only those base names are kept.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".partial"))
+    remove_stale_partials(dest)
+    tmp = temporary_sibling(dest, directory=True)
     try:
-        with tarfile.open(archive, "r:*") as tar:
-            for member in tar:
-                name = Path(member.name)
-                if name.is_absolute() or ".." in name.parts:
-                    raise DataError(f"{archive}: member {member.name!r} would escape the target folder; refused")
-                if member.isdir():
-                    continue
-                if not member.isfile():
-                    raise DataError(f"{archive}: member {member.name!r} is not a regular file; refused")
-                if members is not None and name.name not in members:
-                    continue
-                # The "data" filter re-checks the path and drops permission bits and ownership.
-                tar.extract(member, tmp, filter="data")
-        if members is not None:
-            found = {p.name: p for p in tmp.rglob("*") if p.is_file()}
-            for fname, sha1 in members.items():
-                if fname not in found:
-                    raise DataError(f"{archive}: expected member {fname} is missing")
-                if file_digest(found[fname], "sha1") != sha1:
-                    raise DataError(f"{archive}: member {fname} does not match its published SHA-1 {sha1}")
-                os.replace(found[fname], tmp / fname)
-            for p in sorted(tmp.iterdir()):
-                if p.name not in members:
-                    shutil.rmtree(p) if p.is_dir() else p.unlink()
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
+        with removed_on_signal(tmp):
+            with tarfile.open(archive, "r:*") as tar:
+                for member in tar:
+                    name = Path(member.name)
+                    if name.is_absolute() or ".." in name.parts:
+                        raise DataError(f"{archive}: member {member.name!r} would escape the target folder; refused")
+                    if member.isdir():
+                        continue
+                    if not member.isfile():
+                        raise DataError(f"{archive}: member {member.name!r} is not a regular file; refused")
+                    if members is not None and name.name not in members:
+                        continue
+                    # The "data" filter re-checks the path and drops permission bits and ownership.
+                    tar.extract(member, tmp, filter="data")
+            extracted = {p.relative_to(tmp): p for p in tmp.rglob("*") if p.is_file()}
+            if members is not None:
+                found = {rel.name: p for rel, p in extracted.items()}
+                for fname, sha1 in members.items():
+                    if fname not in found:
+                        raise DataError(f"{archive}: expected member {fname} is missing")
+                    if file_digest(found[fname], "sha1") != sha1:
+                        raise DataError(f"{archive}: member {fname} does not match its published SHA-1 {sha1}")
+                extracted = {Path(fname): found[fname] for fname in members}  # flattened to dest/<name>
+            for rel, src in extracted.items():
+                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(src, dest / rel)
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise DataError(f"{archive} could not be extracted ({type(exc).__name__}: {exc}); is it truncated? "
                         f"Nothing was written to {dest}.") from exc
@@ -331,6 +386,8 @@ def load(name: str, split: str = "train", *, n: int | None = None, seed: int = 0
         raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    seed = check_int("seed", seed, 0)
+    n = None if n is None else check_int("n", n)
     reader, classes, mean, std = _DATASETS[name]
     images, labels = reader(split, download)
     if n is not None:

@@ -104,21 +104,26 @@ def select_lr(opt_name: str, lrs, arch: Arch, train_set: Dataset, val_set: Datas
               **kwargs) -> Selection:
     """Train at each lr; keep the best by `criterion`: "val_acc" (highest) or "train_loss" (lowest, full batch).
 
-    A run that diverges (non-finite loss) scores as the worst. A grid of one rate is returned without training.
+    A run that diverges (non-finite loss) or is refused (rank-deficient features) scores -inf, and so does a
+    non-finite score: such a rate is ranked last wherever it sits in the grid. A grid of one rate is returned
+    without training.
     """
+    from .gn import RankDeficientError
     from .losses import NonFiniteLossError
 
+    if criterion not in ("val_acc", "train_loss"):
+        raise ValueError(f"criterion must be 'val_acc' or 'train_loss', got {criterion!r}")
     if len(lrs) == 1:
         return Selection(lrs[0])
     scores = {}
     for lr in lrs:
         try:
             hist = run(opt_name, lr, arch, train_set, val_set, track_batch_change=False, **kwargs)
-            scores[lr] = hist.final("test_acc") if criterion == "val_acc" else -hist.final("train_loss")
-        except NonFiniteLossError:
+            score = hist.final("test_acc") if criterion == "val_acc" else -hist.final("train_loss")
+            scores[lr] = score if np.isfinite(score) else -np.inf
+        except (NonFiniteLossError, RankDeficientError):
             scores[lr] = -np.inf
-    best = max(scores, key=scores.get)
-    return Selection(best, scores)
+    return Selection(max(scores, key=scores.get), scores)  # every score is finite or -inf: no NaN to misrank
 
 
 def batch_loss_drop(hist: History) -> np.ndarray:

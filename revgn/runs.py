@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .train import History
-from .utils import REPO_ROOT, atomic_write_json, run_metadata
+from .utils import REPO_ROOT, atomic_write_json, read_json, run_metadata
 
 RESULTS = REPO_ROOT / "results"
 
@@ -39,7 +39,7 @@ def recorded(path: str | Path | None, config: dict[str, Any], compute: Callable[
     path = Path(path)
     config = _canonical(config)
     if path.exists():
-        stored = json.loads(path.read_text())
+        stored = _read_record(path)
         if stored.get("run_config") != config:
             raise ValueError(f"{path} holds a run with another configuration; move it away or choose another path.\n"
                              f"  stored: {stored.get('run_config')}\n  asked:  {config}")
@@ -66,8 +66,17 @@ def load_recorded(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]] | N
     path = Path(path)
     if not path.exists():
         return None
-    stored = json.loads(path.read_text())
+    stored = _read_record(path)
     return stored["result"], stored.get("meta", {})
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    """A record file's content; a truncated, empty or foreign file raises a ValueError naming it."""
+    fix = "delete it (or restore it with git) and rerun, which records it again"
+    stored = read_json(path, "record", fix)
+    if not (isinstance(stored, dict) and {"run_config", "result"} <= set(stored)):
+        raise ValueError(f"{path} is not a revgn record: expected the keys run_config, result and meta; {fix}")
+    return stored
 
 
 def recorded_histories(directory: str | Path) -> list[tuple[History, dict[str, Any]]]:

@@ -6,12 +6,19 @@
 An optimiser implements `step(model, x, y, loss) -> float`: one update on a batch, returning the batch loss
 *before* the update. The loop shuffles with its own seeded generator, evaluates at init and after every
 epoch, calls optional metric callbacks, shows a tqdm progress bar and returns a `History`.
+
+Failures leave state as it was. A step is atomic: every optimiser checks its whole update (loss, gradient or
+direction) before it changes a parameter, so a step that raises leaves the model bit-identical. A loss or
+metric that is not finite, at any step or evaluation, raises `NonFiniteLossError` naming the epoch, the step
+and the quantity, with the history so far attached as `err.history`.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -20,17 +27,30 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .gn import Pinv, iter_block_directions
+from .gn import Pinv, iter_block_directions, stack_blocks
 from .gn_reference import matrix_free_gn_direction
-from .losses import accuracy, check_finite, get_loss
+from .losses import NonFiniteLossError, accuracy, check_finite, get_loss
 from .models import RevMLP
-from .utils import atomic_write_bytes, atomic_write_json
+from .utils import atomic_write_bytes, atomic_write_json, check_int, read_json
 
 
 def _check_lr(lr: float) -> float:
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+    """A positive finite rate as a float; numpy and torch scalars are accepted, bools and strings are not."""
+    if isinstance(lr, torch.Tensor) and lr.numel() == 1:
+        lr = lr.item()
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
+        raise TypeError(f"learning rate must be a number, got {lr!r} ({type(lr).__name__})")
+    if not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"learning rate must be a positive finite number, got {lr!r}")
     return float(lr)
+
+
+def _check_finite_tensors(tensors: dict[str, torch.Tensor], what: str) -> None:
+    """Raise NonFiniteLossError, before anything is changed, if an update holds NaN or inf."""
+    bad = [k for k, t in tensors.items() if t is not None and not torch.isfinite(t).all()]
+    if bad:
+        raise NonFiniteLossError(f"the {what} of {', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''} holds NaN or "
+                                 f"inf; the step was not applied (lower the learning rate or regularise)")
 
 
 class Optimizer:
@@ -81,6 +101,8 @@ class FirstOrder(Optimizer):
             value = loss(model(x), y)
             check_finite(value, f"{self.name} step")
             value.backward()
+        # Atomic: a non-finite gradient is refused before the parameters or the moments change.
+        _check_finite_tensors({k: p.grad for k, p in model.named_parameters() if p.requires_grad}, "gradient")
         self._opt.step()
         self._t += 1
         if self.decay:
@@ -109,7 +131,16 @@ def Adam(lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
 
 
 def apply_step(model: nn.Module, direction: dict[str, torch.Tensor], lr: float) -> None:
-    """theta <- theta - lr * direction, in place."""
+    """theta <- theta - lr * direction, in place; all or nothing.
+
+    The whole direction is checked first: one NaN or inf anywhere raises NonFiniteLossError and leaves every
+    parameter as it was. Names that are not parameters of the model are an error.
+    """
+    params = dict(model.named_parameters())
+    unknown = [k for k in direction if k not in params]
+    if unknown:
+        raise KeyError(f"the step names parameters the model does not have: {unknown[:4]}")
+    _check_finite_tensors(direction, "step")
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name in direction:
@@ -143,9 +174,10 @@ class GaussNewton(Optimizer):
             logits, _, caches = model.forward_with_features(x)
             value = check_finite(loss(logits, y), "GN step")
             eps = loss.error(logits, y)
-            # Apply each block's step (with the 1/L of eq. 10) as soon as the sweep is done with the block.
-            for step in iter_block_directions(model, caches, eps, self.pinv, self._generator):
-                apply_step(model, step, self.lr / model.depth)
+            # Atomic: every block's step is computed before any is applied (memory: one gradient), so a block
+            # whose features are refused (RankDeficientError) leaves the whole model as it was.
+            direction = stack_blocks(list(iter_block_directions(model, caches, eps, self.pinv, self._generator)))
+            apply_step(model, direction, self.lr)  # stack_blocks holds the 1/L of {eq}`eq-stack`
         return value
 
     def describe(self) -> dict[str, Any]:
@@ -271,32 +303,65 @@ class History:
 
     @classmethod
     def load(cls, path: str | Path) -> "History":
-        d = json.loads(Path(path).read_text())
+        d = read_json(path, "History (JSON)")
+        if not (isinstance(d, dict) and {"steps", "epochs", "config"} <= set(d)):
+            raise ValueError(f"{path} is not a History: expected the keys steps, epochs and config")
         return cls(d["steps"], d["epochs"], d["config"])
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss, chunk: int = 4096) -> tuple[float, float]:
-    """Mean loss and accuracy over a dataset, in chunks to bound memory."""
+    """Mean loss and accuracy over a dataset, in chunks to bound memory.
+
+    A non-finite mean loss (NaN inputs, or a model that diverged) raises NonFiniteLossError.
+    """
+    if len(x) == 0:
+        raise ValueError("evaluate needs at least one example")
     total, correct = 0.0, 0.0
     for i in range(0, len(x), chunk):
         out = model(x[i:i + chunk])
         total += loss(out, y[i:i + chunk]).item() * len(out)
         correct += accuracy(out, y[i:i + chunk]) * len(out)
+    check_finite(total / len(x), f"evaluation over {len(x)} examples (an input or a parameter is NaN or inf)")
     return total / len(x), correct / len(x)
 
 
+CHECKPOINT_FORMAT = "revgn-checkpoint-1"
+
+
 def _save_checkpoint(path: Path, model, optimizer, hist: History, gen: torch.Generator, epoch: int, last: int):
-    buffer = io.BytesIO()
+    """The state as a torch archive wrapped with its SHA-256, written atomically (see `_load_checkpoint`)."""
+    inner = io.BytesIO()
     torch.save({"epoch": epoch, "last": last, "config": json.dumps(hist.config, sort_keys=True, default=str),
                 "history": json.dumps(hist.to_dict()), "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "generator": gen.get_state()}, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+                "optimizer": optimizer.state_dict(), "generator": gen.get_state()}, inner)
+    payload = inner.getvalue()
+    outer = io.BytesIO()
+    torch.save({"format": CHECKPOINT_FORMAT, "sha256": hashlib.sha256(payload).hexdigest(),
+                "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8)}, outer)
+    atomic_write_bytes(path, outer.getvalue())
+
+
+def _load_checkpoint(path: Path) -> dict:
+    """Read and verify a checkpoint: every failure names the file, says what was wrong and how to go on."""
+    fix = "delete it to restart the run from scratch"
+    if path.stat().st_size == 0:
+        raise ValueError(f"checkpoint {path} is empty (a write was cut off); {fix}")
+    try:  # weights_only: tensors and plain containers only, never arbitrary pickled objects
+        outer = torch.load(path, map_location="cpu", weights_only=True)
+        if not (isinstance(outer, dict) and outer.get("format") == CHECKPOINT_FORMAT):
+            raise ValueError(f"not a {CHECKPOINT_FORMAT} archive")
+        payload = outer["payload"].numpy().tobytes()
+    except Exception as err:
+        raise ValueError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); {fix}") from err
+    if hashlib.sha256(payload).hexdigest() != outer["sha256"]:
+        raise ValueError(f"checkpoint {path} is corrupt: its content does not match its SHA-256; {fix}")
+    return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
 
 
 def _resume(path: Path, model, optimizer, hist: History, gen: torch.Generator, last: int):
     """Load a checkpoint into model, optimiser and generator; return its history and epoch."""
-    state = torch.load(path, map_location="cpu", weights_only=True)  # tensors are copied to the model's device
+    state = _load_checkpoint(path)  # tensors are copied to the model's device by load_state_dict
     config = json.dumps(hist.config, sort_keys=True, default=str)
     if state["config"] != config or state["last"] != last:
         raise ValueError(f"checkpoint {path} is from another run (configuration or epochs differ); delete it to "
@@ -329,7 +394,8 @@ def train(model: nn.Module, optimizer: Optimizer, train_set, *, loss="ce", epoch
         batch_size: None for full batch. Batches are drawn without replacement from a permutation made by a
             generator seeded with `seed`; a last batch smaller than `batch_size` is dropped (so every GN step
             sees the same n).
-        eval_train_size: evaluate the training loss on this many fixed training examples (None: all of them).
+        eval_train_size: evaluate the training loss on the first this many training examples (>= 1; None or more
+            than the training set: all of them).
         track_batch_change: also record each batch's loss *after* its update (one more forward pass).
         metrics: name -> f(model), recorded at init and at every evaluation.
         callbacks: f(model, epoch) called at init and at every evaluation (e.g. to take snapshots).
@@ -341,17 +407,18 @@ def train(model: nn.Module, optimizer: Optimizer, train_set, *, loss="ce", epoch
             returns at once). It must come from the same configuration and target epoch, else ValueError.
             The file is a torch archive read with `weights_only=True` (never unpickled).
     """
-    if epochs < 0:
-        raise ValueError(f"epochs must be >= 0, got {epochs}")
-    if eval_every < 1:
-        raise ValueError(f"eval_every must be >= 1, got {eval_every}")
+    epochs = check_int("epochs", epochs, 0)
+    eval_every = check_int("eval_every", eval_every, 1)
+    seed = check_int("seed", seed, 0)
     loss = get_loss(loss)
     device = next(model.parameters()).device
     x, y = _as_xy(train_set, device)
     n_train = len(x)
-    batch_size = n_train if batch_size is None else batch_size
+    batch_size = n_train if batch_size is None else check_int("batch_size", batch_size)
     if not 0 < batch_size <= n_train:
         raise ValueError(f"batch_size must be in 1..{n_train}, got {batch_size}")
+    if eval_train_size is not None:
+        check_int("eval_train_size", eval_train_size, 1)  # more than the training set means all of it
     test = _as_xy(test_set, device) if test_set is not None else None
     x_eval, y_eval = (x, y) if eval_train_size is None else (x[:eval_train_size], y[:eval_train_size])
     metrics = metrics or {}
@@ -369,41 +436,60 @@ def train(model: nn.Module, optimizer: Optimizer, train_set, *, loss="ce", epoch
             hist, start = _resume(checkpoint, model, optimizer, hist, gen, last)
 
     def record(epoch: int) -> None:
-        tr_loss, tr_acc = evaluate(model, x_eval, y_eval, loss)
+        where = f"evaluation at epoch {epoch}"
+        tr_loss, tr_acc = _evaluated(where, "training set", lambda: evaluate(model, x_eval, y_eval, loss))
         row = {"epoch": epoch, "train_loss": tr_loss, "train_acc": tr_acc}
         if test is not None:
-            row["test_loss"], row["test_acc"] = evaluate(model, *test, loss)
+            row["test_loss"], row["test_acc"] = _evaluated(where, "test set", lambda: evaluate(model, *test, loss))
         with torch.no_grad():
-            row.update({k: float(f(model)) for k, f in metrics.items()})
+            for k, f in metrics.items():
+                row[k] = float(f(model))
+                if not math.isfinite(row[k]):
+                    raise NonFiniteLossError(f"{where}: metric {k!r} is {row[k]}")
         hist.log(hist.epochs, **row)
         if checkpoint is not None and epoch > 0:  # before the callbacks: a failing callback loses no epoch
             _save_checkpoint(checkpoint, model, optimizer, hist, gen, epoch, last)
         for f in callbacks or ():
             f(model, epoch)
 
-    if start == 0:
-        record(0)
     per_epoch = n_train // batch_size
     bar = tqdm(total=(last - start) * per_epoch, desc=optimizer.name, disable=not progress, mininterval=2.0,
                leave=False)
-    for epoch in range(start + 1, last + 1):
-        full_batch = batch_size == n_train  # then every step sees all examples: no shuffle needed
-        order = None if full_batch else torch.randperm(n_train, generator=gen).to(device)
-        for b in range(per_epoch):
-            if order is None:
-                xb, yb = x, y
-            else:
-                idx = order[b * batch_size:(b + 1) * batch_size]
-                xb, yb = x[idx], y[idx]
-            before = optimizer.step(model, xb, yb, loss)
-            row = {"epoch": epoch, "loss": before}
-            if track_batch_change:
-                with torch.no_grad():
-                    row["loss_after"] = check_finite(loss(model(xb), yb), f"epoch {epoch} after step")
-            hist.log(hist.steps, **row)
-            bar.update()
-        if (epoch - start) % eval_every == 0 or epoch == last:
-            record(epoch)
-            bar.set_postfix(loss=f"{hist.epochs['train_loss'][-1]:.3g}", refresh=False)
-    bar.close()
+    try:
+        if start == 0:
+            record(0)
+        for epoch in range(start + 1, last + 1):
+            full_batch = batch_size == n_train  # then every step sees all examples: no shuffle needed
+            order = None if full_batch else torch.randperm(n_train, generator=gen).to(device)
+            for b in range(per_epoch):
+                if order is None:
+                    xb, yb = x, y
+                else:
+                    idx = order[b * batch_size:(b + 1) * batch_size]
+                    xb, yb = x[idx], y[idx]
+                try:
+                    before = optimizer.step(model, xb, yb, loss)
+                except NonFiniteLossError as err:
+                    raise NonFiniteLossError(f"epoch {epoch}, step {b + 1}/{per_epoch}: {err}") from err
+                row = {"epoch": epoch, "loss": before}
+                if track_batch_change:
+                    with torch.no_grad():
+                        row["loss_after"] = check_finite(loss(model(xb), yb), f"epoch {epoch} after step")
+                hist.log(hist.steps, **row)
+                bar.update()
+            if (epoch - start) % eval_every == 0 or epoch == last:
+                record(epoch)
+                bar.set_postfix(loss=f"{hist.epochs['train_loss'][-1]:.3g}", refresh=False)
+    except NonFiniteLossError as err:
+        err.history = hist  # what was measured before the failure
+        raise
+    finally:
+        bar.close()
     return hist
+
+
+def _evaluated(where: str, name: str, compute):
+    try:
+        return compute()
+    except NonFiniteLossError as err:
+        raise NonFiniteLossError(f"{where}, {name}: {err}") from err
