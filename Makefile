@@ -19,10 +19,21 @@ ifeq ($(strip $(REVGN_DATA)),)
 endif
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
+# Portable numbers: MKL (matmul), oneDNN (convolutions) and ATen's own vectorised kernels each pick their code
+# path by CPU, and reductions split their work by thread count, so two x86 machines differ in the last digits.
+# Pin both to what every x86-64 CPU of the last decade has (AVX2) and to two threads, for the book, the tests
+# and CI. Each is a default: set it in the environment to override it (e.g. to emulate another CPU with
+# MKL_CBWR=COMPATIBLE ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41). OPENBLAS_* is left alone.
+export MKL_CBWR ?= AVX2
+export ATEN_CPU_CAPABILITY ?= avx2
+export ONEDNN_MAX_CPU_ISA ?= AVX2
+export OMP_NUM_THREADS ?= 2
+export MKL_NUM_THREADS ?= $(OMP_NUM_THREADS)
+
 PARAMS := $(if $(SCALE),-p scale $(SCALE)) $(if $(DEVICE),-p device $(DEVICE)) $(if $(SEED),-y "seed: $(SEED)")
 NBVAL  := --nbval-lax --nbval-current-env --nbval-sanitize-with chapters/nbval_sanitize.cfg
 
-.PHONY: book execute sync html test unit nbval venv clean
+.PHONY: book execute sync html html-build browser test unit nbval venv clean
 
 book: execute html
 
@@ -48,17 +59,25 @@ execute: $(STAMP)
 sync: $(STAMP)
 	@for ch in $(CHAPTERS); do $(BIN)/jupytext --quiet --update --to ipynb $$ch.py; done
 
+# Render the stored notebooks, then open every page in headless Chromium, offline (tests/test_book_html.py).
+html: html-build browser
+
 # Warnings are errors; --all so a stale page cannot hide a problem.
-html: $(STAMP)
+html-build: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_chapters.py
 	$(BIN)/jupyter-book build . --all -W -n --keep-going
 	@test -f _build/html/index.html && echo "book: _build/html/index.html"
 
-test: $(STAMP)
+browser: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_book_html.py
+	@echo "screenshots of every page: _build/screenshots/"
+
+# Every test: the unit tests, the browser check of the rendered book, and nbval over the stored chapters.
+test: html-build
 	$(BIN)/python -m pytest -p no:cacheprovider tests chapters $(NBVAL)
 
 unit: $(STAMP)
-	$(BIN)/python -m pytest -p no:cacheprovider tests
+	$(BIN)/python -m pytest -p no:cacheprovider tests --ignore=tests/test_book_html.py
 
 nbval: $(STAMP)
 	$(BIN)/python -m pytest -p no:cacheprovider chapters $(NBVAL)

@@ -1,0 +1,182 @@
+"""The built book as a reader sees it: every page of `_build/html` opened in headless Chromium, offline.
+
+`jupyter-book build -W` proves that Sphinx was content, not that the pages show what they should. Here each
+page is loaded from `file://` with every non-file request refused (so a page that needs a CDN fails, as it
+would on a cluster node or from an archived copy), MathJax is awaited, and the test asserts:
+
+- no request left the machine (the book ships its own MathJax, see `_config.yml`);
+- every math element was typeset by MathJax, none with a TeX error, and no raw TeX delimiters
+  (\\( \\) \\[ \\] $$ \\begin) remain in the visible text outside code;
+- every <img> loaded (natural width > 0);
+- every internal link, equation reference and citation points at an anchor that exists;
+- no JavaScript error was raised or logged.
+
+A full-page screenshot of each page is saved under `_build/screenshots/` for a person to look at.
+
+Run by `make html` (so by `make book`) and by `make test`, after the HTML is built. Needs Chromium
+(Debian: `apt-get install chromium`; `.ci/run` installs it) and the `playwright` package; without Chromium
+the tests are skipped with a message saying so. `REVGN_CHROMIUM` names another Chromium binary, and
+`REVGN_BOOK_HTML` another built book (screenshots then go beside it).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HTML = Path(os.environ.get("REVGN_BOOK_HTML", ROOT / "_build" / "html")).resolve()  # another build can be checked
+SCREENSHOTS = HTML.parent / "screenshots"
+PAGES = sorted(p.relative_to(HTML).as_posix() for p in [*HTML.glob("*.html"), *HTML.glob("chapters/*.html")])
+TEX_DELIMITERS = ("\\(", "\\)", "\\[", "\\]", "$$", "\\begin{")
+MATHJAX_TIMEOUT_MS = 20_000  # MathJax typesets a chapter from disk in about a second
+
+# Runs in the page once it has loaded and MathJax (if the page has math) has finished typesetting.
+INSPECT_JS = r"""
+async (delims) => {
+  const out = {ids: [...document.querySelectorAll('[id]')].map(e => e.id), names: []};
+  document.querySelectorAll('a[name]').forEach(a => out.ids.push(a.name));
+  const maths = [...document.querySelectorAll('.math')];
+  out.math = maths.length;
+  out.untypeset = maths.filter(m => !m.querySelector('mjx-container')).map(m => m.textContent.slice(0, 80));
+  out.tex_errors = [...document.querySelectorAll('mjx-merror')].map(e => e.textContent.slice(0, 80));
+  // Visible text outside code and outside MathJax's hidden copy of each formula.
+  const skip = 'pre, code, script, style, mjx-assistive-mml, .highlight, textarea';
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  out.raw_tex = [];
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    const el = node.parentElement;
+    if (!el || el.closest(skip) || !el.checkVisibility()) continue;
+    const hit = delims.find(d => node.textContent.includes(d));
+    if (hit) out.raw_tex.push(`${hit} in: ${node.textContent.trim().slice(0, 80)}`);
+  }
+  // Images: bring each into view (lazy loading) and wait for it to decode.
+  out.broken_images = [];
+  for (const img of document.images) {
+    img.loading = 'eager';
+    img.scrollIntoView();
+    try { await img.decode(); } catch (e) { /* judged by naturalWidth below */ }
+    if (!(img.complete && img.naturalWidth > 0)) out.broken_images.push(img.getAttribute('src'));
+  }
+  window.scrollTo(0, 0);
+  out.links = [...document.querySelectorAll('a.reference.internal[href], a.headerlink[href]')].map(a => ({
+    href: a.getAttribute('href'), text: a.textContent.trim(),
+    kind: a.classList.contains('headerlink') ? 'permalink' :
+          a.getAttribute('href').includes('#equation-') ? 'equation' :
+          a.getAttribute('href').includes('references.html#') ? 'citation' : 'link'}));
+  return out;
+}
+"""
+
+
+def _chromium() -> str | None:
+    return os.environ.get("REVGN_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def report() -> dict[str, dict]:
+    """Visit every page once; what each showed (see INSPECT_JS), plus its refused requests and JS errors."""
+    if not (HTML / "index.html").exists():
+        pytest.fail(f"{HTML / 'index.html'} is missing: build the book first (`make html`)")
+    exe = _chromium()
+    if exe is None:
+        pytest.skip("the browser check needs Chromium: `apt-get install chromium` (Debian) or set REVGN_CHROMIUM "
+                    "to a Chromium binary; `.ci/run` installs it")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the browser check needs `pip install playwright`")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    out = {}
+    with sync_api.sync_playwright() as pw:
+        # The flags keep Chromium from calling home, which a closed network answers with refused connections.
+        browser = pw.chromium.launch(executable_path=exe, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--allow-file-access-from-files"])
+        context = browser.new_context(viewport={"width": 1280, "height": 900}, java_script_enabled=True)
+        refused: list[str] = []
+
+        def only_files(route):
+            if route.request.url.startswith(("file:", "data:", "blob:", "about:")):
+                route.continue_()
+            else:  # offline: the page may not depend on the network
+                refused.append(route.request.url)
+                route.abort()
+
+        context.route("**/*", only_files)
+        for rel in PAGES:
+            page = context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
+            page.on("console", lambda msg: errors.append(f"console: {msg.text}") if msg.type == "error" else None)
+            refused.clear()
+            page.goto((HTML / rel).as_uri(), wait_until="load")
+            page.wait_for_load_state("networkidle")
+            has_math = page.evaluate("() => document.querySelector('.math') !== null")
+            mathjax = "not needed"
+            if has_math:
+                try:
+                    page.wait_for_function("() => window.MathJax && MathJax.startup && MathJax.startup.promise",
+                                           timeout=MATHJAX_TIMEOUT_MS)
+                    page.evaluate("() => MathJax.startup.promise.then(() => true)")
+                    mathjax = "typeset"
+                except sync_api.Error as exc:
+                    mathjax = f"MathJax never started ({type(exc).__name__})"
+            seen = page.evaluate(INSPECT_JS, list(TEX_DELIMITERS))
+            shot = SCREENSHOTS / (rel.replace("/", "__").removesuffix(".html") + ".png")
+            page.screenshot(path=str(shot), full_page=True)
+            out[rel] = {**seen, "mathjax": mathjax, "refused": list(refused), "errors": errors,
+                        "url": page.url, "screenshot": shot}
+            page.close()
+        browser.close()
+    return out
+
+
+def _resolve(page_url: str, href: str) -> tuple[Path, str]:
+    """The file and fragment an href on the page at page_url points to."""
+    base = Path(unquote(urlsplit(page_url).path))
+    parts = urlsplit(href)
+    target = base if not parts.path else (base.parent / unquote(parts.path)).resolve()
+    return target, unquote(parts.fragment)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_renders_offline(report, page):
+    r = report[page]
+    problems = []
+    if r["refused"]:
+        problems.append(f"requested the network (offline, refused): {r['refused'][:5]}")
+    if r["math"] and r["mathjax"] != "typeset":
+        problems.append(f"{r['math']} math elements, but {r['mathjax']}")
+    if r["untypeset"]:
+        problems.append(f"{len(r['untypeset'])} math elements not typeset, e.g. {r['untypeset'][:3]}")
+    if r["tex_errors"]:
+        problems.append(f"TeX errors: {r['tex_errors'][:3]}")
+    if r["raw_tex"]:
+        problems.append(f"raw TeX in the visible text: {r['raw_tex'][:3]}")
+    if r["broken_images"]:
+        problems.append(f"images that did not load: {r['broken_images'][:5]}")
+    if r["errors"]:
+        problems.append(f"JavaScript errors: {r['errors'][:5]}")
+    assert not problems, f"{page} (screenshot {r['screenshot']}):\n  " + "\n  ".join(problems)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_reference_resolves(report, page):
+    """Internal links, equation references and citations all land on an existing anchor of an existing page."""
+    r = report[page]
+    ids_by_file = {Path(unquote(urlsplit(v["url"]).path)).resolve(): set(v["ids"]) for v in report.values()}
+    bad = []
+    for link in r["links"]:
+        target, fragment = _resolve(r["url"], link["href"])
+        if not target.exists():
+            bad.append(f"{link['kind']} {link['href']!r}: no such file")
+        elif fragment and target in ids_by_file and fragment not in ids_by_file[target]:
+            bad.append(f"{link['kind']} {link['href']!r} ({link['text']!r}): no anchor #{fragment}")
+        elif link["kind"] in ("equation", "citation") and not link["text"].strip("()[]# ?"):
+            bad.append(f"{link['kind']} {link['href']!r} shows no number or name: {link['text']!r}")
+    assert not bad, f"{page}:\n  " + "\n  ".join(bad[:10])
+
+
+def test_every_chapter_has_a_page():
+    assert any(p.startswith("chapters/0") for p in PAGES), f"no chapter pages under {HTML}: build the book first"
