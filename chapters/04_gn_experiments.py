@@ -52,6 +52,7 @@ import numpy as np
 import revgn
 from revgn import data
 from revgn import gn_experiments as gx
+from revgn.book import claim
 from revgn.runs import RESULTS, recorded_histories
 
 run = revgn.book.setup(scale, device, seed)
@@ -101,12 +102,18 @@ for name, (train_set, _) in datasets.items():
                               **kw).lr for o in gx.OPTIMISERS}
     full_batch[name] = {o: gx.run(o, lr, train_set=fb, eval_set=fb, **kw) for o, lr in chosen.items()}
 
-# %% tags=["nbval-check-output"]
+# %%
 for name, runs in full_batch.items():
     for o, h in runs.items():
         loss = h.epochs["train_loss"]
         print(f"{name:15s} {o:4s} lr {h.config['lr']:<6g} train loss after 5 steps {loss[5]:.3f}, "
               f"after {len(loss) - 1} {loss[-1]:.2e}")
+
+# %% tags=["nbval-check-output"]
+for name, runs in full_batch.items():
+    after = lambda step: {o: h.epochs["train_loss"][step] for o, h in runs.items()}
+    claim(f"{name}: after 5 steps GN's training loss is below SGD's and Adam's", min(after(5), key=after(5).get) == "gn")
+    print(f"{name}: lowest training loss after {S['fb_steps']} steps: {min(after(-1), key=after(-1).get)}")
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.4), sharey=True)
@@ -134,7 +141,7 @@ for name, (train_set, test_set) in datasets.items():
     minibatch[name] = {o: [gx.run(o, sel.lr, train_set=tr, eval_set=test_set, seed=s, **kw) for s in S["seeds"]]
                        for o, sel in selected[name].items()}
 
-# %% tags=["nbval-check-output"]
+# %%
 for name, runs in minibatch.items():
     for o, hs in runs.items():
         sel = selected[name][o]
@@ -143,6 +150,17 @@ for name, runs in minibatch.items():
         print(f"{name:15s} {o:4s} lr {sel.lr:<6g} (val acc {val})\n{'':20s} train loss {fin('train_loss'):.3f}, "
               f"test loss {fin('test_loss'):.3f}, test acc {fin('test_acc'):.3f}, "
               f"train-loss gain over the last 3 epochs {np.mean([gx.saturation(h) for h in hs]):.0%}")
+
+# %% tags=["nbval-check-output"]
+for name, runs in minibatch.items():
+    mean = lambda o, f: np.mean([f(h) for h in runs[o]])
+    final_loss = {o: mean(o, lambda h: h.final("train_loss")) for o in runs}
+    claim(f"{name}: Adam ends with the lowest training loss", min(final_loss, key=final_loss.get) == "adam")
+    claim(f"{name}: GN's training loss has saturated (it fell by less than 10% over the last 3 epochs)",
+          mean("gn", gx.saturation) < 0.10)
+    lead = 100 * (mean("adam", lambda h: h.final("test_acc")) - mean("gn", lambda h: h.final("test_acc")))
+    print(f"{name}: test accuracy, Adam against GN: " + ("within 1.5 points (a tie at this noise level)"
+          if abs(lead) <= 1.5 else f"{'Adam' if lead > 0 else 'GN'} ahead by more than 1.5 points"))
 
 # %%
 fig, axes = plt.subplots(2, 3, figsize=(11, 6), sharex=True)
@@ -181,11 +199,17 @@ axes[0].set_ylabel("batch loss removed by its own step (%)")
 axes[0].legend()
 plt.show()
 
-# %% tags=["nbval-check-output"]
+# %%
 for name, runs in minibatch.items():
     print(name + ": mean batch-loss drop per step, first and last epoch: " + "; ".join(
         f"{o} {gx.batch_loss_drop(hs[0])[:len(hs[0].steps['loss']) // S['mb_epochs']].mean():.0f}% -> "
         f"{gx.batch_loss_drop(hs[0])[-(len(hs[0].steps['loss']) // S['mb_epochs']):].mean():.0f}%" for o, hs in runs.items()))
+
+# %% tags=["nbval-check-output"]
+for name, runs in minibatch.items():
+    first = {o: gx.batch_loss_drop(hs[0]).reshape(S["mb_epochs"], -1)[0].mean() for o, hs in runs.items()}
+    claim(f"{name}: in the first epoch, GN's step removes at least 1.5 times as much of its own batch's loss "
+          f"as SGD's and Adam's do", all(first["gn"] >= 1.5 * first[o] for o in ("sgd", "adam")))
 
 # %% [markdown]
 # ## What reproduces at book scale

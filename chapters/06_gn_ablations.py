@@ -48,6 +48,7 @@ import numpy as np
 import revgn
 from revgn import data, laziness
 from revgn import gn_experiments as gx
+from revgn.book import claim
 from revgn.gn import Pinv, RankDeficientError
 from revgn.runs import RESULTS, provenance
 from revgn.train import Adam, GaussNewton
@@ -94,7 +95,7 @@ def report(runs: dict) -> None:
 # Truncation drops singular values below $10^{-2}\sigma_{\max}$ (and below $10^{-5}$), damping adds $0.01\,\sigma_{\max}$ to
 # every singular value, and noise adds 10% of the features' standard deviation, freshly drawn at each step.
 
-# %% tags=["nbval-check-output"]
+# %%
 pinv_runs = {
     "Adam (lr 1e-3)": runs_of(adam),
     "GN exact": runs_of(gn),
@@ -104,13 +105,20 @@ pinv_runs = {
 }
 report(pinv_runs)
 
+# %% tags=["nbval-check-output"]
+acc = lambda runs: np.mean([h.final("test_acc") for h in (runs if isinstance(runs, list) else [runs])])
+gn_variants = [acc(v) for k, v in pinv_runs.items() if k.startswith("GN")]
+claim("every regularised pseudo-inverse ends within 1.5 points of exact GN's test accuracy",
+      max(abs(a - acc(pinv_runs["GN exact"])) for a in gn_variants) < 0.015)
+claim("every GN variant at lr 0.1 ends more than 2 points below Adam", max(gn_variants) < acc(pinv_runs["Adam (lr 1e-3)"]) - 0.02)
+
 # %% [markdown]
 # ## No inverted bottleneck; init scale; smaller learning rates; switching optimisers
 #
 # Without the bottleneck, $\sigma$ acts on the half-stream itself ($V=I$, $h=d/2=392$), which still exceeds the batch
 # of 128.
 
-# %% tags=["nbval-check-output"]
+# %%
 def guarded(make):
     try:
         return make()
@@ -129,6 +137,21 @@ other_runs = {
     f"GN -> Adam at epoch {S['switch']}": gx.switched(gn(), adam(), S["switch"], S["arch"], **kw),
 }
 report(other_runs)
+
+# %% tags=["nbval-check-output"]
+gn_base, adam_base = acc(pinv_runs["GN exact"]), acc(pinv_runs["Adam (lr 1e-3)"])
+if isinstance(other_runs["GN, no bottleneck"], str):
+    print("GN without the bottleneck was refused:", other_runs["GN, no bottleneck"])
+else:
+    claim("without the bottleneck, GN ends more than 5 points below Adam",
+          acc(other_runs["GN, no bottleneck"]) < acc(other_runs["Adam, no bottleneck"]) - 0.05)
+claim("W init sd 0.1 ends more than 10 points below sd 0.01", acc(other_runs["GN, W init sd 0.1"])
+      < acc(other_runs["GN, W init sd 0.01"]) - 0.10)
+claim("GN at lr 0.01 and 0.03 ends below GN at lr 0.1", max(acc(other_runs[f"GN, lr {lr:g}"]) for lr in (0.01, 0.03)) < gn_base)
+claim("GN at lr 1 ends within 1.5 points of Adam", abs(acc(other_runs["GN, lr 1"]) - adam_base) < 0.015)
+claim("Adam -> GN ends with a lower training loss than GN alone",
+      other_runs[f"Adam -> GN at epoch {S['switch']}"].final("train_loss") < pinv_runs["GN exact"][0].final("train_loss"))
+claim("GN -> Adam ends more than a point above GN alone", acc(other_runs[f"GN -> Adam at epoch {S['switch']}"]) > gn_base + 0.01)
 
 # %%
 fig, ax = plt.subplots(figsize=(6, 3.6))
@@ -156,10 +179,16 @@ for rho in S["ridges"]:
     continuum[rho] = (h, laziness.ntk_kernel_distance(model0, model, train_set.x[:4]),
                       min(laziness.block_cka(model0, model, test_set.x[:500])))
 
-# %% tags=["nbval-check-output"]
+# %%
 for rho, (h, kd, cka) in continuum.items():
     print(f"rho = {rho:6g}: train loss {h.final('train_loss'):.3f}, test acc {h.final('test_acc'):.3f}, "
           f"NTK kernel distance {kd:.3f}, lowest block CKA to init {cka:.3f}")
+
+# %% tags=["nbval-check-output"]
+exact = continuum[0.0]
+claim("every ridge rho >= 0.1 ends more than a point below exact GN's test accuracy",
+      all(h.final("test_acc") < exact[0].final("test_acc") - 0.01 for rho, (h, _, _) in continuum.items() if rho >= 0.1))
+claim("at rho = 1 the tangent kernel moves less than under exact GN", continuum[1.0][1] < exact[1])
 
 # %%
 rhos = np.array(S["ridges"])
