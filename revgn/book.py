@@ -36,15 +36,14 @@ def setup(scale: str = "book", device: str = "auto", seed: int = 0) -> Setup:
     return Setup(scale, dev, seed)
 
 
-def claim(statement: str, holds: bool) -> bool:
-    """Print a claim and whether the measurements support it ("yes"/"no"); return `holds`.
+def claim(statement: str, holds: bool) -> None:
+    """Print a claim and whether the measurements support it ("yes"/"no").
 
     Checked cells (`nbval-check-output`) print claims like these, with margins chosen so that the answer
     does not depend on the CPU's last digits, rather than the kernel-dependent numbers themselves; the
     numbers are printed, for the reader, by an unchecked cell next to it.
     """
     print(f"{statement}: {'yes' if holds else 'no'}")
-    return bool(holds)
 
 
 def _style() -> None:
