@@ -385,7 +385,8 @@ def train(model: nn.Module, optimizer: Optimizer, train_set, *, loss="ce", epoch
           batch_size: int | None = None, test_set=None, seed: int = 0, eval_train_size: int | None = None,
           track_batch_change: bool = False, metrics: dict[str, Callable[[nn.Module], float]] | None = None,
           callbacks: list[Callable[[nn.Module, int], None]] | None = None, eval_every: int = 1,
-          progress: bool = True, history: History | None = None, checkpoint: str | Path | None = None) -> History:
+          progress: bool = True, history: History | None = None, checkpoint: str | Path | None = None,
+          config: dict[str, Any] | None = None) -> History:
     """Train `model` in place with `optimizer` and return the `History`.
 
     Args:
@@ -405,7 +406,10 @@ def train(model: nn.Module, optimizer: Optimizer, train_set, *, loss="ce", epoch
             shuffling generator are written there atomically. If the file exists when training starts, the run
             resumes from it and continues exactly as if it had not been interrupted (a finished checkpoint
             returns at once). It must come from the same configuration and target epoch, else ValueError.
-            The file is a torch archive read with `weights_only=True` (never unpickled).
+            The file is a torch archive read with `weights_only=True` (never unpickled), carrying a SHA-256 of
+            its content that is verified before use.
+        config: more entries for the history's configuration (e.g. the run spec's key); a checkpoint made
+            under another configuration is refused.
     """
     epochs = check_int("epochs", epochs, 0)
     eval_every = check_int("eval_every", eval_every, 1)
@@ -424,7 +428,7 @@ def train(model: nn.Module, optimizer: Optimizer, train_set, *, loss="ce", epoch
     metrics = metrics or {}
     optimizer.setup(model, batch_size)
     hist = history or History(config={"optimizer": optimizer.describe(), "loss": getattr(loss, "name", str(loss)),
-                                      "batch_size": batch_size, "seed": seed, "n_train": n_train})
+                                      "batch_size": batch_size, "seed": seed, "n_train": n_train, **(config or {})})
     start = hist.epochs["epoch"][-1] if hist.epochs["epoch"] else 0
     gen = torch.Generator().manual_seed(seed + 1_000_003 * start)
     last = start + epochs

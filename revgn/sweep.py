@@ -1,0 +1,174 @@
+"""Sweeps: a grid is a list of `RunSpec`s; the ones not yet recorded are dispatched through submitit.
+
+    python -m revgn.sweep revgn.experiments.regime_map:book --list          # what is recorded, what is missing
+    python -m revgn.sweep revgn.experiments.regime_map:book --workers 2     # run the rest here, 2 processes
+    python -m revgn.sweep GRID --executor slurm --partition gpu --gpus-per-node 1 --timeout-min 600
+
+GRID names a function `module:function` that returns a `Grid` (a topic and its specs). Every run goes through
+`revgn.runs.run`, so it is recorded as `results/<topic>/<spec.key>.json` the moment it finishes, resumes from
+its checkpoint if it was interrupted, and is skipped once recorded: an interrupted sweep (a killed worker, a
+killed driver, a preempted SLURM job) is resumed by running the same command again. The executors are
+submitit's: "local" (worker processes on this machine, at most `--workers` at a time), "slurm" (one job
+array, `--workers` jobs at a time) and "debug" (in this process, for tracebacks).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .runs import RESULTS, Record, RunSpec, record_path, run, scratch_for
+
+EXECUTORS = ("local", "slurm", "debug")
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A named list of run specs, recorded under results/<topic>/."""
+
+    topic: str
+    specs: tuple[RunSpec, ...]
+
+    def __post_init__(self):
+        object.__setattr__(self, "specs", tuple(self.specs))
+        keys = [s.key for s in self.specs]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"grid {self.topic!r} lists the same run more than once")
+
+    @property
+    def store(self) -> Path:
+        return RESULTS / self.topic
+
+
+def load_grid(name: str) -> Grid:
+    """The Grid returned by the function `module:function`; errors say what was wrong with the name."""
+    module, _, func = name.partition(":")
+    if not module or not func:
+        raise ValueError(f"a grid is named module:function (e.g. revgn.experiments.regime_map:book), got {name!r}")
+    try:
+        grid = getattr(importlib.import_module(module), func)()
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"cannot load grid {name!r}: {err}") from err
+    if not isinstance(grid, Grid):
+        raise TypeError(f"{name} returned a {type(grid).__name__}, not a revgn.sweep.Grid")
+    return grid
+
+
+def status(specs, store: str | Path) -> dict[str, str]:
+    """spec key -> "recorded", "interrupted" (a checkpoint exists) or "missing"."""
+    out = {}
+    for spec in specs:
+        path = record_path(store, spec)
+        out[spec.key] = ("recorded" if path.exists() else
+                         "interrupted" if (scratch_for(path) / "run.ckpt").exists() else "missing")
+    return out
+
+
+def _run_one(spec: dict, store: str, device: str) -> str:
+    """What a worker does: one run, recorded (the spec travels as plain JSON data)."""
+    return run(RunSpec.from_dict(spec), store, device=device).spec.key
+
+
+def dispatch(specs, store: str | Path, *, executor: str = "local", workers: int = 2, folder: str | Path | None = None,
+             device: str = "cpu", partition: str | None = None, timeout_min: int = 60, gpus_per_node: int = 0,
+             progress: bool = True, poll_s: float = 0.5) -> dict[str, Exception]:
+    """Run every spec that has no record in `store`, through submitit; return {key: error} of the failed ones.
+
+    A failed or killed run does not stop the others; run `dispatch` again to resume it (from its checkpoint).
+    folder: where submitit keeps job logs (default: `<store>/.submitit`).
+    """
+    import submitit
+
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor must be one of {EXECUTORS}, got {executor!r}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if executor == "slurm" and not partition:
+        raise ValueError("the slurm executor needs a partition (--partition)")
+    store = Path(store)
+    todo = [s for s in specs if status([s], store)[s.key] != "recorded"]
+    failures: dict[str, Exception] = {}
+    if not todo:
+        return failures
+    ex = submitit.AutoExecutor(folder=folder or store / ".submitit", cluster=executor)
+    params = {"timeout_min": timeout_min, "gpus_per_node": gpus_per_node, "name": f"revgn-{store.name}"}
+    if executor == "slurm":
+        params.update(slurm_partition=partition, slurm_array_parallelism=workers)
+    ex.update_parameters(**params)
+    bar = tqdm(total=len(todo), desc=f"sweep {store.name}", disable=not progress)
+    args = [(s.to_dict(), str(store), device) for s in todo]
+    if executor == "slurm":  # one array; SLURM runs `workers` of it at a time
+        jobs = dict(zip([s.key for s in todo], ex.map_array(_run_one, *zip(*args))))
+        pending = dict(jobs)
+    else:  # local and debug: keep at most `workers` jobs running
+        queue, pending = list(zip([s.key for s in todo], args)), {}
+    while pending or (executor != "slurm" and queue):
+        while executor != "slurm" and queue and len(pending) < workers:
+            key, a = queue.pop(0)
+            pending[key] = ex.submit(_run_one, *a)
+        for key, job in list(pending.items()):
+            if job.done():
+                try:
+                    job.result()
+                except Exception as err:  # a failed or killed run: reported, resumed next time
+                    failures[key] = err
+                del pending[key]
+                bar.update()
+        time.sleep(poll_s if pending else 0)
+    bar.close()
+    return failures
+
+
+def collect(specs, store: str | Path) -> list[Record | None]:
+    """The record of each spec, in order (None where it is not recorded yet)."""
+    return [Record.load(record_path(store, s)) if record_path(store, s).exists() else None for s in specs]
+
+
+def describe(spec: RunSpec) -> str:
+    d, m, o = spec.data, spec.model, spec.optimizer
+    model = f"{m.arch} L={m.depth} h={m.hidden}" if m.arch == "revmlp" else f"mlp {m.mlp_hidden}"
+    return (f"{d.dataset} N={d.n_train} {model} {o.name} lr={o.lr:g} n={spec.batch_size} "
+            f"{spec.epochs} ep seed={spec.seed}/{m.seed}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m revgn.sweep", description=__doc__.split("\n\n")[0])
+    p.add_argument("grid", help="module:function returning a revgn.sweep.Grid")
+    p.add_argument("--store", help="record folder (default: results/<the grid's topic>)")
+    p.add_argument("--list", action="store_true", help="show what is recorded and what is missing, run nothing")
+    p.add_argument("--executor", choices=EXECUTORS, default="local")
+    p.add_argument("--workers", type=int, default=2, help="runs at a time (local processes, or SLURM array tasks)")
+    p.add_argument("--partition", help="SLURM partition (needed with --executor slurm)")
+    p.add_argument("--gpus-per-node", type=int, default=0)
+    p.add_argument("--timeout-min", type=int, default=60, help="per run")
+    p.add_argument("--device", default="cpu", help="cpu or cuda, for every run")
+    p.add_argument("--folder", help="submitit's log folder (default: <store>/.submitit)")
+    a = p.parse_args(argv)
+    grid = load_grid(a.grid)
+    store = Path(a.store) if a.store else grid.store
+    states = status(grid.specs, store)
+    if a.list:
+        for spec in grid.specs:
+            print(f"{spec.key[:12]}  {states[spec.key]:11s}  {describe(spec)}")
+    counts = {s: list(states.values()).count(s) for s in ("recorded", "interrupted", "missing")}
+    print(f"{grid.topic}: {len(grid.specs)} runs in {store}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    if a.list:
+        return 0
+    failures = dispatch(grid.specs, store, executor=a.executor, workers=a.workers, folder=a.folder, device=a.device,
+                        partition=a.partition, timeout_min=a.timeout_min, gpus_per_node=a.gpus_per_node)
+    for key, err in failures.items():
+        print(f"FAILED {key[:12]}: {type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}",
+              file=sys.stderr)
+    done = sum(v == "recorded" for v in status(grid.specs, store).values())
+    print(f"{grid.topic}: {done} of {len(grid.specs)} recorded" + (f"; {len(failures)} failed (run again to resume)"
+                                                                   if failures else ""))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
