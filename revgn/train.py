@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .gn import Pinv, iter_block_directions, stack_blocks
+from .gn import Pinv, iter_block_directions
 from .gn_reference import matrix_free_gn_direction
 from .losses import NonFiniteLossError, accuracy, check_finite, get_loss
 from .models import RevMLP
@@ -176,8 +176,9 @@ class GaussNewton(Optimizer):
             eps = loss.error(logits, y)
             # Atomic: every block's step is computed before any is applied (memory: one gradient), so a block
             # whose features are refused (RankDeficientError) leaves the whole model as it was.
-            direction = stack_blocks(list(iter_block_directions(model, caches, eps, self.pinv, self._generator)))
-            apply_step(model, direction, self.lr)  # stack_blocks holds the 1/L of {eq}`eq-stack`
+            direction = {k: v for block in iter_block_directions(model, caches, eps, self.pinv, self._generator)
+                         for k, v in block.items()}
+            apply_step(model, direction, self.lr / model.depth)  # the 1/L of {eq}`eq-stack`, as lr / L
         return value
 
     def describe(self) -> dict[str, Any]:
