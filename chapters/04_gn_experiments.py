@@ -217,7 +217,7 @@ for name, runs in minibatch.items():
 # | claim | MNIST | CIFAR-10 subset |
 # |---|---|---|
 # | 1. full batch: GN much faster | **early, yes**: after 5 steps GN's loss is 4x below SGD's and below Adam's; by step 30, Adam at its best rate ($10^{-3}$) is 10x lower | **yes**: GN leads throughout the 30 steps |
-# | 2. mini-batch: GN saturates, Adam ends lower | **no saturation** in 6 epochs: GN's training loss still falls by half over the last 3. Adam ends lower on training loss, but test accuracy is a tie (0.935 vs 0.938) and GN's test loss is the lowest | a **saturating trend**: GN's training loss gains 29% over the last 3 epochs against Adam's 72% (SGD: 15%); Adam wins test accuracy (0.39 vs 0.36), while its test loss rises and GN's stays low |
+# | 2. mini-batch: GN saturates, Adam ends lower | **no saturation** in 6 epochs: GN's training loss still falls by half over the last 3. Adam ends lower on training loss, but test accuracy is a tie (0.935 vs 0.938) and GN's test loss is the lowest | a **saturating trend**: GN's training loss gains 29% over the last 3 epochs against Adam's 71% (SGD: 26%); Adam wins test accuracy (0.39 vs 0.36), while its test loss rises and GN's stays low |
 # | 3. GN fits each batch far better | **in the first epoch** (37% of the batch loss per step vs 17% for SGD, 16% for Adam); by the last epoch all three are at about 20% | no: all three similar |
 #
 # So the paper's picture holds where it is about speed. A GN step removes much more of the loss on the data it

@@ -266,12 +266,12 @@ print(provenance(S["store"]))
 #
 # | regime | gap (GN - Adam test accuracy) | verdict |
 # |---|---|---|
-# | CIFAR-10 | $-3.8$ and $-2.7$ points (two seeds) | **claim holds**, the clearest case |
-# | small batches ($n=32$), any $h/n\ge2$ | $-0.9$ to $-1.1$ | holds, by about one point |
+# | CIFAR-10 | $-3.8$ and $-3.6$ points (two seeds) | **claim holds**, the clearest case |
+# | small batches ($n=32$), any $h/n\ge2$ | $-0.8$ to $-1.1$ | holds, by about one point |
 # | bottleneck just wider than the batch ($h=2n$) | $-1.0$, $-1.7$ | holds |
-# | large init (W sd 0.1) | $-2.0$ (one seed) | holds |
-# | training-set size $N$ = 500 / 2,000 / 6,000 | $-1.7$ / $0.0$ to $+0.8$ / $-0.8$ | no clear trend (one seed off the base) |
-# | $n\ge128$ with $h\ge4n$, incl. 3x longer training and $n=512$ | $0.0$ to $+1.6$ | **does not hold**: GN ties or wins |
+# | large init (W sd 0.1) | $-3.7$ (one seed) | holds |
+# | training-set size $N$ = 500 / 2,000 / 6,000 | $-1.7$ / $+0.6$ to $+0.8$ / $-0.7$ | no clear trend (one seed off the base) |
+# | $n\ge128$ with $h\ge4n$, incl. 3x longer training and $n=512$ | $+0.5$ to $+1.6$ | **does not hold**: GN ties or wins |
 # | $h=n$ | none | exact GN cannot run |
 #
 # What the measurements say about why:

@@ -327,37 +327,35 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss, chunk: in
     return total / len(x), correct / len(x)
 
 
-CHECKPOINT_FORMAT = "revgn-checkpoint-1"
+CHECKPOINT_FORMAT = b"revgn-checkpoint-1"
 
 
 def _save_checkpoint(path: Path, model, optimizer, hist: History, gen: torch.Generator, epoch: int, last: int):
-    """The state as a torch archive wrapped with its SHA-256, written atomically (see `_load_checkpoint`)."""
-    inner = io.BytesIO()
+    """One line `revgn-checkpoint-1 <SHA-256 of the rest>`, then the state as a torch archive; atomic."""
+    buffer = io.BytesIO()
     torch.save({"epoch": epoch, "last": last, "config": json.dumps(hist.config, sort_keys=True, default=str),
                 "history": json.dumps(hist.to_dict()), "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "generator": gen.get_state()}, inner)
-    payload = inner.getvalue()
-    outer = io.BytesIO()
-    torch.save({"format": CHECKPOINT_FORMAT, "sha256": hashlib.sha256(payload).hexdigest(),
-                "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8)}, outer)
-    atomic_write_bytes(path, outer.getvalue())
+                "optimizer": optimizer.state_dict(), "generator": gen.get_state()}, buffer)
+    payload = buffer.getvalue()
+    atomic_write_bytes(path, CHECKPOINT_FORMAT + b" " + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
 
 
 def _load_checkpoint(path: Path) -> dict:
     """Read and verify a checkpoint: every failure names the file, says what was wrong and how to go on."""
     fix = "delete it to restart the run from scratch"
-    if path.stat().st_size == 0:
+    raw = path.read_bytes()
+    if not raw:
         raise ValueError(f"checkpoint {path} is empty (a write was cut off); {fix}")
+    header, _, payload = raw.partition(b"\n")
+    fmt, _, digest = header.partition(b" ")
+    if fmt != CHECKPOINT_FORMAT or len(digest) != 64:
+        raise ValueError(f"checkpoint {path} is not a {CHECKPOINT_FORMAT.decode()} file; {fix}")
+    if hashlib.sha256(payload).hexdigest().encode() != digest:
+        raise ValueError(f"checkpoint {path} is corrupt: its content does not match its SHA-256; {fix}")
     try:  # weights_only: tensors and plain containers only, never arbitrary pickled objects
-        outer = torch.load(path, map_location="cpu", weights_only=True)
-        if not (isinstance(outer, dict) and outer.get("format") == CHECKPOINT_FORMAT):
-            raise ValueError(f"not a {CHECKPOINT_FORMAT} archive")
-        payload = outer["payload"].numpy().tobytes()
+        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
     except Exception as err:
         raise ValueError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); {fix}") from err
-    if hashlib.sha256(payload).hexdigest() != outer["sha256"]:
-        raise ValueError(f"checkpoint {path} is corrupt: its content does not match its SHA-256; {fix}")
-    return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
 
 
 def _resume(path: Path, model, optimizer, hist: History, gen: torch.Generator, last: int):
