@@ -13,8 +13,9 @@ Files live in a cache folder, ``$REVGN_DATA`` if set, else ``$XDG_CACHE_HOME/rev
 Every file is checked against its SHA-256 before it is used. Downloads go to a temporary file and are renamed
 into place only once their hash matches, so an interrupted or corrupt download never poisons the cache; a file
 the user put in the cache is never deleted, only reported. A download has an overall deadline and fails when
-it stalls; its temporary file goes on any exit, and what a killed process left is removed by the next call. Archives are extracted member by member into a
-temporary folder that refuses anything but regular files inside it.
+it stalls; its temporary file goes on any exit, and what a killed process left is removed by the next call.
+Archives are extracted member by member into a temporary folder that refuses anything but regular files, and
+only the archive's own files are then moved into place.
 """
 from __future__ import annotations
 
@@ -147,7 +148,7 @@ def _limit(value: float | None, var: str, default: float) -> float:
     return float(value)
 
 
-def _copy_bounded(response, out, url: str, deadline: float, stall_s: float) -> None:
+def _copy_bounded(response, out, deadline: float, stall_s: float) -> None:
     """Copy a response to `out`, failing once the overall deadline passes or the transfer stalls.
 
     A stall is a window of `stall_s` seconds that brought fewer than STALL_BYTES (a server that trickles a byte
@@ -187,7 +188,7 @@ def _download(res: Resource, dest: Path, root: Path, deadline_s: float | None = 
         try:
             with removed_on_signal(tmp), open(tmp, "wb") as out, \
                     urllib.request.urlopen(url, timeout=min(stall_s, deadline - time.monotonic())) as response:
-                _copy_bounded(response, out, url, deadline, stall_s)
+                _copy_bounded(response, out, deadline, stall_s)
             actual = file_digest(tmp)
             if actual != res.sha256:
                 errors.append(f"{url}: SHA-256 {actual}, expected {res.sha256} (download discarded)")
