@@ -270,8 +270,9 @@ for name, (model, n) in cases.items():
     x = torch.randn(n, 13, dtype=F64)
     try:
         gn_direction(model, x, torch.randn(n, 4, dtype=F64))
-    except RankDeficientError as err:
-        print(f"{name}:\n  {str(err)[:150]}...")
+    except RankDeficientError as err:  # where, and why; the numbers after the reason depend on the last digits
+        where, _, why = str(err).partition(": ")
+        print(f"{name}: refused at {where}: {why.split(': ')[0].split('. ')[0]}")
 
 # %% [markdown]
 # A last numerical point. Forming $G=AA^\top$ squares the condition number, so the function-space residual of
