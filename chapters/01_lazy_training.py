@@ -79,7 +79,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import revgn
-from revgn import data, lazy
+from revgn import data
+from revgn.experiments import lazy_training as lazy
 from revgn.book import claim
 
 run = revgn.book.setup(scale, device, seed)

@@ -74,7 +74,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import revgn
-from revgn import data, itlin
+from revgn import data
+from revgn.experiments import iterative_linearisation as itlin
 from revgn.book import claim
 
 run = revgn.book.setup(scale, device, seed)

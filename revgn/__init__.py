@@ -1,11 +1,12 @@
 """revgn: exact Gauss-Newton in reversible networks, lazy training and generalisation.
 
-Modules (one idea each): `data` (verified dataset loaders), `models` (RevMLP and friends), `losses` (losses and
-their GN errors), `gn` (the exact, tractable GN step), `gn_reference` (explicit and matrix-free GN),
-`linearize` (linearisation, centering, output scaling), `kernels` (NTK, CKA, kappa), `damping` (GN as spectral
-filters), `train` (the one training loop and its optimisers), `laziness` (how far a RevMLP moved from init),
-`runs` (atomically recorded results), `lazy`, `itlin`, `gn_experiments` and `regime` (chapter experiments),
-`plots`, `verify`, `bench`, `functional`, `book`, `utils`.
+Library core (one idea per module): `data` (verified dataset loaders), `models` (RevMLP and friends), `losses`
+(losses and their GN errors), `gn` (the exact, tractable GN step), `gn_reference` (explicit and matrix-free GN),
+`linearize` (linearisation, centering, output scaling), `kernels` (the NTK, CKA, kappa, distances from init),
+`damping` (GN as spectral filters), `train` (the one training loop and its optimisers), `runs` (run specs and
+content-addressed records), `sweep` (grids of specs on submitit), `stats` (paired intervals, the verdict rule).
+Around it: `experiments/` (chapter-specific: `lazy_training`, `iterative_linearisation`, `gn_protocol`,
+`regime_map`), `book`, `plots`, `verify`, `bench`, `functional`, `utils`.
 """
 from . import book, data, models, utils
 

@@ -1,4 +1,5 @@
-"""What every chapter does first (check its parameters, seed, pick a device and a plotting style), and `claim`."""
+"""What every chapter does first (check its parameters, seed, pick a device and a plotting style), `claim`, and
+Markdown rendered from records (`markdown`, `table`): the prose numbers and verdicts of a chapter."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -44,6 +45,22 @@ def claim(statement: str, holds: bool) -> None:
     numbers are printed, for the reader, by an unchecked cell next to it.
     """
     print(f"{statement}: {'yes' if holds else 'no'}")
+
+
+def markdown(text: str):
+    """Show text as Markdown in the notebook and the book (numbers and verdicts computed, never typed)."""
+    from IPython.display import Markdown, display
+
+    display(Markdown(text))
+
+
+def table(header: list[str], rows: list[list], caption: str = "") -> str:
+    """A Markdown table of computed cells (shown with `markdown`); returns its text, e.g. for tests."""
+    esc = lambda v: str(v).replace("|", "\\|")
+    lines = ([f"**{caption}**", ""] if caption else []) + ["| " + " | ".join(map(esc, header)) + " |",
+                                                            "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(esc, row)) + " |" for row in rows]
+    return "\n".join(lines)
 
 
 def _style() -> None:

@@ -1,12 +1,17 @@
-"""Tangent kernels, representation similarity and the lazy-training criterion kappa.
+"""Tangent kernels, representation similarity, the lazy-training criterion kappa, and distances from init.
 
-- `empirical_ntk`: the (n1 O) x (n2 O) kernel J1 J2^T, by Jacobian contraction or by NTK-vector products.
+- `empirical_ntk`: the (n1 O) x (n2 O) kernel J1 J2^T, by Jacobian contraction (whole, or one parameter tensor
+  at a time) or by NTK-vector products: the one NTK entry point of the library.
 - `kernel_distance` (Fort et al. 2020), `relative_kernel_change`, `linear_cka` (Kornblith et al. 2019).
 - `kappa`: kappa(w0) = ||h(w0) - y*|| ||D^2 h(w0)|| / ||D h(w0)||^2 (Chizat et al. 2019), with both operator
   norms estimated by power iteration on jvp/vjp products.
+- How far a RevMLP has moved from its initialisation (`model0`, a `frozen_copy`): the paper's probe
+  similarity `ntk_similarity_probes` (Buffelli et al. 2024), `block_cka`, `weight_cosines`, and all of them as
+  training metrics by name (`distance_from_init`, what `RunSpec.measure` names).
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Callable
 
@@ -28,7 +33,9 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = 
     """The empirical NTK Theta(x1, x2) = J(x1) J(x2)^T as an (n1 O) x (n2 O) matrix, rows example-major.
 
     method="jacobian": contract explicit Jacobians (memory n O p; for small sets).
+    method="by-parameter": the same sum, one parameter tensor at a time (memory: one tensor's Jacobian).
     method="ntk-vp": NTK-vector products J(x1) [J(x2)^T v] for each basis vector v, vmapped (no Jacobian).
+    params: the parameters to differentiate (default: the trained ones; `all_params` for a frozen copy).
     """
     params = params_of(model) if params is None else params
     x2 = x1 if x2 is None else x2
@@ -36,8 +43,18 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = 
         J1 = _jac_rows(model, params, x1)
         J2 = J1 if x2 is x1 else _jac_rows(model, params, x2)
         return J1 @ J2.T
+    if method == "by-parameter":
+        f1, f2 = as_function(model, x1), as_function(model, x2)
+        K = 0
+        for name in params:
+            def jac(f, name=name):
+                J = jacrev(lambda p: f({**params, name: p}))(params[name])
+                return J.reshape(J.shape[0] * J.shape[1], -1)
+            J1 = jac(f1)
+            K = K + J1 @ (J1 if x2 is x1 else jac(f2)).T
+        return K
     if method != "ntk-vp":
-        raise ValueError(f"method must be 'jacobian' or 'ntk-vp', got {method!r}")
+        raise ValueError(f"method must be 'jacobian', 'by-parameter' or 'ntk-vp', got {method!r}")
     f1, f2 = as_function(model, x1), as_function(model, x2)
     out2, vjp_fn = vjp(f2, params)
 
@@ -196,3 +213,80 @@ def pattern_stability(before: torch.Tensor, after: torch.Tensor) -> float:
     if before.shape != after.shape:
         raise ValueError("patterns come from different models or inputs")
     return (before == after).double().mean().item()
+
+
+# ------------------------------------------------------------------------------------------ distances from init
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A copy of the model at this moment, for later comparisons."""
+    return copy.deepcopy(model).requires_grad_(False)
+
+
+def all_params(model: nn.Module) -> Params:
+    """All parameters, including those of a frozen copy (`params_of` keeps only the trained ones)."""
+    return {k: v.detach() for k, v in model.named_parameters()}
+
+
+def ntk_similarity_probes(model0: nn.Module, model: nn.Module, x: torch.Tensor, probes: int = 100,
+                          seed: int = 0) -> float:
+    """The paper's "NTK similarity": cosine of mean_i K0 v_i and mean_i Kt v_i, v_i ~ N(0, I) in x_L's space.
+
+    K = J J^T for the output x_L (n x d) of the reversible body on the batch x. Since the mean of K v_i is K
+    applied to the mean probe, this measures K along one random direction; `kernel_distance` of the
+    `empirical_ntk` compares the whole kernel.
+    """
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(probes, len(x), model.width, generator=g, dtype=x.dtype).to(x.device).mean(0)
+    k0 = ntk_vector_product(model0, x, v, params=all_params(model0), output="body")
+    kt = ntk_vector_product(model, x, v, params=all_params(model), output="body")
+    return torch.nn.functional.cosine_similarity(k0.reshape(1, -1), kt.reshape(1, -1)).item()
+
+
+@torch.no_grad()
+def block_outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """Each reversible block's output (n x d) on x."""
+    outs, u = [], model.embed(x)
+    for block in model.blocks:
+        u = block(u)
+        outs.append(u)
+    return outs
+
+
+def block_cka(model0: nn.Module, model: nn.Module, x: torch.Tensor) -> list[float]:
+    """Linear CKA between each block's output now and at init, on the same inputs."""
+    return [linear_cka(a, b) for a, b in zip(block_outputs(model0, x), block_outputs(model, x))]
+
+
+@torch.no_grad()
+def weight_cosines(model0: nn.Module, model: nn.Module) -> dict[str, float]:
+    """Cosine between each trained weight matrix (W1, W2 of every block) now and at init."""
+    p0, pt = all_params(model0), params_of(model)
+    return {k: torch.nn.functional.cosine_similarity(p0[k].reshape(1, -1), pt[k].reshape(1, -1)).item()
+            for k in pt if k.endswith(("W1", "W2"))}
+
+
+def distance_from_init(model0: nn.Module, names, *, kernel_inputs: torch.Tensor, probe_batch: torch.Tensor,
+                       cka_inputs: torch.Tensor | None, kappa_data: tuple[torch.Tensor, torch.Tensor]) -> dict:
+    """The measures `names` (of `revgn.runs.MEASURES`) as training metrics: name -> f(model) -> float.
+
+    ntk_similarity: the paper's probe similarity on `probe_batch`; ntk_distance: `kernel_distance` of the
+    logits' NTK on `kernel_inputs`; cka: `block_cka` on `cka_inputs`, one metric per block (cka_block1, ...);
+    weight_cosine: the smallest of `weight_cosines`; kappa: the criterion on `kappa_data` (inputs, labels as
+    one-hot targets; 20 power iterations to rtol 1e-3: a trend, not a tight estimate).
+    """
+    out = {}
+    if "ntk_similarity" in names:
+        out["ntk_similarity"] = lambda m: ntk_similarity_probes(model0, m, probe_batch)
+    if "ntk_distance" in names:
+        K0 = empirical_ntk(model0, kernel_inputs, params=all_params(model0), method="by-parameter")
+        out["ntk_distance"] = lambda m: kernel_distance(K0, empirical_ntk(m, kernel_inputs, params=all_params(m),
+                                                                          method="by-parameter"))
+    if "cka" in names:
+        for i in range(len(model0.blocks)):
+            out[f"cka_block{i + 1}"] = lambda m, i=i: block_cka(model0, m, cka_inputs)[i]
+    if "weight_cosine" in names:
+        out["weight_cosine"] = lambda m: min(weight_cosines(model0, m).values())
+    if "kappa" in names:
+        x, y = kappa_data
+        onehot = torch.nn.functional.one_hot(y, model0.num_classes).to(x.dtype)
+        out["kappa"] = lambda m: kappa(m, x, onehot, max_iterations=20, rtol=1e-3).kappa
+    return out

@@ -1,13 +1,15 @@
-"""Recorded runs: long experiments write their results once, atomically, with what is needed to trace them.
+"""Runs as data: one frozen description of a training run, one way to run it, one shape of its result.
 
-    hist = recorded_run(RESULTS / "gn" / "mnist-gn-seed0.json", config, lambda: train(...))
-    rec = recorded(RESULTS / "regime" / "point.json", config, lambda: {"test_acc": ...})
+    spec = RunSpec(DataSpec("mnist", n_train=4000, n_val=1000), ModelSpec(hidden=512), OptimSpec("gn", 0.3),
+                   batch_size=128, epochs=6)
+    rec = run(spec, RESULTS / "my_topic")      # trains, or loads results/my_topic/<spec.key>.json
+    rec.metrics["val_acc"], rec.history.epochs["test_acc"], rec.provenance["commit"]
 
-If the file exists and holds the same configuration, it is loaded instead of rerun. An interrupted run
-leaves no record (the write is atomic). Long computations keep checkpoints in the record's scratch folder
-(`scratch_for(path)`), so the next call resumes them mid-way; the folder is removed once the record is
-written. A sweep made of many recorded pieces therefore resumes where it stopped. A file whose
-configuration differs is never overwritten silently.
+`spec.key` is the SHA-256 of the spec's canonical JSON (with `SCHEMA`), so a record is found by what was
+run, never by a name. Records are written atomically once a run finishes; while it trains, a checkpoint
+under the same key lets an interrupted run resume with identical numbers. A run that fails for a reason
+of the method (a non-finite loss, features GN cannot invert) is recorded as a failure, so a sweep does not
+retry it and a table can say so. Sweeps (`revgn.sweep`) are lists of specs dispatched through submitit.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import math
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -28,93 +30,11 @@ from .utils import REPO_ROOT, atomic_write_json, check_int, read_json, run_metad
 RESULTS = REPO_ROOT / "results"
 
 
-def _canonical(config: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(config, sort_keys=True, default=str))
+SCHEMA = 2  # part of every key: bump it when the meaning of a field changes
 
-
-def recorded(path: str | Path | None, config: dict[str, Any], compute: Callable[[], dict[str, Any]],
-             device=None) -> dict[str, Any]:
-    """The JSON record stored at `path` for `config`, or `compute()` it and store it (atomically).
-
-    path None computes without storing (book-scale runs in a chapter leave the repository untouched).
-    The stored file is {"run_config": config, "meta": date/device/commit, "result": compute()}. The result is
-    returned as JSON reads it back (e.g. dict keys become strings) whether it was computed or loaded.
-    """
-    if path is None:
-        return _canonical(compute())
-    path = Path(path)
-    config = _canonical(config)
-    if path.exists():
-        stored = _read_record(path)
-        if stored.get("run_config") != config:
-            raise ValueError(f"{path} holds a run with another configuration; move it away or choose another path.\n"
-                             f"  stored: {stored.get('run_config')}\n  asked:  {config}")
-        return stored["result"]
-    result = _canonical(compute())
-    atomic_write_json(path, {"run_config": config, "meta": run_metadata(device), "result": result})
-    shutil.rmtree(scratch_for(path), ignore_errors=True)  # its checkpoints are no longer needed
-    return result
-
-
-def scratch_for(path: str | Path | None) -> Path | None:
-    """Where the computation of the record at `path` keeps its checkpoints (None when nothing is stored)."""
-    return None if path is None else Path(path).with_suffix(".partial")
-
-
-def recorded_run(path: str | Path | None, config: dict[str, Any], run: Callable[[], History], device=None) -> History:
-    """Load the History recorded at `path` for `config`, or run it and record it (atomically)."""
-    d = recorded(path, config, lambda: run().to_dict(), device)
-    return History(d["steps"], d["epochs"], d["config"])
-
-
-def load_recorded(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """A recorded result and its metadata (date, device, commit), or None when there is no such file."""
-    path = Path(path)
-    if not path.exists():
-        return None
-    stored = _read_record(path)
-    return stored["result"], stored.get("meta", {})
-
-
-def _read_record(path: Path) -> dict[str, Any]:
-    """A record file's content; a truncated, empty or foreign file raises a ValueError naming it."""
-    fix = "delete it (or restore it with git) and rerun, which records it again"
-    stored = read_json(path, "record", fix)
-    if not (isinstance(stored, dict) and {"run_config", "result"} <= set(stored)):
-        raise ValueError(f"{path} is not a revgn record: expected the keys run_config, result and meta; {fix}")
-    return stored
-
-
-def recorded_histories(directory: str | Path) -> list[tuple[History, dict[str, Any]]]:
-    """Every History recorded (by `recorded_run`) in a directory, with its metadata, in file-name order."""
-    out = []
-    for path in sorted(Path(directory).glob("*.json")) if Path(directory).is_dir() else []:
-        result, meta = load_recorded(path)
-        if {"steps", "epochs", "config"} <= set(result):
-            out.append((History(result["steps"], result["epochs"], result["config"]), meta))
-    return out
-
-
-def provenance(directory: str | Path) -> str:
-    """One line on what is recorded in a directory: how many records, when, on which devices, at which commits."""
-    directory = Path(directory)
-    metas = [load_recorded(p)[1] for p in sorted(directory.glob("*.json"))] if directory.is_dir() else []
-    where = directory.relative_to(REPO_ROOT) if directory.is_relative_to(REPO_ROOT) else directory
-    if not metas:
-        return f"{where}/: nothing recorded yet."
-    dates = sorted(m.get("date", "?") for m in metas)
-    devices = sorted({m.get("device", "?") for m in metas})
-    commits = sorted({m.get("commit", "?")[:10] for m in metas})
-    return (f"{where}/: {len(metas)} recorded runs, {dates[0]} to {dates[-1]}, on {', '.join(devices)}, "
-            f"at commit{'s' if len(commits) > 1 else ''} {', '.join(commits)}.")
-
-
-# ================================================================================== run specs and records
-# One frozen description of a training run (`RunSpec`), one way to run it (`run`), one shape of its result
-# (`Record`), stored under its content address: results/<topic>/<spec.key>.json. Sweeps (`revgn.sweep`) are
-# lists of specs dispatched through submitit.
-
-SCHEMA = 1  # part of every key: bump it when the meaning of a field changes
+#: what `RunSpec.measure` can name: distances of the network from its initialisation (`revgn.kernels`),
+#: recorded at init and at every evaluation like the losses
+MEASURES = ("ntk_similarity", "ntk_distance", "cka", "weight_cosine", "kappa")
 
 
 def _choice(name: str, value, options) -> None:
@@ -204,6 +124,7 @@ class OptimSpec:
     damping: float = 0.0
     ridge: float = 0.0
     noise: float = 0.0
+    ridge_relative: bool = False
     momentum: float = 0.0
     weight_decay: float = 0.0
     decay: float = 0.0
@@ -216,6 +137,13 @@ class OptimSpec:
         object.__setattr__(self, "lr", _positive("optimizer.lr", self.lr))
         for name in ("rtol", "atol", "damping", "ridge", "noise", "momentum", "weight_decay", "decay"):
             object.__setattr__(self, name, _positive(f"optimizer.{name}", getattr(self, name), allow_zero=True))
+        if not isinstance(self.ridge_relative, bool):
+            raise TypeError(f"optimizer.ridge_relative must be True or False, got {self.ridge_relative!r}")
+
+    def describe(self) -> str:
+        """A short label: "gn 0.3", "gn truncate 0.3", "adam 0.001"."""
+        kind = f" {self.pinv}" if self.name == "gn" and self.pinv != "exact" else ""
+        return f"{self.name}{kind} {self.lr:g}"
 
     def build(self, seed: int):
         from .gn import Pinv
@@ -223,7 +151,7 @@ class OptimSpec:
 
         if self.name == "gn":
             pinv = Pinv(self.pinv, rtol=self.rtol, atol=self.atol, damping=self.damping, ridge=self.ridge,
-                        noise=self.noise)
+                        noise=self.noise, ridge_relative=self.ridge_relative)
             return GaussNewton(self.lr, pinv, seed=seed)
         if self.name == "sgd":
             return SGD(self.lr, momentum=self.momentum, weight_decay=self.weight_decay, decay=self.decay)
@@ -235,7 +163,11 @@ class RunSpec:
     """Everything that decides a training run's numbers. Two specs with equal `key` are the same run.
 
     Evaluations (at init and after every `eval_every` epochs) record the training loss on the first
-    `eval_train_size` training images, and loss and accuracy on each split in `evaluate` ("val", "test").
+    `eval_train_size` training images, loss and accuracy on each split in `evaluate` ("val", "test"), and each
+    distance from init named in `measure` (see `MEASURES`): the NTK on the first `kernel_inputs` training
+    images, CKA on the first `cka_inputs` test images, kappa on the first `kappa_inputs` training images, the
+    paper's probe similarity on the first batch. With `then`, training continues from epoch `switch_epoch`
+    with that optimiser (the same network).
     """
 
     data: DataSpec = DataSpec()
@@ -249,11 +181,32 @@ class RunSpec:
     eval_train_size: int | None = 2000
     evaluate: tuple[str, ...] = ("val", "test")
     track_batch_change: bool = False
+    measure: tuple[str, ...] = ()
+    kernel_inputs: int = 8
+    cka_inputs: int = 500
+    kappa_inputs: int = 20
+    then: OptimSpec | None = None
+    switch_epoch: int = 0
 
     def __post_init__(self):
         for name, cls in (("data", DataSpec), ("model", ModelSpec), ("optimizer", OptimSpec)):
             if not isinstance(getattr(self, name), cls):
                 raise TypeError(f"RunSpec.{name} must be a {cls.__name__}, got {type(getattr(self, name)).__name__}")
+        if self.then is not None and not isinstance(self.then, OptimSpec):
+            raise TypeError(f"RunSpec.then must be an OptimSpec or None, got {type(self.then).__name__}")
+        check_int("switch_epoch", self.switch_epoch, 0)
+        if (self.then is None) != (self.switch_epoch == 0) or self.switch_epoch >= max(self.epochs, 1):
+            raise ValueError(f"a switch of optimiser needs both `then` and 0 < switch_epoch < epochs={self.epochs}; "
+                             f"got then={self.then!r}, switch_epoch={self.switch_epoch}")
+        for name in ("kernel_inputs", "cka_inputs", "kappa_inputs"):
+            check_int(name, getattr(self, name), 1)
+        object.__setattr__(self, "measure", tuple(self.measure))
+        for name in self.measure:
+            _choice("measure", name, MEASURES)
+        if {"ntk_similarity", "cka", "weight_cosine"} & set(self.measure) and self.model.arch != "revmlp":
+            raise ValueError("measure: ntk_similarity, cka and weight_cosine are defined for a RevMLP only")
+        if "cka" in self.measure and "test" not in self.evaluate:
+            raise ValueError("measure names 'cka', which is taken on test images: add 'test' to evaluate")
         _choice("loss", self.loss, ("ce", "ce-exact", "mse"))
         check_int("epochs", self.epochs, 0)
         check_int("seed", self.seed, 0)
@@ -276,9 +229,10 @@ class RunSpec:
         try:
             parts = {"data": DataSpec(**d["data"]), "model": ModelSpec(**{**d["model"],
                                                                             "mlp_hidden": tuple(d["model"]["mlp_hidden"])}),
-                     "optimizer": OptimSpec(**d["optimizer"])}
+                     "optimizer": OptimSpec(**d["optimizer"]),
+                     "then": None if d.get("then") is None else OptimSpec(**d["then"])}
             return cls(**{**{k: v for k, v in d.items() if k not in parts}, **parts,
-                          "evaluate": tuple(d.get("evaluate", ()))})
+                          "evaluate": tuple(d.get("evaluate", ())), "measure": tuple(d.get("measure", ()))})
         except (KeyError, TypeError) as err:
             raise ValueError(f"not a RunSpec of schema {SCHEMA}: {err}") from err
 
@@ -300,23 +254,34 @@ class RunSpec:
                 parts.setdefault(part, {})[field_name] = v
             else:
                 parts[k] = v
-        for part in ("data", "model", "optimizer"):
+        for part in ("data", "model", "optimizer", "then"):
             if isinstance(parts.get(part), dict):
+                if getattr(self, part) is None:
+                    raise ValueError(f"{part} is None: give a whole {part}=OptimSpec(...) instead of {part}.<field>")
                 parts[part] = dataclasses.replace(getattr(self, part), **parts[part])
         return dataclasses.replace(self, **parts)
 
 
 @dataclass
 class Record:
-    """A finished run: its spec, its `History`, the final metrics, and where and when it was computed."""
+    """A finished run: its spec, its `History`, the final metrics, and where and when it was computed.
+
+    `failure` is None for a run that finished, else the reason it stopped (a non-finite loss, features GN
+    cannot invert); the history then ends where the run stopped and `metrics` is empty.
+    """
 
     spec: RunSpec
     history: History
     metrics: dict[str, float]
     provenance: dict[str, str]
+    failure: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schema": SCHEMA, "key": self.spec.key, "spec": self.spec.to_dict(),
+        return {"schema": SCHEMA, "key": self.spec.key, "spec": self.spec.to_dict(), "failure": self.failure,
                 "history": self.history.to_dict(), "metrics": self.metrics, "provenance": self.provenance}
 
     @classmethod
@@ -327,6 +292,8 @@ class Record:
         d = read_json(path, "run record", fix)
         if not (isinstance(d, dict) and {"spec", "history", "metrics", "provenance"} <= set(d)):
             raise ValueError(f"{path} is not a run record: expected the keys spec, history, metrics, provenance; {fix}")
+        if d.get("schema") != SCHEMA:
+            raise ValueError(f"{path} is a record of schema {d.get('schema')}, this revgn reads schema {SCHEMA}; {fix}")
         try:
             spec = RunSpec.from_dict(d["spec"])
         except ValueError as err:
@@ -335,15 +302,25 @@ class Record:
             raise ValueError(f"{path} holds the record of another run: its spec hashes to {spec.key[:16]}..., not to "
                              f"its file name; {fix}")
         h = d["history"]
-        return cls(spec, History(h["steps"], h["epochs"], h["config"]), d["metrics"], d["provenance"])
+        return cls(spec, History(h["steps"], h["epochs"], h["config"]), d["metrics"], d["provenance"], d.get("failure"))
 
 
 def record_path(store: str | Path, spec: RunSpec) -> Path:
+    """Where the record of `spec` lives in a store folder: <store>/<spec.key>.json."""
     return Path(store) / f"{spec.key}.json"
 
 
+def scratch_for(path: str | Path) -> Path:
+    """The folder where the run recorded at `path` keeps its checkpoints while it trains."""
+    return Path(path).with_suffix(".partial")
+
+
 def splits_of(spec: DataSpec, device="cpu") -> dict[str, Any]:
-    """{"train", "val", "test"} Datasets of a data spec (val is None when n_val is 0)."""
+    """{"train", "val", "test"} Datasets of a data spec (val is None when n_val is 0).
+
+    The training and validation images are one draw of n_train + n_val images from the training split
+    (`subset_seed`); validation is its last n_val. The test images are drawn by seed 0, the same for every run.
+    """
     from . import data as _data
 
     dtype = getattr(torch, spec.dtype)
@@ -363,12 +340,17 @@ def splits_of(spec: DataSpec, device="cpu") -> dict[str, Any]:
 def run(spec: RunSpec, store: str | Path | None = None, *, device="cpu", progress: bool = False) -> Record:
     """Train the run `spec` describes and return its Record; with `store`, record it there (or load it).
 
-    The record is `store/<spec.key>.json`, written atomically once the run has finished; a later call with the
-    same spec loads it. While the run trains, its checkpoint (model, optimiser state, history and shuffling
-    generator, with a SHA-256 of its content) is `store/<spec.key>.partial/run.ckpt`, written after every
-    evaluation; an interrupted run resumes from it with exactly the numbers of an uninterrupted run, and a
-    checkpoint of any other spec is refused. The scratch folder is removed once the record is written.
+    The record is `store/<spec.key>.json`, written atomically once the run has finished (or failed for a
+    reason of the method: `Record.failure`); a later call with the same spec loads it. While the run trains,
+    its checkpoint (model, optimiser state, history and shuffling generator, with a SHA-256 of its content)
+    is `store/<spec.key>.partial/phase<i>.ckpt` (one per optimiser of a switch), written after every evaluation; an interrupted run resumes from it
+    with exactly the numbers of an uninterrupted run, and a checkpoint of any other spec is refused. The
+    scratch folder is removed once the record is written. A computed record carries the trained network as
+    `rec.model` (not stored).
     """
+    from .gn import RankDeficientError
+    from .kernels import distance_from_init, frozen_copy
+    from .losses import NonFiniteLossError
     from .train import train
 
     path = None if store is None else record_path(store, spec)
@@ -383,16 +365,31 @@ def run(spec: RunSpec, store: str | Path | None = None, *, device="cpu", progres
         if name != "test":  # the loop evaluates the test set itself; other splits are metrics
             metrics[f"{name}_loss"] = lambda m, ds=ds: _eval(m, ds, spec.loss)[0]
             metrics[f"{name}_acc"] = lambda m, ds=ds: _eval(m, ds, spec.loss)[1]
-    checkpoint = None if path is None else scratch_for(path) / "run.ckpt"
-    hist = train(model, spec.optimizer.build(spec.seed), train_set, test_set=evals.get("test"), loss=spec.loss,
-                 epochs=spec.epochs, batch_size=spec.batch_size, seed=spec.seed, eval_every=spec.eval_every,
-                 eval_train_size=spec.eval_train_size, track_batch_change=spec.track_batch_change, metrics=metrics,
-                 progress=progress, checkpoint=checkpoint, config={"spec": spec.key})
-    final = {k: v[-1] for k, v in hist.epochs.items() if k != "epoch"}
-    rec = Record(spec, hist, final, run_metadata(device))
+    if spec.measure:
+        metrics.update(distance_from_init(
+            frozen_copy(model), spec.measure, kernel_inputs=train_set.x[:spec.kernel_inputs],
+            probe_batch=train_set.x[:spec.batch_size or len(train_set)],
+            cka_inputs=sets["test"].x[:spec.cka_inputs] if "cka" in spec.measure else None,
+            kappa_data=(train_set.x[:spec.kappa_inputs], train_set.y[:spec.kappa_inputs])))
+    scratch = None if path is None else scratch_for(path)
+    phases = [(spec.optimizer, spec.switch_epoch or spec.epochs)] + \
+             ([] if spec.then is None else [(spec.then, spec.epochs - spec.switch_epoch)])
+    hist, failure = None, None
+    try:
+        for i, (opt, epochs) in enumerate(phases):  # a switch continues the same network and history
+            hist = train(model, opt.build(spec.seed), train_set, test_set=evals.get("test"), loss=spec.loss,
+                         epochs=epochs, batch_size=spec.batch_size, seed=spec.seed + i, eval_every=spec.eval_every,
+                         eval_train_size=spec.eval_train_size, track_batch_change=spec.track_batch_change,
+                         metrics=metrics, progress=progress, history=hist, config={"spec": spec.key, "phase": i},
+                         checkpoint=None if scratch is None else scratch / f"phase{i}.ckpt")
+    except (NonFiniteLossError, RankDeficientError) as err:  # the method failed, not the machine: record it
+        failure = f"{type(err).__name__}: {err}"
+        hist = getattr(err, "history", None) or hist or History(config={"spec": spec.key})
+    final = {} if failure else {k: v[-1] for k, v in hist.epochs.items() if k != "epoch"}
+    rec = Record(spec, hist, final, run_metadata(device), failure)
     if path is not None:
         atomic_write_json(path, rec.to_dict())
-        shutil.rmtree(scratch_for(path), ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
     rec.model = model  # the trained network, for measurements after the run (not stored)
     return rec
 
@@ -408,3 +405,42 @@ def records(store: str | Path) -> list[Record]:
     """Every record in a store folder, in file-name order; a bad file is an error that names it."""
     store = Path(store)
     return [Record.load(p) for p in sorted(store.glob("*.json"))] if store.is_dir() else []
+
+
+def provenance(recs: list[Record], where: str | Path = "") -> str:
+    """One line on a set of records: how many, when, on which devices and CPUs, at which commits."""
+    if not recs:
+        return f"{where}: nothing recorded." if where else "nothing recorded."
+    meta = [r.provenance for r in recs]
+    dates = sorted(m.get("date", "?") for m in meta)
+    devices = sorted({m.get('device', '?') for m in meta})
+    commits = sorted({m.get("commit", "?")[:10] for m in meta})
+    head = f"{where}: " if where else ""
+    return (f"{head}{len(recs)} recorded runs, {dates[0]} to {dates[-1]}, on {', '.join(devices)}, "
+            f"at commit{'s' if len(commits) > 1 else ''} {', '.join(commits)}.")
+
+
+class Runs:
+    """The runs of one chapter or sweep: each spec run once through `run` (or loaded from `store`), kept by key.
+
+        runs = Runs(store=None, device=run.device)    # book scale: computed, not written to the repository
+        recs = runs.all(specs, desc="mini-batch")      # a list of Records, in the order of the specs
+    """
+
+    def __init__(self, store: str | Path | None = None, device="cpu", progress: bool = True):
+        self.store, self.device, self.progress = store, device, progress
+        self.records: dict[str, Record] = {}
+
+    def __call__(self, spec: RunSpec) -> Record:
+        if spec.key not in self.records:
+            self.records[spec.key] = run(spec, self.store, device=self.device)
+        return self.records[spec.key]
+
+    def all(self, specs, desc: str = "runs") -> list[Record]:
+        from tqdm import tqdm
+
+        specs = list(specs)
+        todo = [s for s in dict.fromkeys(specs) if s.key not in self.records]
+        for s in tqdm(todo, desc=desc, disable=not self.progress or not todo, mininterval=5.0):
+            self(s)
+        return [self.records[s.key] for s in specs]

@@ -65,7 +65,7 @@ def status(specs, store: str | Path) -> dict[str, str]:
     for spec in specs:
         path = record_path(store, spec)
         out[spec.key] = ("recorded" if path.exists() else
-                         "interrupted" if (scratch_for(path) / "run.ckpt").exists() else "missing")
+                         "interrupted" if any(scratch_for(path).glob("*.ckpt")) else "missing")
     return out
 
 

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .gn import Pinv, iter_block_directions
+from .gn import Pinv, RankDeficientError, iter_block_directions
 from .gn_reference import matrix_free_gn_direction
 from .losses import NonFiniteLossError, accuracy, check_finite, get_loss
 from .models import RevMLP
@@ -431,9 +431,7 @@ def train(model: nn.Module, optimizer: Optimizer, train_set, *, loss="ce", epoch
     start = hist.epochs["epoch"][-1] if hist.epochs["epoch"] else 0
     gen = torch.Generator().manual_seed(seed + 1_000_003 * start)
     last = start + epochs
-    if checkpoint is not None:
-        if history is not None:
-            raise ValueError("use either history (to continue a run) or checkpoint (to resume one), not both")
+    if checkpoint is not None:  # with `history` too: a continued run (a switch of optimiser) resumes as well
         checkpoint = Path(checkpoint)
         if checkpoint.exists():
             hist, start = _resume(checkpoint, model, optimizer, hist, gen, last)
@@ -483,7 +481,7 @@ def train(model: nn.Module, optimizer: Optimizer, train_set, *, loss="ce", epoch
             if (epoch - start) % eval_every == 0 or epoch == last:
                 record(epoch)
                 bar.set_postfix(loss=f"{hist.epochs['train_loss'][-1]:.3g}", refresh=False)
-    except NonFiniteLossError as err:
+    except (NonFiniteLossError, RankDeficientError) as err:
         err.history = hist  # what was measured before the failure
         raise
     finally:

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from revgn import data, runs
-from revgn import gn_experiments as gx
+from revgn.experiments import gn_protocol as gp
 from revgn.gn import RankDeficientError
 from revgn.losses import CrossEntropy, NonFiniteLossError
 from revgn.models import MLP, RevMLP
@@ -138,12 +138,16 @@ def test_records_never_hold_nan(tmp_path):
     assert not path.exists() and not list(tmp_path.iterdir())
 
 
-def test_rate_selection_ranks_a_diverged_rate_last_wherever_it_sits():
-    x, y = toy(64, d=8)
-    ds = data.Dataset("toy", "train", x, y, ("a", "b", "c"))
-    arch = gx.Arch(depth=1, hidden=64)
-    sel = gx.select_lr("sgd", [1e30, 0.1], arch, ds, ds, criterion="train_loss", epochs=1, batch_size=None)
-    assert sel.lr == 0.1 and sel.scores[1e30] == -np.inf
+def test_rate_selection_ranks_a_failed_rate_last_wherever_it_sits(tmp_path):
+    spec = runs.RunSpec(runs.DataSpec("mnist", n_train=64, n_test=16), runs.ModelSpec("mlp", mlp_hidden=(16,)),
+                        runs.OptimSpec("sgd"), epochs=1, evaluate=())
+    for grid in ([1e30, 0.1], [0.1, 1e30]):
+        recs = [runs.run(s, tmp_path) for s in gp.rate_grid(spec, grid)]
+        diverged = next(r for r in recs if r.spec.optimizer.lr == 1e30)
+        assert not diverged.ok and "NonFiniteLossError" in diverged.failure and diverged.metrics == {}
+        assert runs.Record.load(runs.record_path(tmp_path, diverged.spec)).failure == diverged.failure
+        sel = gp.select(recs, "train_loss")
+        assert sel.lr == 0.1 and sel.scores[1e30] == -np.inf
 
 
 # --------------------------------------------------------------------------- 3. bounded downloads, no litter
@@ -287,18 +291,22 @@ def test_stale_partials_of_dead_writers_are_removed_and_live_ones_kept(tmp_path)
 
 # --------------------------------------------------------------------------- 4. corrupt files are named
 def test_a_truncated_or_empty_record_is_named(tmp_path):
-    path = tmp_path / "rec.json"
-    runs.recorded(path, {"a": 1}, lambda: {"x": 1.0})
+    spec = runs.RunSpec(runs.DataSpec("mnist", n_train=32, n_test=16), runs.ModelSpec("mlp", mlp_hidden=(8,)),
+                        runs.OptimSpec("sgd", 0.1), epochs=1, evaluate=())
+    path = runs.record_path(tmp_path, runs.run(spec, tmp_path).spec)
     text = path.read_text()
     for broken in (text[: len(text) // 2], ""):
         path.write_text(broken)
         with pytest.raises(ValueError, match=f"{path}.*(truncated|empty)"):
-            runs.recorded(path, {"a": 1}, lambda: {"x": 1.0})
+            runs.run(spec, tmp_path)
         with pytest.raises(ValueError, match=str(path)):
-            runs.provenance(tmp_path)
+            runs.records(tmp_path)
     path.write_text(json.dumps({"something": "else"}))
-    with pytest.raises(ValueError, match="not a revgn record"):
-        runs.load_recorded(path)
+    with pytest.raises(ValueError, match="not a run record"):
+        runs.Record.load(path)
+    path.write_text(text.replace('"schema": 2', '"schema": 1', 1))
+    with pytest.raises(ValueError, match="schema 1"):
+        runs.Record.load(path)
 
 
 def _checkpointed_run(path):

@@ -1,133 +1,136 @@
-"""Recorded runs are written once, atomically, and never silently replaced; experiment helpers say what they mean."""
+"""Records of runs, read by the experiment protocol: measures, switches of optimiser, selection, paired verdicts."""
 from __future__ import annotations
 
 import json
+import math
+import os
+from pathlib import Path
 
+import numpy as np
 import pytest
-import torch
 
-from revgn import gn_experiments as gx
-from revgn.data import Dataset
-from revgn.runs import load_recorded, provenance, recorded, recorded_histories, recorded_run
+from revgn import stats
+from revgn.experiments import gn_protocol as gp
+from revgn.runs import DataSpec, ModelSpec, OptimSpec, Record, Runs, RunSpec, provenance, record_path, records, run
 from revgn.train import History
 
+needs_mnist = pytest.mark.skipif(not (Path(os.environ.get("REVGN_DATA", "/nonexistent")) / "mnist").exists(),
+                                 reason="needs MNIST in $REVGN_DATA (make test points it at ../shared/data)")
 
-def fake_history(loss=(1.0, 0.5)):
+
+def tiny(**changes) -> RunSpec:
+    spec = RunSpec(DataSpec("mnist", n_train=128, n_test=64), ModelSpec(depth=2, hidden=48), OptimSpec("gn", 0.5),
+                   batch_size=32, epochs=3, eval_train_size=128, evaluate=("test",))
+    return spec.replace(**changes)
+
+
+def fake(loss=(1.0, 0.5), steps=None, **spec_changes) -> Record:
     h = History()
     for e, l in enumerate(loss):
         h.log(h.epochs, epoch=e, train_loss=l)
-    return h
+    for e, before, after in steps or ():
+        h.log(h.steps, epoch=e, loss=before, loss_after=after)
+    return Record(tiny(**spec_changes), h, {"train_loss": loss[-1]}, {})
 
 
-def test_recorded_run_runs_once_then_loads(tmp_path):
-    calls = []
-    make = lambda: calls.append(1) or fake_history()
-    path = tmp_path / "r" / "run.json"
-    a = recorded_run(path, {"lr": 0.1, "seed": 0}, make)
-    b = recorded_run(path, {"seed": 0, "lr": 0.1}, make)
-    assert len(calls) == 1 and a.epochs == b.epochs
-    stored = json.loads(path.read_text())
-    assert {"date", "device", "commit", "torch"} <= set(stored["meta"])
-    result, meta = load_recorded(path)
-    assert result["epochs"] == a.epochs and meta["commit"] == stored["meta"]["commit"]
-    assert load_recorded(tmp_path / "absent.json") is None
+def test_saturation_and_batch_drop_read_the_history():
+    assert gp.saturation(fake((4.0, 2.0, 1.0, 1.0)), last=1) == 0.0
+    assert gp.saturation(fake((4.0, 2.0, 1.0)), last=2) == 0.75
+    with pytest.raises(ValueError, match="needs more than 3"):
+        gp.saturation(fake((4.0, 2.0, 1.0)), last=3)
+    rec = fake(steps=[(1, 2.0, 0.5), (1, 1.0, 0.5), (2, 1.0, 0.9)])
+    assert gp.batch_loss_drop(rec).tolist() == [75.0, 50.0, pytest.approx(10.0)]
+    assert gp.drop_by_epoch(rec).tolist() == [62.5, pytest.approx(10.0)]
+    with pytest.raises(ValueError, match="track_batch_change"):
+        gp.batch_loss_drop(fake())
 
 
-def test_recorded_run_refuses_another_configuration(tmp_path):
-    path = tmp_path / "run.json"
-    recorded_run(path, {"lr": 0.1}, fake_history)
-    before = path.read_bytes()
-    with pytest.raises(ValueError, match="another configuration"):
-        recorded_run(path, {"lr": 0.2}, fake_history)
-    assert path.read_bytes() == before
+def test_selection_takes_the_best_by_its_criterion_and_never_a_failure():
+    recs = [fake((1.0, l), **{"optimizer.lr": lr}) for lr, l in ((0.1, 0.5), (0.3, 0.2), (1.0, 0.3))]
+    assert gp.select(recs, "train_loss").lr == 0.3
+    failed = Record(tiny(**{"optimizer.lr": 3.0}), History(), {}, {}, failure="NonFiniteLossError: boom")
+    sel = gp.select(recs + [failed], "train_loss")
+    assert sel.lr == 0.3 and sel.scores[3.0] == -np.inf and "3: failed" in sel.describe()
+    assert gp.select([failed], "train_loss").best is None
+    with pytest.raises(ValueError, match="criterion"):
+        gp.select(recs, "test_acc")  # the test set is never a criterion
 
 
-def test_a_sweep_of_recorded_pieces_resumes_where_it_stopped(tmp_path):
-    done = []
-
-    def piece(i):
-        if i == 2 and not done:
-            done.append("crashed once")
-            raise KeyboardInterrupt
-        return {"value": i * i}
-
-    sweep = lambda: [recorded(tmp_path / f"p{i}.json", {"i": i}, lambda i=i: piece(i)) for i in range(4)]
-    with pytest.raises(KeyboardInterrupt):
-        sweep()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["p0.json", "p1.json"]
-    first = (tmp_path / "p0.json").read_bytes()
-    assert [r["value"] for r in sweep()] == [0, 1, 4, 9]
-    assert (tmp_path / "p0.json").read_bytes() == first  # finished pieces were loaded, not rerun
-    assert recorded(None, {"i": 0}, lambda: {"value": -1}) == {"value": -1}  # no path: nothing stored
+def test_the_paired_interval_is_a_student_t_interval_and_the_rule_needs_five_seeds():
+    a, b = [0.91, 0.93, 0.92, 0.90, 0.94], [0.90, 0.91, 0.91, 0.91, 0.92]
+    c = stats.paired(a, b)
+    d = np.array(a) - np.array(b)
+    half = 2.7764451051977987 * d.std(ddof=1) / math.sqrt(5)  # t_{0.975, 4}
+    assert c.mean == pytest.approx(d.mean()) and c.lo == pytest.approx(d.mean() - half) and c.n == 5
+    assert stats.verdict(c, "A better", "A worse") == "no detectable difference"  # the interval contains 0
+    assert stats.verdict(stats.paired([1, 2, 3, 4, 5], [0, 0.5, 1, 2, 3]), "A better", "A worse") == "A better"
+    assert stats.verdict(stats.paired([0, 0, 0, 0, 0], [1, 1.1, 1, 1.2, 1]), "A better", "A worse") == "A worse"
+    assert stats.verdict(stats.paired([2, 3, 4, 5], [0, 0, 0, 0]), "A better", "A worse") == "no verdict (4 of 5 seeds)"
+    assert math.isnan(stats.paired([1.0], [0.0]).lo)
+    with pytest.raises(ValueError, match="not finite"):
+        stats.paired([1.0, float("nan")], [0.0, 0.0])
+    with pytest.raises(ValueError, match="equally long"):
+        stats.paired([1.0, 2.0], [0.0])
 
 
-def test_an_interrupted_run_leaves_nothing(tmp_path):
-    def crash():
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        recorded_run(tmp_path / "run.json", {"lr": 0.1}, crash)
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_split_saturation_and_batch_drop():
-    ds = Dataset("toy", "train", torch.arange(10.0)[:, None], torch.arange(10) % 3, ("a", "b", "c"))
-    tr, val = gx.split(ds, 3)
-    assert len(tr) == 7 and len(val) == 3 and torch.equal(val.x[:, 0], torch.tensor([7.0, 8.0, 9.0]))
-    with pytest.raises(ValueError):
-        gx.split(ds, 10)
-    assert gx.saturation(fake_history((4.0, 2.0, 1.0, 1.0)), last=1) == 0.0
-    assert gx.saturation(fake_history((4.0, 2.0, 1.0)), last=2) == 0.75
-    h = History()
-    h.log(h.steps, epoch=1, loss=2.0, loss_after=0.5)
-    assert gx.batch_loss_drop(h).tolist() == [75.0]
+def test_compare_pairs_records_by_seed():
+    a = [fake((1.0, 0.5), seed=s) for s in (0, 1)]
+    b = [fake((1.0, 0.4), seed=s) for s in (1, 0)]
+    with pytest.raises(ValueError, match="share their seeds"):
+        gp.compare(a, b, "train_loss")
+    assert gp.compare(a, b[::-1], "train_loss").mean == pytest.approx(0.1)
 
 
-def test_a_stored_experiment_run_is_recorded_once_and_listed(tmp_path):
-    g = torch.Generator().manual_seed(0)
-    ds = Dataset("toy", "train", torch.randn(64, 8, generator=g), torch.randint(0, 3, (64,), generator=g), ("a", "b", "c"))
-    kw = dict(arch=gx.Arch(depth=1, hidden=32), train_set=ds, eval_set=ds, epochs=2, batch_size=16, store=tmp_path)
-    first = gx.run("gn", 0.5, **kw)
-    (path,) = tmp_path.iterdir()
-    stamp = path.stat().st_mtime_ns
-    again = gx.run("gn", 0.5, **kw)
-    assert again.epochs == first.epochs and path.stat().st_mtime_ns == stamp  # loaded, not rerun
-    fresh = gx.run("gn", 0.5, **{**kw, "store": None})
-    assert fresh.epochs["train_loss"] == pytest.approx(first.epochs["train_loss"], rel=1e-12)
-    gx.run("gn", 0.25, **kw)  # another rate: another file
-    assert [h.config["lr"] for h, meta in recorded_histories(tmp_path)] == [0.25, 0.5]
-    assert all(meta["commit"] for h, meta in recorded_histories(tmp_path))
-    assert recorded_histories(tmp_path / "absent") == []
-    with pytest.raises(ValueError, match="fresh run"):
-        gx.run("gn", 0.5, **kw, model=gx.Arch(depth=1, hidden=32).build(ds, 0))
+@needs_mnist
+def test_measures_are_recorded_along_training(tmp_path):
+    rec = run(tiny(measure=("ntk_distance", "cka", "weight_cosine", "ntk_similarity", "kappa"), kernel_inputs=2,
+                   cka_inputs=32, kappa_inputs=4, epochs=1), tmp_path)
+    e = rec.history.epochs
+    assert e["ntk_distance"][0] < 1e-6 and e["ntk_distance"][1] > 0 and e["cka_block2"][0] == pytest.approx(1)
+    assert e["weight_cosine"][0] == pytest.approx(1) and e["kappa"][0] > 0 and len(e["ntk_similarity"]) == 2
+    assert Record.load(record_path(tmp_path, rec.spec)).history.epochs == e
+    with pytest.raises(ValueError, match="measure"):
+        tiny(measure=("ntk_size",))
+    with pytest.raises(ValueError, match="cka"):
+        tiny(measure=("cka",), evaluate=())
 
 
-def test_an_interrupted_stored_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
-    g = torch.Generator().manual_seed(1)
-    ds = Dataset("toy", "train", torch.randn(64, 8, generator=g), torch.randint(0, 3, (64,), generator=g), ("a", "b", "c"))
-    kw = dict(arch=gx.Arch(depth=1, hidden=32), train_set=ds, eval_set=ds, epochs=3, batch_size=16, store=tmp_path)
-    real_train = gx.train
+@needs_mnist
+def test_a_switch_of_optimiser_continues_the_network_and_an_interrupted_one_resumes(tmp_path, monkeypatch):
+    import revgn.train
 
-    def crash_after_epoch_1(*args, **kwargs):
+    spec = tiny(optimizer=OptimSpec("adam", 1e-3), then=OptimSpec("gn", 0.5), switch_epoch=1)
+    with pytest.raises(ValueError, match="switch"):
+        tiny(then=OptimSpec("gn", 0.5), switch_epoch=3)
+    with pytest.raises(ValueError, match="switch"):
+        tiny(switch_epoch=1)
+    whole = run(spec)
+    assert whole.history.epochs["epoch"] == [0, 1, 2, 3]
+    first = run(tiny(optimizer=OptimSpec("adam", 1e-3), epochs=1))  # the Adam phase alone: the same first epoch
+    assert whole.history.epochs["train_loss"][:2] == first.history.epochs["train_loss"]
+    real = revgn.train.train
+
+    def crash_in_phase_two(*args, **kwargs):
         def crash(_, epoch):
-            if epoch == 1:
+            if epoch == 2:
                 raise KeyboardInterrupt
-        return real_train(*args, **kwargs, callbacks=[crash])
+        return real(*args, **kwargs, callbacks=[crash])
 
-    monkeypatch.setattr(gx, "train", crash_after_epoch_1)
+    monkeypatch.setattr(revgn.train, "train", crash_in_phase_two)
     with pytest.raises(KeyboardInterrupt):
-        gx.run("adam", 1e-2, **kw)
-    (scratch,) = tmp_path.iterdir()  # no record: only the scratch folder, with the checkpoint of epoch 1
-    assert scratch.suffix == ".partial" and [p.name for p in scratch.iterdir()] == ["run.ckpt"]
-    monkeypatch.setattr(gx, "train", real_train)
-    resumed = gx.run("adam", 1e-2, **kw)
-    assert [p.suffix for p in tmp_path.iterdir()] == [".json"]  # recorded; the scratch folder is gone
-    assert resumed.epochs == gx.run("adam", 1e-2, **{**kw, "store": None}).epochs
+        run(spec, tmp_path)
+    assert sorted(p.name for p in (tmp_path / f"{spec.key}.partial").iterdir()) == ["phase0.ckpt", "phase1.ckpt"]
+    monkeypatch.setattr(revgn.train, "train", real)
+    resumed = run(spec, tmp_path)
+    assert resumed.history.to_dict() == json.loads(json.dumps(whole.history.to_dict()))
+    assert [p.suffix for p in tmp_path.iterdir()] == [".json"]
 
 
-def test_provenance_says_what_is_recorded_where(tmp_path):
-    assert provenance(tmp_path / "none").endswith("nothing recorded yet.")
-    for i in range(2):
-        recorded(tmp_path / f"r{i}.json", {"i": i}, lambda: {"x": 1})
-    line = provenance(tmp_path)
-    assert "2 recorded runs" in line and json.loads((tmp_path / "r0.json").read_text())["meta"]["device"] in line
+@needs_mnist
+def test_runs_memoises_by_key_and_provenance_says_where_records_came_from(tmp_path):
+    runs = Runs(tmp_path, progress=False)
+    a, b = runs.all([tiny(epochs=1), tiny(epochs=1), tiny(epochs=1, seed=1)])[:2], runs(tiny(epochs=1))
+    assert a[0] is a[1] is b and len(runs.records) == 2 and len(records(tmp_path)) == 2
+    line = provenance(records(tmp_path), "results/x")
+    assert line.startswith("results/x: 2 recorded runs") and b.provenance["commit"][:10] in line
+    assert provenance([], "results/x") == "results/x: nothing recorded."

@@ -41,8 +41,12 @@ OTHER = {
     "optimizer.atol": 1e-5, "optimizer.damping": 0.01, "optimizer.ridge": 0.1, "optimizer.noise": 0.1,
     "optimizer.momentum": 0.9, "optimizer.weight_decay": 1e-4, "optimizer.decay": 1e-3,
     "loss": "mse", "batch_size": 16, "epochs": 3, "seed": 1, "eval_every": 2, "eval_train_size": 64,
-    "evaluate": ("test",), "track_batch_change": True,
+    "evaluate": ("test",), "track_batch_change": True, "optimizer.ridge_relative": True,
+    "measure": ("ntk_distance",), "kernel_inputs": 4, "cka_inputs": 100, "kappa_inputs": 10,
+    "then": OptimSpec("sgd", 0.1), "switch_epoch": 2,
 }
+# Fields that are only valid together with another change: a switch of optimiser needs both of its fields.
+COMPANION = {"then": {"switch_epoch": 1, "epochs": 3}, "switch_epoch": {"then": OptimSpec("sgd", 0.1), "epochs": 3}}
 
 
 def leaf_fields(spec: RunSpec) -> list[str]:
@@ -61,7 +65,7 @@ def test_every_field_of_a_spec_is_part_of_its_key():
     assert sorted(leaf_fields(base)) == sorted(OTHER), "OTHER must cover every field (a new field needs a value here)"
     keys = {base.key}
     for field, value in OTHER.items():
-        changed = base.replace(**{field: value})
+        changed = base.replace(**{field: value, **COMPANION.get(field, {})})
         assert changed.key not in keys, f"changing {field} did not change the key"
         keys.add(changed.key)
     assert tiny().key == base.key and RunSpec.from_dict(json.loads(json.dumps(base.to_dict()))) == base
@@ -116,8 +120,8 @@ def test_a_checkpoint_of_another_spec_is_refused(tmp_path):
 
     sets = splits_of(a.data)
     model = a.model.build(784, 10, torch.float32)
-    train(model, a.optimizer.build(a.seed), sets["train"], epochs=1, batch_size=32, checkpoint=scratch / "run.ckpt",
-          config={"spec": a.key}, progress=False)
+    train(model, a.optimizer.build(a.seed), sets["train"], epochs=1, batch_size=32, checkpoint=scratch / "phase0.ckpt",
+          config={"spec": a.key, "phase": 0}, progress=False)
     with pytest.raises(ValueError, match="another run"):
         run(b, tmp_path)
 

@@ -6,10 +6,11 @@ import math
 import numpy as np
 import torch
 
-from .kernels import empirical_ntk, kernel_distance
-from .linearize import Linearized
-from .models import MLP, ConvNet
-from .train import SGD, DampedGaussNewton, IterativeLinearisation, train
+from ..damping import kstep_gd_filter, lm_filter
+from ..kernels import empirical_ntk, kernel_distance
+from ..linearize import Linearized
+from ..models import MLP, ConvNet
+from ..train import SGD, DampedGaussNewton, IterativeLinearisation, train
 
 
 def feature_updates(K: float, steps: int) -> int:
@@ -87,13 +88,16 @@ def damping_sweep(train_set, test_set, dampings, *, make_model=None, lr: float =
 
 
 def kept_fraction_kstep(lam: np.ndarray, eta: float, K: float) -> np.ndarray:
-    """Fraction of each kernel eigendirection a K-step GD update keeps, relative to exact GN: 1 - (1 - eta lam)^K."""
-    return np.ones_like(lam) if K == math.inf else 1 - (1 - eta * lam) ** K
+    """Fraction of each kernel eigendirection a K-step GD update keeps, relative to exact GN: lam phi(lam),
+    with phi the K-step filter of `revgn.damping` (1 - (1 - eta lam)^K)."""
+    lam = torch.as_tensor(lam, dtype=torch.float64)
+    return (lam * kstep_gd_filter(lam, eta, K)).numpy()
 
 
 def kept_fraction_lm(lam: np.ndarray, mu: float) -> np.ndarray:
-    """The same for Levenberg-Marquardt: lam / (lam + mu)."""
-    return lam / (lam + mu)
+    """The same for Levenberg-Marquardt damping mu: lam phi(lam) = lam / (lam + mu) (`revgn.damping.lm_filter`)."""
+    lam = torch.as_tensor(lam, dtype=torch.float64)
+    return (lam * lm_filter(lam, mu)).numpy()
 
 
 def ntk_spectrum(model, x: torch.Tensor) -> np.ndarray:

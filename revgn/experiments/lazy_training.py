@@ -8,12 +8,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .data import TeacherStudent
-from .functional import snapshot
-from .kernels import kappa, pattern_stability, relu_patterns
-from .linearize import Centered, Linearized, Scaled, ScaledSquareLoss, parameter_distance
-from .models import ConvNet, TwoLayerReLU
-from .train import SGD, train
+from ..data import TeacherStudent
+from ..functional import snapshot
+from ..kernels import kappa, pattern_stability, relu_patterns
+from ..linearize import Centered, Linearized, Scaled, ScaledSquareLoss, parameter_distance
+from ..models import ConvNet, TwoLayerReLU
+from ..train import SGD, train
 
 
 def loglog_slope(x, y) -> float:

@@ -1,0 +1,9 @@
+"""Chapter-specific experiments, built on the library core.
+
+- `lazy_training`: Chizat, Oyallon & Bach (2019), chapter "Lazy training".
+- `iterative_linearisation`: Goldwaser & Ge (2023), chapter "Iterative linearisation".
+- `gn_protocol`: what the exact-GN chapters share: rate grids, selection on validation, per-step and
+  per-epoch measurements read from records, paired comparisons across seeds.
+- `regime_map`: the grid of settings where exact GN is compared with a tuned Adam (its book and paper
+  grids are sweeps: `python -m revgn.sweep revgn.experiments.regime_map:book`).
+"""

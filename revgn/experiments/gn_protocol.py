@@ -1,0 +1,121 @@
+"""The protocol the exact-GN chapters share (Buffelli et al. 2024, Sec. 5), on records of `revgn.runs.run`.
+
+A learning rate is chosen from a grid of run specs by a criterion read from their records: the final
+validation accuracy (mini-batch runs, the validation split held out from the training images) or the final
+training loss (full-batch runs, a question of optimisation). The test set is never used to choose. A run
+that failed (diverged, or features GN cannot invert) ranks below every run that finished.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..runs import Record, RunSpec
+from ..stats import Paired, paired
+
+CRITERIA = ("val_acc", "train_loss")
+
+
+def rate_grid(spec: RunSpec, lrs) -> list[RunSpec]:
+    """The spec at each learning rate of `lrs`."""
+    return [spec.replace(**{"optimizer.lr": float(lr)}) for lr in lrs]
+
+
+def at_seeds(spec: RunSpec, seeds) -> list[RunSpec]:
+    """The spec at each seed: initial weights, batch order and any noise of the step change; the data
+    split and subset do not (they are the same for every compared method)."""
+    return [spec.replace(seed=s, **{"model.seed": s}) for s in seeds]
+
+
+def score(rec: Record, criterion: str) -> float:
+    """Higher is better: the final validation accuracy, or minus the final training loss; -inf for a failure."""
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
+    if not rec.ok:
+        return -np.inf
+    value = rec.metrics[criterion] if criterion == "val_acc" else -rec.metrics["train_loss"]
+    return value if np.isfinite(value) else -np.inf
+
+
+@dataclass
+class Selection:
+    """The record chosen from a rate grid, and every rate's score (failures: -inf)."""
+
+    best: Record | None
+    scores: dict[float, float]
+    bracketed: bool | None = None  # set by `tune`: is the chosen rate inside the grid (or at the cap)?
+
+    @property
+    def lr(self) -> float | None:
+        return None if self.best is None else self.best.spec.optimizer.lr
+
+    def describe(self) -> str:
+        """"0.1: 0.931, 0.3: 0.940 (chosen), 1: failed"."""
+        return ", ".join(f"{lr:g}: " + ("failed" if not np.isfinite(s) else f"{abs(s):.3g}")
+                         + (" (chosen)" if lr == self.lr else "") for lr, s in sorted(self.scores.items()))
+
+
+def select(recs: list[Record], criterion: str) -> Selection:
+    """The best record of a rate grid by `criterion`; best is None when every rate failed."""
+    scores = {r.spec.optimizer.lr: score(r, criterion) for r in recs}
+    ok = [r for r in recs if np.isfinite(scores[r.spec.optimizer.lr])]
+    best = max(ok, key=lambda r: scores[r.spec.optimizer.lr]) if ok else None  # first of equals: the smaller rate
+    return Selection(best, scores)
+
+
+def batch_loss_drop(rec: Record) -> np.ndarray:
+    """Per step: 100 (1 - loss after / loss before) on that step's own batch (%); needs track_batch_change."""
+    if "loss_after" not in rec.history.steps:
+        raise ValueError(f"run {rec.spec.key[:12]} did not track the batch loss after each step (track_batch_change)")
+    before, after = np.array(rec.history.steps["loss"]), np.array(rec.history.steps["loss_after"])
+    return 100 * (1 - after / before)
+
+
+def drop_by_epoch(rec: Record) -> np.ndarray:
+    """`batch_loss_drop` averaged over each epoch (one value per epoch)."""
+    drop = batch_loss_drop(rec)
+    epochs = np.array(rec.history.steps["epoch"])
+    return np.array([drop[epochs == e].mean() for e in np.unique(epochs)])
+
+
+def saturation(rec: Record, last: int = 3) -> float:
+    """Relative improvement of the training loss over the last `last` evaluations: (L[-1-last] - L[-1]) / L[-1-last].
+
+    Near 0 means the training loss has stopped improving ("saturated").
+    """
+    loss = rec.history.epochs["train_loss"]
+    if len(loss) <= last:
+        raise ValueError(f"saturation over the last {last} evaluations needs more than {last}, the run has {len(loss)}")
+    return (loss[-1 - last] - loss[-1]) / loss[-1 - last]
+
+
+def compare(a: list[Record], b: list[Record], key: str = "test_acc") -> Paired:
+    """The paired comparison of metric `key` between two lists of records that share their seeds, a - b."""
+    sa, sb = [r.spec.seed for r in a], [r.spec.seed for r in b]
+    if sa != sb:
+        raise ValueError(f"paired records must share their seeds in order: {sa} vs {sb}")
+    if not all(r.ok for r in a + b):
+        raise ValueError("a compared run failed: there is no value to pair")
+    return paired([r.metrics[key] for r in a], [r.metrics[key] for r in b])
+
+
+def tune(runs, spec: RunSpec, lrs, criterion: str, *, cap: float | None = None, extensions: int = 3) -> Selection:
+    """Choose spec's learning rate from a bracketed grid: train at every rate of `lrs` (through `runs`, a
+    `revgn.runs.Runs`); while the best rate sits at an edge of the grid, add the next rate beyond that edge
+    (a factor 3 on, not past `cap`), at most `extensions` times. The result says whether the best rate is
+    bracketed (`Selection.bracketed`): an interior point of the grid, or at the cap.
+    """
+    lrs = sorted(float(lr) for lr in lrs)
+    for extension in range(extensions + 1):
+        sel = select(runs.all(rate_grid(spec, lrs), desc=f"{spec.optimizer.name} rates"), criterion)
+        i = None if sel.best is None else lrs.index(sel.lr)
+        at_cap = cap is not None and i == len(lrs) - 1 and lrs[-1] >= cap
+        sel.bracketed = i is not None and (0 < i < len(lrs) - 1 or at_cap)
+        if i is None or sel.bracketed or len(lrs) == 1 or extension == extensions:
+            return sel
+        if i == 0:
+            lrs.insert(0, lrs[0] / 3)
+        else:
+            lrs.append(lrs[-1] * 3 if cap is None else min(lrs[-1] * 3, cap))
+    raise AssertionError("unreachable")
