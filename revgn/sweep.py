@@ -171,4 +171,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the canonical module's main: grids import revgn.sweep.Grid, which is not this __main__'s Grid class
+    sys.exit(importlib.import_module("revgn.sweep").main())
