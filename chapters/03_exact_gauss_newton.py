@@ -158,6 +158,8 @@ from revgn.bench import Shape, compare
 from revgn.gn import Pinv, RankDeficientError, gn_direction
 from revgn.losses import CrossEntropy, SquareLoss
 from revgn.models import RevMLP
+from revgn.book import markdown
+from revgn.utils import REPO_ROOT, read_json
 
 run = revgn.book.setup(scale, device, seed)
 F64 = torch.float64
@@ -314,14 +316,25 @@ plt.show()
 
 # %% [markdown]
 # The full benchmark, with matrix-free GN, explicit-Jacobian GN and peak memory, is recorded with its date,
-# machine and commit in `benchmarks/README.md`. On the book's 2-core CPU:
-#
-# - an exact GN step costs 1.25 to 1.8 SGD steps on the paper-like shapes ($n$ = 256 to 512), and 1.1 to 1.4
-#   with the Gram matrix in float32. The float64 Gram is the difference, and it is kept because real features
-#   need it for the step to be certifiably exact;
-# - its peak memory is that of an SGD step (0.9x to 1.1x);
-# - it is about 9,000 times faster than forming and pseudo-inverting the explicit Jacobian, at the largest
-#   shape where that Jacobian fits in 2 GB.
-#
-# The ratio to SGD grows with the batch size, as the $n^2h$ Gram matrix and its $n^3$ factorisation predict.
-# The claim holds: exact GN is tractable in these networks, at the cost of a few gradient steps.
+# machine and commit in `results/benchmarks/gn_step-cpu.json` (and summarised in `benchmarks/README.md`).
+# What it measured, side by side in one run:
+
+# %%
+bench = read_json(REPO_ROOT / "results" / "benchmarks" / "gn_step-cpu.json", "benchmark record")
+main, explicit = bench["main"], bench["explicit"]
+span = lambda xs: f"{min(xs):.2f} to {max(xs):.2f}"
+ratios = [m["gn/sgd"] for m in main]
+tractable = max(ratios) < 3
+markdown("\n".join([
+    f"On {bench['meta']['device']} with {bench['meta']['threads']} threads ({bench['meta']['date'][:10]}, commit "
+    f"{bench['meta']['commit'][:10]}), for the shapes " + ", ".join(m["shape"] for m in main) + ":",
+    f"- an exact GN step costs {span(ratios)} SGD steps, and {span([m['gn/sgd'] / m['gn/gn-f32gram'] for m in main])} "
+    f"with the Gram matrix in float32 (the float64 Gram is kept because real features need it for the step to be "
+    f"certifiably exact);",
+    f"- its peak memory is {span([m['gn/sgd_memory'] for m in main])} times that of an SGD step;",
+    f"- it is {explicit['speedup']:,.0f} times faster than forming and pseudo-inverting the explicit Jacobian, at the "
+    f"largest shape where that Jacobian fits in {bench['args']['explicit_budget_gb']:g} GB ({explicit['shape']}).",
+    "",
+    f"Tractable, by the chapter's criterion (a GN step within three SGD steps on every paper-like shape): "
+    f"{'yes' if tractable else 'no'}. The ratio grows with the batch size, as the $n^2h$ Gram matrix and its "
+    f"$n^3$ factorisation predict (the figure above)."]))

@@ -46,7 +46,7 @@ import revgn
 from revgn.book import claim, markdown, table
 from revgn.experiments import gn_protocol as gp
 from revgn.runs import RESULTS, DataSpec, ModelSpec, OptimSpec, Runs, RunSpec, provenance, records
-from revgn.stats import TEST, paired, verdict
+from revgn.stats import TEST, verdict
 
 run = revgn.book.setup(scale, device, seed)
 GN, ADAM = OptimSpec("gn", 0.1), OptimSpec("adam", 1e-3)

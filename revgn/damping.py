@@ -3,9 +3,9 @@
 For the square loss with residual r = f - y and Jacobian J at the anchor, write J J^T = U diag(lambda) U^T.
 Every step below has the form Delta = -J^T U diag(phi(lambda)) U^T r, and differs only in its filter phi:
 
-    K steps of GD on the linearised loss (rate eta):  phi(lambda) = [1 - (1 - eta lambda)^K] / lambda     (eq. 3)
-    Levenberg-Marquardt, damping mu:                  phi(lambda) = 1 / (lambda + mu)                    (eq. 4)
-    exact (minimum-norm) GN:                          phi(lambda) = 1 / lambda                           (eq. 5)
+    K steps of GD on the linearised loss (rate eta):  phi(lambda) = [1 - (1 - eta lambda)^K] / lambda     (eq-kstep)
+    Levenberg-Marquardt, damping mu:                  phi(lambda) = 1 / (lambda + mu)                    (eq-filters)
+    exact (minimum-norm) GN:                          phi(lambda) = 1 / lambda                           (eq-filters)
 
 Relative to exact GN, K-step GD keeps the fraction 1 - (1 - eta lambda)^K of each eigendirection and LM the
 fraction lambda / (lambda + mu): both damp the small-eigenvalue directions first, and as K -> infinity or

@@ -1,19 +1,19 @@
 """The exact, tractable Gauss-Newton step for `RevMLP` (Buffelli et al. 2024, Prop. 4.4).
 
 Notation (row convention, one row per example): the GN step solves J Delta = eps in function space, where
-eps (n x C) is the loss's error (see `revgn.losses`) and J the Jacobian of the logits. Equation numbers refer
+eps (n x C) is the loss's error (see `revgn.losses`) and J the Jacobian of the logits. Equation labels (MyST) refer
 to the chapter "Exact Gauss-Newton in reversible networks".
 
 The step is built block by block. With T_l the output error carried back to block l's output through the
-*inverse* network (forward-mode tangents, eq. 7), block l's own step is
+*inverse* network (forward-mode tangents, eq-tangent), block l's own step is
 
-    dW1^T = A1^+ T1,                       A1 = sigma(X2 V2^T)                      (eq. 8)
-    dW2^T = A2^+ (T2 - M),   M = D_{X1'}[sigma(X1' V1^T) W2^T] T1                     (eq. 9)
+    dW1^T = A1^+ T1,                       A1 = sigma(X2 V2^T)                      (eq-dw1)
+    dW2^T = A2^+ (T2 - M),   M = D_{X1'}[sigma(X1' V1^T) W2^T] T1                     (eq-dw2)
 
 and M is exactly the term the inverse-network tangent subtracts, so T2 - M is the tangent's second half
 after block l has been inverted. Each block's step alone moves the output by eps; stacking them with a
-factor 1/L gives a right inverse of J (eq. 10). Pseudo-inverses of the n x h features go through the n x n
-Gram matrix (eq. 11).
+factor 1/L gives a right inverse of J (eq-stack). Pseudo-inverses of the n x h features go through the n x n
+Gram matrix (eq-gram).
 """
 from __future__ import annotations
 
@@ -127,7 +127,7 @@ def _rank_error(where: str, n: int, m: int, detail: str) -> RankDeficientError:
 
 def features_pinv(A: torch.Tensor, T: torch.Tensor, pinv: Pinv = Pinv(), *, where: str = "features",
                   generator: torch.Generator | None = None) -> torch.Tensor:
-    """(A^+ T)^T through the Gram matrix G = A A^T (eq. 11).
+    """(A^+ T)^T through the Gram matrix G = A A^T (eq-gram).
 
     A: n x m features (m = h, or h + 1 with a bias column). T: n x k targets. Returns k x m, the shape of the
     weight matrix the step updates. Cost: the Gram matrix (n^2 m), an n x n factorisation in
@@ -234,7 +234,7 @@ def block_directions(model: RevMLP, caches, error: torch.Tensor, pinv: Pinv = Pi
 
 
 def stack_blocks(directions: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """The right inverse of eq. (10): every block's own step, scaled by 1/L."""
+    """The right inverse of eq-stack: every block's own step, scaled by 1/L."""
     L = len(directions)
     return {k: v / L for d in directions for k, v in d.items()}
 
@@ -242,7 +242,7 @@ def stack_blocks(directions: list[dict[str, torch.Tensor]]) -> dict[str, torch.T
 @torch.no_grad()
 def gn_direction(model: RevMLP, x: torch.Tensor, error: torch.Tensor, pinv: Pinv = Pinv(),
                  generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-    """The tractable exact GN direction Delta with J Delta = error (eq. 10), as {parameter name: step}.
+    """The tractable exact GN direction Delta with J Delta = error (eq-stack), as {parameter name: step}.
 
     x: n x D inputs. error: n x C. Update with theta <- theta - lr * Delta.
     """

@@ -1,7 +1,7 @@
 """Reference GN routes for checking the tractable step, and for models that are not reversible.
 
 - `jacobian_matrix` / `explicit_gn_direction`: the full Jacobian by reverse mode (jacrev) and the
-  Moore-Penrose step J^+ eps (eq. 3). Memory (n C) x p: small models only.
+  Moore-Penrose step J^+ eps (eq-gn). Memory (n C) x p: small models only.
 - `matrix_free_gn_direction`: Delta = J^T u with (J J^T + lambda I) u = eps solved by conjugate gradients,
   using only Jacobian-vector (jvp) and vector-Jacobian (vjp) products. With lambda = 0 and J of full row rank
   this is again J^+ eps, for any model; with lambda > 0 it is the Levenberg-Marquardt step.

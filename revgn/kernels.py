@@ -171,7 +171,7 @@ def hessian_norm(f: Callable[[Params], torch.Tensor], params: Params, *, max_ite
 
 def kappa(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, max_iterations: int = 100, rtol: float = 1e-6,
           seed: int = 0) -> Kappa:
-    """The lazy-training criterion at the model's current parameters (Chizat et al. 2019, eq. 3).
+    """The lazy-training criterion at the model's current parameters (Chizat et al. 2019; label eq-kappa).
 
     h = the model's outputs on x, flattened; y* = y (same shape as the outputs). Both operator norms are
     estimated by power iteration from a seeded start (`jacobian_norm`, `hessian_norm`).

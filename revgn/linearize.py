@@ -4,7 +4,7 @@
     model_lin = Linearized(model)       # the same as an nn.Module whose own parameters start at params0
 
 Notation of the lazy-training chapter: h(w) the model's outputs on the data, w0 the init, h_bar(w) the
-linearisation at w0 (eq. 1), alpha the output scale, F_alpha(w) = R(alpha h(w)) / alpha^2 (eq. 2).
+linearisation at w0 (eq-lin), alpha the output scale, F_alpha(w) = R(alpha h(w)) / alpha^2 (eq-falpha).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from .functional import Params, params_of
 
 
 def linearize(f: Callable[[Params], torch.Tensor], params0: Params) -> Callable[[Params], torch.Tensor]:
-    """The first-order Taylor model of f at params0: p -> f(params0) + J(params0)(p - params0) (eq. 1).
+    """The first-order Taylor model of f at params0: p -> f(params0) + J(params0)(p - params0) (eq-lin).
 
     Computed with one forward-mode jvp per call; the Jacobian is never formed.
     """
@@ -120,7 +120,7 @@ class Scaled(nn.Module):
 
 
 class ScaledSquareLoss:
-    """F_alpha = ||alpha h - y||^2 / (2 alpha^2), per example, batch mean (eq. 2).
+    """F_alpha = ||alpha h - y||^2 / (2 alpha^2), per example, batch mean (eq-falpha).
 
     Applied to the outputs of `Scaled(model, alpha)`, this is 1/2 ||h - y / alpha||^2: the unscaled model fits
     the targets divided by alpha. `error` is the GN error of F_alpha with respect to the scaled outputs.

@@ -1,12 +1,12 @@
 """Losses and the function-space errors a GN step fits.
 
-For a loss summed over the batch, L = sum_i l(z_i, y_i), the GN step of eq. (3) of the GN chapter moves the
+For a loss summed over the batch, L = sum_i l(z_i, y_i), the GN step eq-gn of the GN chapter moves the
 logits by -lr * eps, where eps (n x C) is:
 
 - square loss, l = 1/2 ||z - y||^2:                eps = z - y                  (exact GN: H = I);
 - cross-entropy, "identity" Hessian (the paper):     eps = softmax(z) - y        (H replaced by I);
 - cross-entropy, "exact" Hessian:                    eps = H_i^+ (softmax(z_i) - y_i), H_i = diag(p_i) - p_i p_i^T,
-  the minimum-norm Newton step of each example's loss in logit space (generalised GN, eq. (4)).
+  the minimum-norm Newton step of each example's loss in logit space (generalised GN, eq-ggn).
 
 A GN step is invariant to scaling the loss, so summing or averaging over the batch gives the same step.
 The *reported* loss value is the batch mean, and first-order optimisers (SGD, Adam) descend that mean, as

@@ -1,4 +1,4 @@
-"""Models. `RevMLP` is the reversible coupling-layer MLP of Buffelli et al. (2024), eq. (1) of the GN chapter.
+"""Models. `RevMLP` is the reversible coupling-layer MLP of Buffelli et al. (2024), eq-block of the GN chapter.
 
 Shapes follow PyTorch: a batch is a matrix with one row per example. In the paper's column convention
 X is d x n; here it is n x d, and every product below is the transpose of the paper's.
@@ -33,7 +33,7 @@ class HalfLayerCache:
 
 
 class RevBlock(nn.Module):
-    """One coupling block (eq. 1):
+    """One coupling block (eq-block):
 
         X1' = X1  + sigma(X2  V2^T) W1^T [+ b1]
         X2' = X2  + sigma(X1' V1^T) W2^T [+ b2]

@@ -427,12 +427,17 @@ class Runs:
         recs = runs.all(specs, desc="mini-batch")      # a list of Records, in the order of the specs
     """
 
-    def __init__(self, store: str | Path | None = None, device="cpu", progress: bool = True):
-        self.store, self.device, self.progress = store, device, progress
+    def __init__(self, store: str | Path | None = None, device="cpu", progress: bool = True, compute: bool = True):
+        """compute=False: only read what `store` holds; a spec without a record is a FileNotFoundError."""
+        self.store, self.device, self.progress, self.compute = store, device, progress, compute
         self.records: dict[str, Record] = {}
 
     def __call__(self, spec: RunSpec) -> Record:
         if spec.key not in self.records:
+            if not self.compute:
+                path = None if self.store is None else record_path(self.store, spec)
+                if path is None or not path.exists():
+                    raise FileNotFoundError(f"no record of run {spec.key} in {self.store} (and compute=False)")
             self.records[spec.key] = run(spec, self.store, device=self.device)
         return self.records[spec.key]
 

@@ -148,7 +148,7 @@ def apply_step(model: nn.Module, direction: dict[str, torch.Tensor], lr: float) 
 
 
 class GaussNewton(Optimizer):
-    """The exact, tractable GN step of `revgn.gn` for a `RevMLP`: theta <- theta - lr * J^{-|} eps (eq. 10).
+    """The exact, tractable GN step of `revgn.gn` for a `RevMLP`: theta <- theta - lr * J^{-|} eps (eq-stack).
 
     lr = 1 moves the logits by -eps to first order (for the square loss: onto the targets).
     """

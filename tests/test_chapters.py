@@ -52,3 +52,16 @@ def test_stored_notebook_is_executed_from_the_current_source_without_errors(py):
         for out in c.get("outputs", []):
             assert out["output_type"] != "error", f"{nb_path.name} stores an error: {out.get('ename')}"
     assert "revgn" in "".join(stored), "every chapter uses the library"
+
+
+# A result-like number in prose: a three-decimal fraction (an accuracy, a CKA) or a signed one-decimal number
+# (a gap in points). Settings (h=512, 6 epochs) and the papers' own values are not of this form.
+RESULT_LIKE = re.compile(r"(?<![\w.])(0\.\d{3}|[+\u2212-]\d+\.\d\b)")
+
+
+@pytest.mark.parametrize("py", CHAPTERS, ids=lambda p: p.stem)
+def test_no_result_is_typed_into_a_chapters_markdown(py):
+    """Numbers and verdicts come from code reading records (revgn.book.markdown), never typed into prose."""
+    typed = [m.group(0) for c in cells_of_py(py) if c["cell_type"] == "markdown"
+             for m in RESULT_LIKE.finditer(c["source"])]
+    assert not typed, f"{py.name} types result-like numbers into its Markdown: {typed}; render them from records"

@@ -13,7 +13,7 @@ from revgn.runs import Runs
 pytestmark = pytest.mark.skipif(not (Path(os.environ.get("REVGN_DATA", "/nonexistent")) / "mnist").exists(),
                                 reason="needs MNIST in $REVGN_DATA (make test points it at ../shared/data)")
 TINY = rm.Settings(rm.Point(n_train=256, hidden=64, batch=32, epochs=2), lrs={"gn": (0.3, 1.0), "adam": (1e-3, 1e-2)},
-                   n_val=128, n_test=256, kernel_inputs=4)
+                   n_val=128, n_test={"mnist": 256}, kernel_inputs=4)
 
 
 def test_point_validates_its_settings():
@@ -59,10 +59,48 @@ def test_summary_picks_rates_on_validation_and_reports_that_run(tmp_path):
 def test_identity_first_block_is_rank_deficient_beyond_half_the_input_width(tmp_path):
     # MNIST: d/2 = 392 < n = 400, so the identity first block's h x n features have rank <= 392
     s = rm.Settings(rm.Point(n_train=400, hidden=512, batch=400, epochs=1, first_activation="identity"),
-                    lrs={"gn": (1.0,), "adam": (1e-3,)}, n_val=100, n_test=100, kernel_inputs=2)
+                    lrs={"gn": (1.0,), "adam": (1e-3,)}, n_val=100, n_test={"mnist": 100}, kernel_inputs=2)
     runs = Runs(tmp_path, progress=False)
     exact = rm.summarise(s.base, s, runs)
     assert exact["gn"]["lr"] is None and exact["gap"] is None
     failed = runs(s.base.spec("gn", 1.0, s))
     assert failed.failure.startswith("RankDeficientError") and failed.history.epochs["epoch"] == [0]
     assert rm.summarise(s.base.vary(pinv="truncate"), s, runs)["gn"]["lr"] == 1.0
+
+
+def test_the_rendered_verdict_is_read_from_the_records(tmp_path):
+    """Perturb the records and the verdict changes; delete one and the table cannot be rendered without it."""
+    import json
+
+    from revgn.runs import Record, record_path
+
+    s = rm.Settings(rm.Point(n_train=192, hidden=64, batch=32, epochs=1), lrs={"gn": (0.5,), "adam": (1e-3,)},
+                    seeds=(0, 1, 2, 3, 4), n_val=64, n_test={"mnist": 128}, kernel_inputs=2)
+    points = [s.base.vary(seed=seed) for seed in s.seeds]
+    render = lambda: rm.verdict_table({"tiny": [rm.summarise(p, s, Runs(tmp_path, progress=False)) for p in points]})
+    before = render()
+    assert "| tiny |" in before and "(5 seeds)" in before
+
+    def set_gn_test_acc(offset):  # GN's records now say GN is `offset` better than Adam at every seed
+        for p in points:
+            gn, adam = (record_path(tmp_path, p.spec(o, s.lrs[o][0], s)) for o in ("gn", "adam"))
+            d = json.loads(gn.read_text())
+            d["metrics"]["test_acc"] = Record.load(adam).metrics["test_acc"] + offset + 0.001 * p.seed
+            gn.write_text(json.dumps(d))
+
+    set_gn_test_acc(+0.05)
+    assert "claim fails: GN better" in render() and "+5.2 [" in render()
+    set_gn_test_acc(-0.05)
+    assert "claim holds: GN worse" in render()
+    record_path(tmp_path, points[2].spec("adam", 1e-3, s)).unlink()
+    with pytest.raises(FileNotFoundError, match=points[2].spec("adam", 1e-3, s).key):
+        rm.verdict_table({"tiny": [rm.summarise(p, s, Runs(tmp_path, progress=False, compute=False)) for p in points]})
+
+
+def test_the_sweep_cli_lists_a_grid_of_the_experiments_package(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "revgn.sweep", "revgn.experiments.regime_map:book", "--list",
+                          "--store", str(tmp_path)], capture_output=True, text=True, check=True).stdout
+    assert f"{len(rm.book().specs)} runs" in out and f"0 recorded, 0 interrupted, {len(rm.book().specs)} missing" in out

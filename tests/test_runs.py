@@ -134,3 +134,28 @@ def test_runs_memoises_by_key_and_provenance_says_where_records_came_from(tmp_pa
     line = provenance(records(tmp_path), "results/x")
     assert line.startswith("results/x: 2 recorded runs") and b.provenance["commit"][:10] in line
     assert provenance([], "results/x") == "results/x: nothing recorded."
+
+
+class FakeRuns:
+    """Records whose final validation accuracy is a given function of the rate (no training)."""
+
+    def __init__(self, acc):
+        self.acc, self.asked = acc, []
+
+    def all(self, specs, desc=""):
+        self.asked += [s.optimizer.lr for s in specs]
+        return [Record(s, History(), {"val_acc": self.acc(s.optimizer.lr)}, {}) if np.isfinite(self.acc(s.optimizer.lr))
+                else Record(s, History(), {}, {}, failure="NonFiniteLossError: diverged") for s in specs]
+
+
+def test_tuning_extends_the_grid_until_the_best_rate_is_bracketed():
+    peak = lambda best: (lambda lr: -abs(math.log(lr / best)))  # validation accuracy peaks at `best`
+    sel = gp.tune(FakeRuns(peak(0.1)), tiny(), (1.0, 3.0, 10.0), "val_acc")
+    assert sel.lr == pytest.approx(1 / 9) and sel.bracketed  # grid extended down to 1/27: 1/9 is interior
+    assert min(sel.scores) < sel.lr < max(sel.scores)
+    up = gp.tune(FakeRuns(peak(30.0)), tiny(), (0.1, 0.3, 1.0), "val_acc", cap=2.0)
+    assert up.lr == 2.0 and up.bracketed and max(up.scores) == 2.0  # stopped at the cap: reported as bracketed by it
+    far = gp.tune(FakeRuns(peak(1e-6)), tiny(), (1.0, 3.0), "val_acc", extensions=2)
+    assert not far.bracketed and len(far.scores) == 4 and far.lr == pytest.approx(1 / 9)  # out of extensions: said so
+    diverging = gp.tune(FakeRuns(lambda lr: lr if lr < 1.5 else np.nan), tiny(), (0.3, 1.0, 3.0), "val_acc")
+    assert diverging.lr == 1.0 and diverging.bracketed  # a failed rate above the best brackets it

@@ -12,8 +12,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
+import numpy as np
+
 from .. import data
-from ..runs import DataSpec, ModelSpec, OptimSpec, Record, RunSpec
+from ..book import table
+from ..stats import TEST, paired, verdict
+from ..runs import DataSpec, ModelSpec, OptimSpec, RunSpec
 from ..sweep import Grid
 from . import gn_protocol as gp
 
@@ -66,7 +70,8 @@ class Point:
             raise ValueError(f"optimiser must be one of {OPTIMISERS}, got {optimiser!r}")
         opt = OptimSpec("gn", lr, **(TRUNCATION if self.pinv == "truncate" else {})) if optimiser == "gn" \
             else OptimSpec("adam", lr)
-        return RunSpec(DataSpec(self.dataset, n_train=self.n_train, n_val=s.n_val, subset_seed=self.seed, n_test=s.n_test),
+        return RunSpec(DataSpec(self.dataset, n_train=self.n_train, n_val=s.n_val, subset_seed=self.seed,
+                                n_test=s.n_test[self.dataset]),
                        ModelSpec(depth=self.depth, hidden=self.hidden, init_std=self.init_std,
                                  first_activation=self.first_activation, seed=self.seed),
                        opt, loss="ce", batch_size=self.batch, epochs=self.epochs, seed=self.seed,
@@ -87,7 +92,8 @@ class Settings:
     ratios: tuple = (1, 2, 4, 16)
     seeds: tuple = (0, 1)
     n_val: int = 500
-    n_test: int | None = 2000
+    # test images per dataset (None: the whole test split; the CIFAR-10 subset has 1,000)
+    n_test: dict = field(default_factory=lambda: {"mnist": 2000, "cifar10-subset": None})
     kernel_inputs: int = 8
     sizes: tuple = (500, 6000)  # training-set sizes of the single-factor changes
     n_big: int = 512  # a batch beyond d/2 = 392, where the identity first block is rank-deficient
@@ -123,7 +129,8 @@ class Settings:
 SETTINGS = {
     "book": Settings(Point(n_train=2000, hidden=512, batch=128, epochs=6)),
     "paper": Settings(Point(n_train=55000, hidden=8192, batch=1024, epochs=100), batches=(256, 1024), ratios=(1, 2, 8),
-                      seeds=(0, 1, 2), n_val=5000, n_test=None, kernel_inputs=32, sizes=(10000,), n_big=1024,
+                      seeds=(0, 1, 2), n_val=5000, n_test={"mnist": None, "cifar10": None}, kernel_inputs=32,
+                      sizes=(10000,), n_big=1024,
                       big_n_train=55000, cifar={"dataset": "cifar10", "depth": 6, "n_train": 45000}),
 }
 
@@ -161,3 +168,25 @@ def summarise(point: Point, s: Settings, record_of) -> dict:
                           drop_first=float(drop[0]), drop_last=float(drop[-1]), record=rec)
     out["gap"] = out["gn"]["test_acc"] - out["adam"]["test_acc"] if out["gn"]["lr"] and out["adam"]["lr"] else None
     return out
+
+
+def mean_over_seeds(summaries: list[dict], value) -> float:
+    """The mean over a point's seeds of value(summary); NaN where some seed has no value (a failed optimiser)."""
+    vals = [value(r) for r in summaries]
+    return float(np.mean(vals)) if all(v is not None for v in vals) else float("nan")
+
+
+def gap_verdict(summaries: list[dict]) -> tuple[str, str]:
+    """A regime's gap, paired over its seeds ("-1.2 [-2.0, -0.4] points (5 seeds)"), and the verdict of
+    `revgn.stats.verdict` on it: "claim holds: GN worse", "claim fails: GN better", "no detectable
+    difference", or no verdict with fewer than five seeds."""
+    if any(r["gap"] is None for r in summaries):
+        return "exact GN refused at every rate", "no comparison"
+    c = paired([r["gn"]["test_acc"] for r in summaries], [r["adam"]["test_acc"] for r in summaries])
+    return c.text(), verdict(c, above="claim fails: GN better", below="claim holds: GN worse")
+
+
+def verdict_table(regimes: dict[str, list[dict]]) -> str:
+    """The Markdown verdict table of labelled regimes (label -> the summaries of its seeds)."""
+    rows = [[label, *gap_verdict(summaries)] for label, summaries in regimes.items()]
+    return table(["regime", "gap, GN - Adam [95% interval]", "verdict"], rows) + f"\n\nTest: {TEST}."
