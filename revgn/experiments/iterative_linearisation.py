@@ -67,7 +67,7 @@ def damping_sweep(train_set, test_set, dampings, *, make_model=None, lr: float =
     Returns per mu: final "test_acc", "train_loss" (inf if training diverged) and the "kernel_distance" of the
     network's NTK from init on `probe` training inputs.
     """
-    from .losses import NonFiniteLossError
+    from ..losses import NonFiniteLossError
 
     make_model = make_model or mlp_factory(train_set)
     out = {k: [] for k in ("test_acc", "train_loss", "kernel_distance")}
