@@ -28,9 +28,14 @@ class Paired:
     n: int
 
     def text(self, scale: float = 100, unit: str = " points") -> str:
-        """"-1.2 [-2.0, -0.4] points (5 seeds)", the interval omitted below two pairs."""
-        interval = f" [{self.lo * scale:+.1f}, {self.hi * scale:+.1f}]" if self.n > 1 else ""
-        return f"{self.mean * scale:+.1f}{interval}{unit} ({self.n} seed{'s' if self.n != 1 else ''})"
+        """"-1.2 [-2.0, -0.4] points (5 seeds)", the interval omitted below two pairs. Enough decimals (at least
+        one) that the interval's half-width has a significant digit, or the mean two without an interval."""
+        half = (self.hi - self.lo) / 2 * scale if self.n > 1 else math.nan
+        ref, extra = (half, 0) if half > 0 else (abs(self.mean * scale), 1)
+        decimals = 1 if not ref > 0 else int(min(6, max(1, extra - math.floor(math.log10(ref)))))
+        f = lambda v: f"{v * scale:+.{decimals}f}"
+        interval = f" [{f(self.lo)}, {f(self.hi)}]" if self.n > 1 else ""
+        return f"{f(self.mean)}{interval}{unit} ({self.n} seed{'s' if self.n != 1 else ''})"
 
 
 def paired(a, b, level: float = LEVEL) -> Paired:
