@@ -140,11 +140,6 @@ class OptimSpec:
         if not isinstance(self.ridge_relative, bool):
             raise TypeError(f"optimizer.ridge_relative must be True or False, got {self.ridge_relative!r}")
 
-    def describe(self) -> str:
-        """A short label: "gn 0.3", "gn truncate 0.3", "adam 0.001"."""
-        kind = f" {self.pinv}" if self.name == "gn" and self.pinv != "exact" else ""
-        return f"{self.name}{kind} {self.lr:g}"
-
     def build(self, seed: int):
         from .gn import Pinv
         from .train import SGD, Adam, GaussNewton
