@@ -227,11 +227,11 @@ for o, color in (("gn", "C0"), ("adam", "C1")):
     for r, style in zip(cifar, ("-", "--", ":", "-.", (0, (1, 3)))):
         h = r[o]["record"].history.epochs
         label = f"{o}, seed {r['point']['seed']}"
-        axes[0].semilogy(h["epoch"], h["train_loss"], style, color=color, label=label)
-        axes[1].plot(h["epoch"], h["test_acc"], style, color=color, label=label)
+        axes[0].semilogy(h["epoch"], h["train_loss"], linestyle=style, color=color, label=label)
+        axes[1].plot(h["epoch"], h["test_acc"], linestyle=style, color=color, label=label)
 axes[0].set(xlabel="epoch", title="CIFAR-10: training loss")
 axes[1].set(xlabel="epoch", title="CIFAR-10: test accuracy")
-axes[1].legend()
+axes[1].legend(fontsize=7, ncol=2)
 plt.tight_layout()
 plt.show()
 
