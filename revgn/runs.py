@@ -31,6 +31,8 @@ RESULTS = REPO_ROOT / "results"
 
 
 SCHEMA = 2  # part of every key: bump it when the meaning of a field changes
+#: RunSpec fields added within schema 2, with their defaults: at the default they leave the key unchanged
+ADDED = {"patience": 0}
 
 #: what `RunSpec.measure` can name: distances of the network from its initialisation (`revgn.kernels`),
 #: recorded at init and at every evaluation like the losses
@@ -162,7 +164,9 @@ class RunSpec:
     distance from init named in `measure` (see `MEASURES`): the NTK on the first `kernel_inputs` training
     images, CKA on the first `cka_inputs` test images, kappa on the first `kappa_inputs` training images, the
     paper's probe similarity on the first batch. With `then`, training continues from epoch `switch_epoch`
-    with that optimiser (the same network).
+    with that optimiser (the same network). With `patience` > 0, training stops once the validation accuracy
+    has not risen above its best for that many evaluations (`revgn.train.plateaued`): `epochs` is then the
+    most it trains, and the record's final metrics are those of the evaluation where it stopped.
     """
 
     data: DataSpec = DataSpec()
@@ -182,6 +186,7 @@ class RunSpec:
     kappa_inputs: int = 20
     then: OptimSpec | None = None
     switch_epoch: int = 0
+    patience: int = 0
 
     def __post_init__(self):
         for name, cls in (("data", DataSpec), ("model", ModelSpec), ("optimizer", OptimSpec)):
@@ -195,6 +200,10 @@ class RunSpec:
                              f"got then={self.then!r}, switch_epoch={self.switch_epoch}")
         for name in ("kernel_inputs", "cka_inputs", "kappa_inputs"):
             check_int(name, getattr(self, name), 1)
+        check_int("patience", self.patience, 0)
+        if self.patience and ("val" not in self.evaluate or self.then is not None):
+            raise ValueError("patience stops on the validation accuracy: it needs 'val' in evaluate, and no switch "
+                             "of optimiser (then)")
         object.__setattr__(self, "measure", tuple(self.measure))
         for name in self.measure:
             _choice("measure", name, MEASURES)
@@ -232,8 +241,10 @@ class RunSpec:
             raise ValueError(f"not a RunSpec of schema {SCHEMA}: {err}") from err
 
     def canonical(self) -> str:
-        """The spec as canonical JSON (sorted keys, no spaces), with the schema version."""
-        return json.dumps({"schema": SCHEMA, "spec": self.to_dict()}, sort_keys=True, separators=(",", ":"))
+        """The spec as canonical JSON (sorted keys, no spaces), with the schema version. A field added within
+        a schema (`ADDED`) enters it only when it differs from its default, so earlier records keep their keys."""
+        d = {k: v for k, v in self.to_dict().items() if not (k in ADDED and v == ADDED[k])}
+        return json.dumps({"schema": SCHEMA, "spec": d}, sort_keys=True, separators=(",", ":"))
 
     @property
     def key(self) -> str:
@@ -346,7 +357,7 @@ def run(spec: RunSpec, store: str | Path | None = None, *, device="cpu", progres
     from .gn import RankDeficientError
     from .kernels import distance_from_init, frozen_copy
     from .losses import NonFiniteLossError
-    from .train import train
+    from .train import plateaued, train
 
     path = None if store is None else record_path(store, spec)
     if path is not None and path.exists():
@@ -373,6 +384,7 @@ def run(spec: RunSpec, store: str | Path | None = None, *, device="cpu", progres
     try:
         for i, (opt, epochs) in enumerate(phases):  # a switch continues the same network and history
             hist = train(model, opt.build(spec.seed), train_set, test_set=evals.get("test"), loss=spec.loss,
+                         stop=plateaued("val_acc", spec.patience) if spec.patience else None,
                          epochs=epochs, batch_size=spec.batch_size, seed=spec.seed + i, eval_every=spec.eval_every,
                          eval_train_size=spec.eval_train_size, track_batch_change=spec.track_batch_change,
                          metrics=metrics, progress=progress, history=hist, config={"spec": spec.key, "phase": i},

@@ -310,6 +310,21 @@ class History:
         return cls(d["steps"], d["epochs"], d["config"])
 
 
+def plateaued(key: str, patience: int) -> Callable[[History], bool]:
+    """A `stop` rule for `train`: True once the evaluated `key` (e.g. "val_acc", higher is better) has not
+    exceeded its best value for `patience` evaluations in a row. The initial evaluation counts as a value."""
+    patience = check_int("patience", patience, 1)
+
+    def stop(hist: History) -> bool:
+        values = hist.epochs.get(key)
+        if values is None:
+            raise KeyError(f"the stop rule watches {key!r}, which is not evaluated (evaluated: {sorted(hist.epochs)})")
+        best = max(range(len(values)), key=lambda i: (values[i], -i))  # the first evaluation with the best value
+        return len(values) - 1 - best >= patience
+
+    return stop
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss, chunk: int = 4096) -> tuple[float, float]:
     """Mean loss and accuracy over a dataset, in chunks to bound memory.
@@ -385,7 +400,7 @@ def train(model: nn.Module, optimizer: Optimizer, train_set, *, loss="ce", epoch
           track_batch_change: bool = False, metrics: dict[str, Callable[[nn.Module], float]] | None = None,
           callbacks: list[Callable[[nn.Module, int], None]] | None = None, eval_every: int = 1,
           progress: bool = True, history: History | None = None, checkpoint: str | Path | None = None,
-          config: dict[str, Any] | None = None) -> History:
+          config: dict[str, Any] | None = None, stop: Callable[[History], bool] | None = None) -> History:
     """Train `model` in place with `optimizer` and return the `History`.
 
     Args:
@@ -409,6 +424,8 @@ def train(model: nn.Module, optimizer: Optimizer, train_set, *, loss="ce", epoch
             its content that is verified before use.
         config: more entries for the history's configuration (e.g. the run spec's key); a checkpoint made
             under another configuration is refused.
+        stop: f(history) -> bool, asked after every evaluation: True ends training there (e.g. `plateaued`), so
+            `epochs` is then the most it trains. A resumed run asks it of the restored history first.
     """
     epochs = check_int("epochs", epochs, 0)
     eval_every = check_int("eval_every", eval_every, 1)
@@ -456,10 +473,13 @@ def train(model: nn.Module, optimizer: Optimizer, train_set, *, loss="ce", epoch
     per_epoch = n_train // batch_size
     bar = tqdm(total=(last - start) * per_epoch, desc=optimizer.name, disable=not progress, mininterval=2.0,
                leave=False)
+    stopped = lambda: stop is not None and len(hist.epochs["epoch"]) > 1 and stop(hist)
     try:
         if start == 0:
             record(0)
         for epoch in range(start + 1, last + 1):
+            if stopped():  # checked before an epoch, so a run resumed after its stopping evaluation stops too
+                break
             full_batch = batch_size == n_train  # then every step sees all examples: no shuffle needed
             order = None if full_batch else torch.randperm(n_train, generator=gen).to(device)
             for b in range(per_epoch):

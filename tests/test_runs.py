@@ -130,6 +130,46 @@ def test_a_switch_of_optimiser_continues_the_network_and_an_interrupted_one_resu
     assert [p.suffix for p in tmp_path.iterdir()] == [".json"]
 
 
+def test_the_plateau_rule_counts_evaluations_since_the_first_best():
+    from revgn.train import plateaued
+
+    h = History()
+    stop = plateaued("val_acc", 2)
+    for acc, expected in ((0.5, False), (0.7, False), (0.7, False), (0.6, True), (0.8, False)):
+        h.log(h.epochs, epoch=len(h.epochs["epoch"]), val_acc=acc)
+        assert stop(h) is expected, (h.epochs["val_acc"], expected)  # a tie is not a rise
+    with pytest.raises(KeyError, match="val_loss"):
+        plateaued("val_loss", 1)(h)
+    with pytest.raises(ValueError, match="patience"):
+        plateaued("val_acc", 0)
+
+
+@needs_mnist
+def test_patience_stops_where_validation_accuracy_stopped_rising_and_a_resumed_run_stops_there_too(tmp_path):
+    from revgn.train import plateaued, train
+
+    spec = tiny(**{"data.n_val": 64}, evaluate=("val", "test"), patience=2, epochs=20)
+    with pytest.raises(ValueError, match="patience"):
+        tiny(patience=2)  # no validation split to watch
+    rec = run(spec, tmp_path)
+    val = rec.history.epochs["val_acc"]
+    first_best = int(np.argmax(val))
+    assert len(val) - 1 < 20, "128 images are fitted long before 20 epochs: the run should have stopped"
+    assert len(val) - 1 - first_best == 2 and max(val[first_best + 1:]) <= val[first_best]
+    assert rec.metrics["val_acc"] == val[-1] and rec.history.epochs["epoch"][-1] == len(val) - 1
+    # a run killed after its stopping evaluation (checkpoint written, record not) stops there when resumed
+    from revgn.runs import splits_of
+
+    sets = splits_of(spec.data)
+    build = lambda: spec.model.build(784, 10, __import__("torch").float32)
+    metric = {"val_acc": lambda m: __import__("revgn.runs", fromlist=["_eval"])._eval(m, sets["val"], "ce")[1]}
+    kw = dict(epochs=20, batch_size=32, seed=0, metrics=metric, stop=plateaued("val_acc", 2), progress=False,
+              checkpoint=tmp_path / "c.ckpt", eval_train_size=128)
+    once = train(build(), spec.optimizer.build(0), sets["train"], **kw)
+    again = train(build(), spec.optimizer.build(0), sets["train"], **kw)
+    assert again.to_dict() == json.loads(json.dumps(once.to_dict())) and len(again.steps["loss"]) == len(once.steps["loss"])
+
+
 @needs_mnist
 def test_runs_memoises_by_key_and_provenance_says_where_records_came_from(tmp_path):
     runs = Runs(tmp_path, progress=False)

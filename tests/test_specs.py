@@ -43,7 +43,7 @@ OTHER = {
     "loss": "mse", "batch_size": 16, "epochs": 3, "seed": 1, "eval_every": 2, "eval_train_size": 64,
     "evaluate": ("test",), "track_batch_change": True, "optimizer.ridge_relative": True,
     "measure": ("ntk_distance",), "kernel_inputs": 4, "cka_inputs": 100, "kappa_inputs": 10,
-    "then": OptimSpec("sgd", 0.1), "switch_epoch": 2,
+    "then": OptimSpec("sgd", 0.1), "switch_epoch": 2, "patience": 2,
 }
 # Fields that are only valid together with another change: a switch of optimiser needs both of its fields.
 COMPANION = {"then": {"switch_epoch": 1, "epochs": 3}, "switch_epoch": {"then": OptimSpec("sgd", 0.1), "epochs": 3}}
@@ -69,6 +69,8 @@ def test_every_field_of_a_spec_is_part_of_its_key():
         assert changed.key not in keys, f"changing {field} did not change the key"
         keys.add(changed.key)
     assert tiny().key == base.key and RunSpec.from_dict(json.loads(json.dumps(base.to_dict()))) == base
+    # a field added within the schema leaves the keys of earlier records as they were while at its default
+    assert '"patience"' not in base.canonical() and '"patience":2' in base.replace(patience=2).canonical()
 
 
 @pytest.mark.parametrize("field", ["data.subset_seed", "data.normalize", "data.dtype", "model.seed", "model.init_std",
