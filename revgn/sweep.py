@@ -4,7 +4,10 @@
     python -m revgn.sweep revgn.experiments.regime_map:book --workers 2     # run the rest here, 2 processes
     python -m revgn.sweep GRID --executor slurm --partition gpu --gpus-per-node 1 --timeout-min 600
 
-GRID names a function `module:function` that returns a `Grid` (a topic and its specs). Every run goes through
+GRID names a function `module:function` that returns a `Grid` (a topic and its specs). The function may read
+the records: a grid whose learning rates are bracketed, or whose later seeds reuse a rate chosen on the first,
+grows as its records arrive. The command therefore runs in rounds, asking for the grid again after each one,
+until every run it lists is recorded (or a run failed). Every run goes through
 `revgn.runs.run`, so it is recorded as `results/<topic>/<spec.key>.json` the moment it finishes, resumes from
 its checkpoint if it was interrupted, and is skipped once recorded: an interrupted sweep (a killed worker, a
 killed driver, a preempted SLURM job) is resumed by running the same command again. The executors are
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import sys
 import time
 from dataclasses import dataclass
@@ -45,15 +49,17 @@ class Grid:
         return RESULTS / self.topic
 
 
-def load_grid(name: str) -> Grid:
-    """The Grid returned by the function `module:function`; errors say what was wrong with the name."""
+def load_grid(name: str, store: str | Path | None = None) -> Grid:
+    """The Grid returned by the function `module:function` (given `store=` when it takes one and a store is
+    named: a grid that reads its records reads them there); errors say what was wrong with the name."""
     module, _, func = name.partition(":")
     if not module or not func:
         raise ValueError(f"a grid is named module:function (e.g. revgn.experiments.regime_map:book), got {name!r}")
     try:
-        grid = getattr(importlib.import_module(module), func)()
+        f = getattr(importlib.import_module(module), func)
     except (ImportError, AttributeError) as err:
         raise ValueError(f"cannot load grid {name!r}: {err}") from err
+    grid = f(store=store) if store is not None and "store" in inspect.signature(f).parameters else f()
     if not isinstance(grid, Grid):
         raise TypeError(f"{name} returned a {type(grid).__name__}, not a revgn.sweep.Grid")
     return grid
@@ -149,26 +155,40 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu", help="cpu or cuda, for every run")
     p.add_argument("--folder", help="submitit's log folder (default: <store>/.submitit)")
     a = p.parse_args(argv)
-    grid = load_grid(a.grid)
+    grid = load_grid(a.grid, a.store)
     store = Path(a.store) if a.store else grid.store
-    states = status(grid.specs, store)
     if a.list:
+        states = status(grid.specs, store)
         for spec in grid.specs:
             print(f"{spec.key[:12]}  {states[spec.key]:11s}  {describe(spec)}")
-    counts = {s: list(states.values()).count(s) for s in ("recorded", "interrupted", "missing")}
-    print(f"{grid.topic}: {len(grid.specs)} runs in {store}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
-    if a.list:
+        _summary(grid, store)
         return 0
-    failures = dispatch(grid.specs, store, executor=a.executor, workers=a.workers, folder=a.folder, device=a.device,
-                        partition=a.partition, timeout_min=a.timeout_min, gpus_per_node=a.gpus_per_node)
-    for key, err in failures.items():
-        print(f"FAILED {key[:12]}: {type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}",
-              file=sys.stderr)
-    done = sum(v == "recorded" for v in status(grid.specs, store).values())
-    print(f"{grid.topic}: {done} of {len(grid.specs)} recorded" + (f"; {len(failures)} failed (run again to resume)"
-                                                                   if failures else ""))
-    return 1 if failures else 0
+    for round_ in range(1, MAX_ROUNDS + 1):  # a grid that reads its records may ask for more after each round
+        if _summary(grid, store)["recorded"] == len(grid.specs):
+            return 0
+        failures = dispatch(grid.specs, store, executor=a.executor, workers=a.workers, folder=a.folder,
+                            device=a.device, partition=a.partition, timeout_min=a.timeout_min,
+                            gpus_per_node=a.gpus_per_node)
+        for key, err in failures.items():
+            last = str(err).strip().splitlines()[-1] if str(err).strip() else ""
+            print(f"FAILED {key[:12]}: {type(err).__name__}: {last}", file=sys.stderr)
+        if failures:
+            print(f"{grid.topic}: {len(failures)} failed (run again to resume)")
+            return 1
+        grid = load_grid(a.grid, a.store)
+    raise RuntimeError(f"{a.grid} still grows after {MAX_ROUNDS} rounds: does its function converge?")
 
+
+#: rounds of a growing grid before the sweep gives up (a bracketed grid needs a round per added rate)
+MAX_ROUNDS = 20
+
+
+def _summary(grid: Grid, store: Path) -> dict[str, int]:
+    states = list(status(grid.specs, store).values())
+    counts = {s: states.count(s) for s in ("recorded", "interrupted", "missing")}
+    print(f"{grid.topic}: {len(grid.specs)} runs in {store}: " + ", ".join(f"{n} {s}" for s, n in counts.items()),
+          flush=True)
+    return counts
 
 if __name__ == "__main__":
     # run the canonical module's main: grids import revgn.sweep.Grid, which is not this __main__'s Grid class

@@ -44,16 +44,19 @@ class Selection:
 
     best: Record | None
     scores: dict[float, float]
-    bracketed: bool | None = None  # set by `tune`: is the chosen rate inside the grid (or at the cap)?
+    bracketed: bool | None = None  # set by `tuning`: is the chosen rate inside the grid (or at the cap)?
+    capped: bool = False  # set by `tuning`: the chosen rate is the grid's cap (bracketed only by the cap)
 
     @property
     def lr(self) -> float | None:
         return None if self.best is None else self.best.spec.optimizer.lr
 
     def describe(self) -> str:
-        """"0.1: 0.931, 0.3: 0.940 (chosen), 1: failed"."""
+        """"0.1: 0.931, 0.3: 0.940 (chosen), 1: failed"; a capped or unbracketed choice says so."""
         return ", ".join(f"{lr:g}: " + ("failed" if not np.isfinite(s) else f"{abs(s):.3g}")
-                         + (" (chosen)" if lr == self.lr else "") for lr, s in sorted(self.scores.items()))
+                         + (" (chosen" + (", at the cap" if self.capped else "")
+                            + (", at an edge" if self.bracketed is False else "") + ")" if lr == self.lr else "")
+                         for lr, s in sorted(self.scores.items()))
 
 
 def select(recs: list[Record], criterion: str) -> Selection:
@@ -100,22 +103,37 @@ def compare(a: list[Record], b: list[Record], key: str = "test_acc") -> Paired:
     return paired([r.metrics[key] for r in a], [r.metrics[key] for r in b])
 
 
-def tune(runs, spec: RunSpec, lrs, criterion: str, *, cap: float | None = None, extensions: int = 3) -> Selection:
-    """Choose spec's learning rate from a bracketed grid: train at every rate of `lrs` (through `runs`, a
-    `revgn.runs.Runs`); while the best rate sits at an edge of the grid, add the next rate beyond that edge
-    (a factor 3 on, not past `cap`), at most `extensions` times. The result says whether the best rate is
-    bracketed (`Selection.bracketed`): an interior point of the grid, or at the cap.
+def tuning(spec: RunSpec, lrs, criterion: str, records_of, *, cap: float | None = None,
+           extensions: int = 3) -> tuple[list[RunSpec], Selection | None]:
+    """Walk a bracketed rate grid as far as the records decide it: the specs needed so far, and the selection
+    (None while some of them has no record).
+
+    Start from the rates `lrs`; while the best rate sits at an edge of the grid, add the next rate beyond that
+    edge (a factor 3 on, not past `cap`), at most `extensions` times. records_of(specs) returns each spec's
+    Record, or None where it has not been run: a `revgn.runs.Runs`' `all` (which runs them), or
+    `revgn.sweep.collect` on a store (so a sweep can list what the walk needs next). The selection says whether
+    the chosen rate is bracketed (interior, or at the cap: `Selection.capped`).
     """
     lrs = sorted(float(lr) for lr in lrs)
     for extension in range(extensions + 1):
-        sel = select(runs.all(rate_grid(spec, lrs), desc=f"{spec.optimizer.name} rates"), criterion)
+        specs = rate_grid(spec, lrs)
+        recs = records_of(specs)
+        if any(r is None for r in recs):
+            return specs, None
+        sel = select(recs, criterion)
         i = None if sel.best is None else lrs.index(sel.lr)
-        at_cap = cap is not None and i == len(lrs) - 1 and lrs[-1] >= cap
-        sel.bracketed = i is not None and (0 < i < len(lrs) - 1 or at_cap)
+        sel.capped = cap is not None and i == len(lrs) - 1 and lrs[-1] >= cap
+        sel.bracketed = i is not None and (0 < i < len(lrs) - 1 or sel.capped)
         if i is None or sel.bracketed or len(lrs) == 1 or extension == extensions:
-            return sel
+            return specs, sel
         if i == 0:
             lrs.insert(0, lrs[0] / 3)
         else:
             lrs.append(lrs[-1] * 3 if cap is None else min(lrs[-1] * 3, cap))
     raise AssertionError("unreachable")
+
+
+def tune(runs, spec: RunSpec, lrs, criterion: str, *, cap: float | None = None, extensions: int = 3) -> Selection:
+    """`tuning` with every run it asks for trained (or loaded) through `runs`, a `revgn.runs.Runs`."""
+    return tuning(spec, lrs, criterion, lambda specs: runs.all(specs, desc=f"{spec.optimizer.name} rates"), cap=cap,
+                  extensions=extensions)[1]
