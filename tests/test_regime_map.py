@@ -13,7 +13,7 @@ from revgn.runs import Runs
 pytestmark = pytest.mark.skipif(not (Path(os.environ.get("REVGN_DATA", "/nonexistent")) / "mnist").exists(),
                                 reason="needs MNIST in $REVGN_DATA (make test points it at ../shared/data)")
 TINY = rm.Settings(rm.Point(n_train=256, hidden=64, batch=32, epochs=2), lrs={"gn": (0.3, 1.0), "adam": (1e-3, 1e-2)},
-                   n_val=128, n_test={"mnist": 256}, kernel_inputs=4)
+                   seeds=(0, 1), n_val={"mnist": 128}, n_test={"mnist": 256}, kernel_inputs=4)
 
 
 def test_point_validates_its_settings():
@@ -27,45 +27,75 @@ def test_point_validates_its_settings():
         rm.Point(epochs=0)
     rm.Point(hidden=64, batch=128, pinv="truncate")  # truncation does not need h >= n
     assert rm.Point(hidden=512, batch=128, depth=2).constraints_per_parameter == 128 / 1024
-    with pytest.raises(ValueError, match="scale"):
+    with pytest.raises(ValueError, match="tier"):
         rm.grid("huge")
 
 
-def test_the_grids_are_sweeps_and_gn_variants_share_adams_runs():
-    for scale in rm.SETTINGS:
-        g = rm.grid(scale)
-        assert g.topic == f"regime_map/{scale}" and len(g.specs) == len({s.key for s in g.specs}) > 50
+def test_the_grids_are_sweeps_and_gn_variants_share_adams_runs(tmp_path):
+    for tier in rm.SETTINGS:  # an empty store: the starting rate grids of every regime's first seed (at least)
+        g = rm.grid(tier, store=tmp_path)
+        assert g.topic == f"regime_map/{tier}" and len(g.specs) == len({s.key for s in g.specs}) >= 20
     s = rm.SETTINGS["book"]
     base, trunc = s.base, s.base.vary(pinv="truncate")
-    assert base.specs(s, "adam") == trunc.specs(s, "adam") and base.specs(s, "gn") != trunc.specs(s, "gn")
-    assert {sp.seed for sp in s.base.vary(seed=1).specs(s, "gn")} == {1}
+    assert base.spec("adam", 1e-3, s) == trunc.spec("adam", 1e-3, s) and base.spec("gn", 1, s) != trunc.spec("gn", 1, s)
     spec = base.spec("gn", 0.3, s)  # paired: GN and Adam at a seed share the data subset and the initial weights
     assert spec.data == base.spec("adam", 1e-3, s).data and spec.model == base.spec("adam", 1e-3, s).model
+    assert base.vary(seed=1).spec("gn", 0.3, s).seed == 1
+    with pytest.raises(ValueError, match="only in their seed"):
+        rm.Regime([base, base.vary(hidden=1024)])
+    full = rm.SETTINGS["full"]
+    first = full.regimes()["n = 1024, h/n = 2"].points[0].spec("gn", 1.0, full)
+    assert first.patience > 0 and first.data.n_test is None and first.data.n_train + first.data.n_val == 60000
 
 
-def test_summary_picks_rates_on_validation_and_reports_that_run(tmp_path):
+def test_rates_are_chosen_on_validation_from_a_bracketed_grid(tmp_path):
     runs = Runs(tmp_path, progress=False)
-    out = rm.summarise(TINY.base, TINY, runs)
-    assert len(list(tmp_path.glob("*.json"))) == 4
-    for name in ("gn", "adam"):
-        r, scores = out[name], out[name]["selection"].scores
-        assert r["lr"] == max(scores, key=scores.get) and r["val_acc"] == scores[r["lr"]]
-        assert 0 < r["ntk_distance"] < 1 and r["record"].history.epochs["epoch"] == [0, 1, 2]
-        assert r["record"].spec.optimizer.lr == r["lr"]
-    assert out["gap"] == pytest.approx(out["gn"]["test_acc"] - out["adam"]["test_acc"])
-    assert rm.summarise(TINY.base, TINY, Runs(tmp_path, progress=False))["gap"] == out["gap"]  # loaded: the same
+    regime = TINY.at_seeds(TINY.base, each_seed=True)
+    out = rm.summaries(regime, TINY, runs.all)
+    assert len(out) == len(TINY.seeds) == 2
+    for r in out:
+        for name in ("gn", "adam"):
+            g, sel = r[name], r[name]["selection"]
+            assert g["lr"] == max(sel.scores, key=sel.scores.get) and g["val_acc"] == sel.scores[g["lr"]]
+            lrs = sorted(sel.scores)
+            # bracketed: interior, or GN at its cap; or the walk ran out of extensions (said so)
+            assert sel.bracketed == (lrs[0] < g["lr"] < lrs[-1] or sel.capped)
+            assert sel.bracketed or len(lrs) == len(TINY.lrs[name]) + TINY.extensions
+            assert 0 < g["ntk_distance"] < 1 and g["record"].history.epochs["epoch"] == [0, 1, 2]
+        assert r["gap"] == pytest.approx(r["gn"]["test_acc"] - r["adam"]["test_acc"])
+    loaded = rm.summaries(regime, TINY, Runs(tmp_path, progress=False, compute=False).all)
+    assert [r["gap"] for r in loaded] == [r["gap"] for r in out]  # read back from the records: the same
+
+
+def test_a_rate_chosen_on_the_first_seed_is_reused_and_the_sweep_grid_grows_with_the_records(tmp_path):
+    from revgn.sweep import collect
+
+    regime = TINY.at_seeds(TINY.base, each_seed=False)
+    listed = lambda: rm.walk(regime, TINY, lambda specs: collect(specs, tmp_path))
+    needed, done = listed()
+    assert done == [] and {sp.seed for sp in needed} == {0}  # seed 1 waits for seed 0's choice
+    Runs(tmp_path, progress=False).all(needed)
+    grown, done = listed()
+    while {sp.key for sp in grown} != {sp.key for sp in needed}:  # bracketing asked for more rates, or seed 1
+        needed = grown
+        Runs(tmp_path, progress=False).all(needed)
+        grown, done = listed()
+    assert len(done) == 2 and done[0]["gn"]["lr"] == done[1]["gn"]["lr"] and done[0]["adam"]["lr"] == done[1]["adam"]["lr"]
+    assert [sp.optimizer.lr for sp in needed if sp.seed == 1] == [done[0]["gn"]["lr"], done[0]["adam"]["lr"]]
+    assert done[1]["gn"]["selection"].bracketed == done[0]["gn"]["selection"].bracketed
 
 
 def test_identity_first_block_is_rank_deficient_beyond_half_the_input_width(tmp_path):
     # MNIST: d/2 = 392 < n = 400, so the identity first block's h x n features have rank <= 392
     s = rm.Settings(rm.Point(n_train=400, hidden=512, batch=400, epochs=1, first_activation="identity"),
-                    lrs={"gn": (1.0,), "adam": (1e-3,)}, n_val=100, n_test={"mnist": 100}, kernel_inputs=2)
+                    lrs={"gn": (1.0,), "adam": (1e-3,)}, seeds=(0,), n_val={"mnist": 100}, n_test={"mnist": 100},
+                    kernel_inputs=2)
     runs = Runs(tmp_path, progress=False)
-    exact = rm.summarise(s.base, s, runs)
+    [exact] = rm.summaries(s.at_seeds(s.base, True), s, runs.all)
     assert exact["gn"]["lr"] is None and exact["gap"] is None
     failed = runs(s.base.spec("gn", 1.0, s))
     assert failed.failure.startswith("RankDeficientError") and failed.history.epochs["epoch"] == [0]
-    assert rm.summarise(s.base.vary(pinv="truncate"), s, runs)["gn"]["lr"] == 1.0
+    assert rm.summaries(s.at_seeds(s.base.vary(pinv="truncate"), True), s, runs.all)[0]["gn"]["lr"] == 1.0
 
 
 def test_the_rendered_verdict_is_read_from_the_records(tmp_path):
@@ -75,14 +105,15 @@ def test_the_rendered_verdict_is_read_from_the_records(tmp_path):
     from revgn.runs import Record, record_path
 
     s = rm.Settings(rm.Point(n_train=192, hidden=64, batch=32, epochs=1), lrs={"gn": (0.5,), "adam": (1e-3,)},
-                    seeds=(0, 1, 2, 3, 4), n_val=64, n_test={"mnist": 128}, kernel_inputs=2)
-    points = [s.base.vary(seed=seed) for seed in s.seeds]
-    render = lambda: rm.verdict_table({"tiny": [rm.summarise(p, s, Runs(tmp_path, progress=False)) for p in points]})
+                    seeds=(0, 1, 2, 3, 4), n_val={"mnist": 64}, n_test={"mnist": 128}, kernel_inputs=2)
+    regime = s.at_seeds(s.base, each_seed=True)
+    render = lambda compute=True: rm.verdict_table({"tiny": rm.summaries(regime, s, Runs(tmp_path, progress=False,
+                                                                                         compute=compute).all)})
     before = render()
     assert "| tiny |" in before and "(5 seeds)" in before
 
     def set_gn_test_acc(offset):  # GN's records now say GN is `offset` better than Adam at every seed
-        for p in points:
+        for p in regime.points:
             gn, adam = (record_path(tmp_path, p.spec(o, s.lrs[o][0], s)) for o in ("gn", "adam"))
             d = json.loads(gn.read_text())
             d["metrics"]["test_acc"] = Record.load(adam).metrics["test_acc"] + offset + 0.001 * p.seed
@@ -92,15 +123,34 @@ def test_the_rendered_verdict_is_read_from_the_records(tmp_path):
     assert "claim fails: GN better" in render() and "+5.2 [" in render()
     set_gn_test_acc(-0.05)
     assert "claim holds: GN worse" in render()
-    record_path(tmp_path, points[2].spec("adam", 1e-3, s)).unlink()
-    with pytest.raises(FileNotFoundError, match=points[2].spec("adam", 1e-3, s).key):
-        rm.verdict_table({"tiny": [rm.summarise(p, s, Runs(tmp_path, progress=False, compute=False)) for p in points]})
+    missing = regime.points[2].spec("adam", 1e-3, s)
+    record_path(tmp_path, missing).unlink()
+    with pytest.raises(FileNotFoundError, match=missing.key):
+        render(compute=False)
 
 
-def test_the_sweep_cli_lists_a_grid_of_the_experiments_package(tmp_path):
+def growing(store=None):
+    """A grid that reads its records: the second run is listed once the first is recorded (for the test below)."""
+    from revgn.runs import DataSpec, ModelSpec, OptimSpec, RunSpec
+    from revgn.sweep import Grid, collect
+
+    first = RunSpec(DataSpec("mnist", n_train=64, n_test=32), ModelSpec(depth=1, hidden=32), OptimSpec("adam", 1e-3),
+                    batch_size=32, epochs=1, evaluate=("test",))
+    specs = [first] + ([first.replace(seed=1)] if collect([first], store)[0] is not None else [])
+    return Grid("growing", specs)
+
+
+def test_the_sweep_cli_lists_a_grid_and_runs_a_growing_grid_in_rounds(tmp_path, capsys):
     import subprocess
     import sys
 
+    from revgn.sweep import main, status
+
     out = subprocess.run([sys.executable, "-m", "revgn.sweep", "revgn.experiments.regime_map:book", "--list",
                           "--store", str(tmp_path)], capture_output=True, text=True, check=True).stdout
-    assert f"{len(rm.book().specs)} runs" in out and f"0 recorded, 0 interrupted, {len(rm.book().specs)} missing" in out
+    n = len(rm.book(store=tmp_path).specs)
+    assert f"{n} runs" in out and f"0 recorded, 0 interrupted, {n} missing" in out
+    assert main([f"{Path(__file__).stem}:growing", "--store", str(tmp_path), "--executor", "debug"]) == 0
+    specs = growing(tmp_path).specs
+    assert len(specs) == 2 and set(status(specs, tmp_path).values()) == {"recorded"}
+    assert "growing: 1 runs" in capsys.readouterr().out
