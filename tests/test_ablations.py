@@ -1,0 +1,58 @@
+"""Chapter 06's ablations as data: every variant tuned (or fixed) on the first seed, its rate reused for the
+others, switches trained at the rates chosen for their baselines; walked on fake records (no training)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from revgn.experiments import ablations as ab
+from revgn.runs import Record
+from revgn.train import History
+
+
+class Store:
+    """Records appear when asked for twice: the walk sees what a sweep of the previous round recorded."""
+
+    def __init__(self, acc):
+        self.acc, self.recorded = acc, {}
+
+    def __call__(self, specs):
+        return [self.recorded.get(s.key) for s in specs]
+
+    def run(self, specs):
+        for s in specs:
+            self.recorded[s.key] = Record(s, History(), {"val_acc": self.acc(s)}, {})
+
+
+def test_every_variant_is_tuned_on_seed_0_and_reused_and_switches_use_the_chosen_rates():
+    # validation accuracy peaks at GN rate 1 (scaled by 1 + rho for a ridge) and Adam rate 1e-3
+    def acc(spec):
+        o = spec.optimizer
+        best = 1e-3 if o.name == "adam" else 1.0 * (1 + (o.ridge if o.pinv == "ridge" else 0))
+        return 0.9 - abs(math.log(o.lr / best)) / 100
+
+    store = Store(acc)
+    for _ in range(10):  # sweep rounds
+        needed, done = ab.walk("book", store)
+        if all(r is not None for r in store(needed)):
+            break
+        store.run(needed)
+    assert set(done) == set(ab.VARIANTS)
+    t = ab.TIERS["book"]
+    for label, (sel, recs) in done.items():
+        v = ab.VARIANTS[label]
+        assert [r.spec.seed for r in recs] == list(t.seeds) == [r.spec.model.seed for r in recs]
+        assert len({r.spec.data for r in recs}) == 1  # the same data subset at every seed: paired
+        if v.then is None:
+            assert {r.spec.optimizer.lr for r in recs} == {sel.lr}  # seed 0's choice, reused
+        if v.tune and v.then is None:
+            assert sel.bracketed and min(sel.scores) < sel.lr < max(sel.scores)
+    assert done["GN exact"][0].lr == 1.0 and done["Adam"][0].lr == pytest.approx(1e-3)
+    assert done["ridge 10"][0].lr == pytest.approx(11.0)
+    assert {r.spec.optimizer.lr for r in done["GN, lr 0.01"][1]} == {0.01}  # a fixed rate stays fixed
+    switch = done["Adam -> GN"][1][0].spec
+    assert (switch.optimizer.name, switch.optimizer.lr, switch.then.name, switch.then.lr) == ("adam", pytest.approx(1e-3),
+                                                                                            "gn", 1.0)
+    with pytest.raises(ValueError, match="tier"):
+        ab.grid("huge")
