@@ -32,7 +32,7 @@ RESULTS = REPO_ROOT / "results"
 
 SCHEMA = 2  # part of every key: bump it when the meaning of a field changes
 #: RunSpec fields added within schema 2, with their defaults: at the default they leave the key unchanged
-ADDED = {"patience": 0}
+ADDED = {"patience": 0, "until_train_loss": 0.0}
 
 #: what `RunSpec.measure` can name: distances of the network from its initialisation (`revgn.kernels`),
 #: recorded at init and at every evaluation like the losses
@@ -166,7 +166,9 @@ class RunSpec:
     paper's probe similarity on the first batch. With `then`, training continues from epoch `switch_epoch`
     with that optimiser (the same network). With `patience` > 0, training stops once the validation accuracy
     has not risen above its best for that many evaluations (`revgn.train.plateaued`): `epochs` is then the
-    most it trains, and the record's final metrics are those of the evaluation where it stopped.
+    most it trains, and the record's final metrics are those of the evaluation where it stopped. With
+    `until_train_loss` > 0, training stops once the evaluated training loss is at or below it (a budget of
+    equal training loss; `epochs` is again the most).
     """
 
     data: DataSpec = DataSpec()
@@ -187,6 +189,7 @@ class RunSpec:
     then: OptimSpec | None = None
     switch_epoch: int = 0
     patience: int = 0
+    until_train_loss: float = 0.0
 
     def __post_init__(self):
         for name, cls in (("data", DataSpec), ("model", ModelSpec), ("optimizer", OptimSpec)):
@@ -201,6 +204,7 @@ class RunSpec:
         for name in ("kernel_inputs", "cka_inputs", "kappa_inputs"):
             check_int(name, getattr(self, name), 1)
         check_int("patience", self.patience, 0)
+        object.__setattr__(self, "until_train_loss", _positive("until_train_loss", self.until_train_loss, True))
         if self.patience and ("val" not in self.evaluate or self.then is not None):
             raise ValueError("patience stops on the validation accuracy: it needs 'val' in evaluate, and no switch "
                              "of optimiser (then)")
@@ -357,7 +361,7 @@ def run(spec: RunSpec, store: str | Path | None = None, *, device="cpu", progres
     from .gn import RankDeficientError
     from .kernels import distance_from_init, frozen_copy
     from .losses import NonFiniteLossError
-    from .train import plateaued, train
+    from .train import train
 
     path = None if store is None else record_path(store, spec)
     if path is not None and path.exists():
@@ -384,7 +388,7 @@ def run(spec: RunSpec, store: str | Path | None = None, *, device="cpu", progres
     try:
         for i, (opt, epochs) in enumerate(phases):  # a switch continues the same network and history
             hist = train(model, opt.build(spec.seed), train_set, test_set=evals.get("test"), loss=spec.loss,
-                         stop=plateaued("val_acc", spec.patience) if spec.patience else None,
+                         stop=_stop_rule(spec),
                          epochs=epochs, batch_size=spec.batch_size, seed=spec.seed + i, eval_every=spec.eval_every,
                          eval_train_size=spec.eval_train_size, track_batch_change=spec.track_batch_change,
                          metrics=metrics, progress=progress, history=hist, config={"spec": spec.key, "phase": i},
@@ -399,6 +403,15 @@ def run(spec: RunSpec, store: str | Path | None = None, *, device="cpu", progres
         shutil.rmtree(scratch, ignore_errors=True)
     rec.model = model  # the trained network, for measurements after the run (not stored)
     return rec
+
+
+def _stop_rule(spec: RunSpec):
+    """The spec's stop rules (patience, a training-loss target) as one `stop` for `revgn.train.train`."""
+    from .train import plateaued, reached
+
+    rules = ([plateaued("val_acc", spec.patience)] if spec.patience else []) + \
+            ([reached("train_loss", spec.until_train_loss)] if spec.until_train_loss else [])
+    return (lambda hist: any(rule(hist) for rule in rules)) if rules else None
 
 
 def _eval(model, ds, loss):

@@ -325,6 +325,15 @@ def plateaued(key: str, patience: int) -> Callable[[History], bool]:
     return stop
 
 
+def reached(key: str, target: float) -> Callable[[History], bool]:
+    """A `stop` rule for `train`: True once the evaluated `key` (e.g. "train_loss") is at or below `target`
+    (a budget of equal training loss for runs at different step sizes)."""
+    def stop(hist: History) -> bool:
+        return hist.epochs[key][-1] <= target
+
+    return stop
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss, chunk: int = 4096) -> tuple[float, float]:
     """Mean loss and accuracy over a dataset, in chunks to bound memory.

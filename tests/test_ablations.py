@@ -22,7 +22,7 @@ class Store:
 
     def run(self, specs):
         for s in specs:
-            self.recorded[s.key] = Record(s, History(), {"val_acc": self.acc(s)}, {})
+            self.recorded[s.key] = Record(s, History(), {"val_acc": self.acc(s), "train_loss": 0.1 + 0.01 * s.seed}, {})
 
 
 def test_every_variant_is_tuned_on_seed_0_and_reused_and_switches_use_the_chosen_rates():
@@ -44,7 +44,7 @@ def test_every_variant_is_tuned_on_seed_0_and_reused_and_switches_use_the_chosen
         v = ab.VARIANTS[label]
         assert [r.spec.seed for r in recs] == list(t.seeds) == [r.spec.model.seed for r in recs]
         assert len({r.spec.data for r in recs}) == 1  # the same data subset at every seed: paired
-        if v.then is None:
+        if v.then is None and v.match is None:
             assert {r.spec.optimizer.lr for r in recs} == {sel.lr}  # seed 0's choice, reused
         if v.tune and v.then is None:
             assert sel.bracketed and min(sel.scores) < sel.lr < max(sel.scores)
@@ -54,5 +54,8 @@ def test_every_variant_is_tuned_on_seed_0_and_reused_and_switches_use_the_chosen
     switch = done["Adam -> GN"][1][0].spec
     assert (switch.optimizer.name, switch.optimizer.lr, switch.then.name, switch.then.lr) == ("adam", pytest.approx(1e-3),
                                                                                             "gn", 1.0)
+    equal = done["GN, lr 0.01, equal training loss"][1]  # trained down to GN at 0.1's loss, seed by seed
+    assert [r.spec.until_train_loss for r in equal] == [r.metrics["train_loss"] for r in done["GN, lr 0.1"][1]]
+    assert {(r.spec.optimizer.lr, r.spec.epochs) for r in equal} == {(0.01, 90)}
     with pytest.raises(ValueError, match="tier"):
         ab.grid("huge")

@@ -171,6 +171,17 @@ def test_patience_stops_where_validation_accuracy_stopped_rising_and_a_resumed_r
 
 
 @needs_mnist
+def test_a_training_loss_target_stops_at_the_first_evaluation_that_reaches_it():
+    short = run(tiny(epochs=2))
+    target = short.metrics["train_loss"]
+    assert short.history.epochs["train_loss"][1] > target  # the loss fell in the second epoch
+    long = run(tiny(epochs=20, until_train_loss=target))
+    assert long.history.epochs["epoch"][-1] == 2 and long.history.epochs["train_loss"] == short.history.epochs["train_loss"]
+    with pytest.raises(ValueError, match="until_train_loss"):
+        tiny(until_train_loss=-1.0)
+
+
+@needs_mnist
 def test_runs_memoises_by_key_and_provenance_says_where_records_came_from(tmp_path):
     runs = Runs(tmp_path, progress=False)
     a, b = runs.all([tiny(epochs=1), tiny(epochs=1), tiny(epochs=1, seed=1)])[:2], runs(tiny(epochs=1))

@@ -44,6 +44,7 @@ OTHER = {
     "evaluate": ("test",), "track_batch_change": True, "optimizer.ridge_relative": True,
     "measure": ("ntk_distance",), "kernel_inputs": 4, "cka_inputs": 100, "kappa_inputs": 10,
     "then": OptimSpec("sgd", 0.1), "switch_epoch": 2, "patience": 2,
+    "until_train_loss": 0.5,
 }
 # Fields that are only valid together with another change: a switch of optimiser needs both of its fields.
 COMPANION = {"then": {"switch_epoch": 1, "epochs": 3}, "switch_epoch": {"then": OptimSpec("sgd", 0.1), "epochs": 3}}

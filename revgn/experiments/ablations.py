@@ -10,6 +10,7 @@ results/gn_ablations/<tier>/; `chosen(tier, records_of)` reads the records of ev
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 from ..runs import RESULTS, DataSpec, ModelSpec, OptimSpec, RunSpec
@@ -23,6 +24,9 @@ CAP = {"gn": 2.0}
 NO_BOTTLENECK = ModelSpec(depth=2, hidden=392, bottleneck=False)  # sigma on the half-stream: h = d/2 = 392
 RIDGES = (0.0, 0.01, 0.1, 1.0, 10.0, 100.0)
 SMALL_RATES = (0.01, 0.03, 0.1)  # GN at fixed small steps (0.1 is the paper's)
+#: small steps trained to the training loss GN reaches at the paper's rate (Arbel et al.'s regime), with at
+#: most this many times the epochs that rate/0.1 predicts
+HEADROOM = 1.5
 INIT_STDS = (1e-2, 1e-1)  # beyond the baseline's 1e-3
 
 
@@ -31,13 +35,16 @@ class Variant:
     """One ablation. optimizer: the OptimSpec whose rate is tuned (its lr is the grid's first rate) or fixed;
     changes: other fields of the baseline spec ("model.init_std": 0.1, model=..., measure=...); tune: choose
     the rate (else keep optimizer.lr); then: with a switch, the name of the baseline variant whose chosen
-    optimiser and rate train the second phase (the first phase uses the chosen rate of `first`)."""
+    optimiser and rate train the second phase (the first phase uses the chosen rate of `first`); match: the
+    variant whose final training loss, at the same seed, this one trains down to (`RunSpec.until_train_loss`;
+    its `epochs` in `changes` is then the most it trains)."""
 
     optimizer: OptimSpec
     changes: tuple = ()
     tune: bool = True
     first: str | None = None
     then: str | None = None
+    match: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "changes", tuple(sorted(dict(self.changes).items())))
@@ -61,6 +68,8 @@ VARIANTS = {  # label -> the ablation: the grid, as data
     **{f"GN, W init sd {sd:g}": _v(GN, **{"model.init_std": sd}) for sd in INIT_STDS},
     **{f"Adam, W init sd {sd:g}": _v(ADAM, **{"model.init_std": sd}) for sd in INIT_STDS},
     **{f"GN, lr {lr:g}": _v(OptimSpec("gn", lr), tune=False) for lr in SMALL_RATES},
+    **{f"GN, lr {lr:g}, equal training loss": Variant(OptimSpec("gn", lr), (("epochs", "scaled"),), tune=False,
+                                                      match="GN, lr 0.1") for lr in SMALL_RATES[:-1]},
     "Adam -> GN": Variant(ADAM, first="Adam", then="GN exact"),
     "GN -> Adam": Variant(GN, first="GN exact", then="Adam"),
     # the damping continuum: ridge rho * mean eigenvalue, each rho at its own tuned rate; NTK and CKA measured
@@ -108,8 +117,11 @@ def cap_of(v: Variant) -> float | None:
     return None if cap is None else cap * (1 + (v.optimizer.ridge if v.optimizer.pinv == "ridge" else 0.0))
 
 
-def spec_of(t: Tier, v: Variant, lr: float, seed: int = 0) -> RunSpec:
-    spec = t.base.replace(optimizer=replace(v.optimizer, lr=float(lr)), **dict(v.changes))
+def spec_of(t: Tier, v: Variant, lr: float, seed: int = 0, target: float = 0.0) -> RunSpec:
+    changes = dict(v.changes)
+    if changes.get("epochs") == "scaled":  # the epochs the paper's rate needs, times 0.1 / lr, with headroom
+        changes["epochs"] = math.ceil(round(t.base.epochs * 0.1 / lr * HEADROOM, 9))  # round: 90.000...01 is 90
+    spec = t.base.replace(optimizer=replace(v.optimizer, lr=float(lr)), until_train_loss=target, **changes)
     return gp.at_seeds(spec, [seed])[0]
 
 
@@ -120,7 +132,7 @@ def walk(tier: str, records_of) -> tuple[list[RunSpec], dict[str, list]]:
     t = _tier(tier)
     needed, sel = [], {}
     for label, v in VARIANTS.items():
-        if v.then is not None:
+        if v.then is not None or v.match is not None:
             continue
         if v.tune:
             lrs = [lr * (1 + v.optimizer.ridge) if v.optimizer.pinv == "ridge" else lr for lr in LRS[v.optimizer.name]]
@@ -135,7 +147,13 @@ def walk(tier: str, records_of) -> tuple[list[RunSpec], dict[str, list]]:
             sel[label] = (s, specs)
     out = {}
     for label, v in VARIANTS.items():
-        if v.then is None:
+        if v.match is not None:  # trained to the final training loss of `match` at each seed
+            if v.match not in out:
+                continue
+            s = gp.Selection(None, {})
+            specs = [spec_of(t, v, v.optimizer.lr, r.spec.seed, target=r.metrics["train_loss"])
+                     for r in out[v.match][1] if r.ok]
+        elif v.then is None:
             if label not in sel:
                 continue
             s, _ = sel[label]

@@ -271,22 +271,63 @@ def summarise(point: Point, gn: gp.Selection, adam: gp.Selection) -> dict:
 
 
 def mean_over_seeds(summaries: list[dict], value) -> float:
-    """The mean over a point's seeds of value(summary); NaN where some seed has no value (a failed optimiser)."""
+    """The mean over a regime's seeds of value(summary); NaN where some seed has no value (a failed optimiser)."""
     vals = [value(r) for r in summaries]
-    return float(np.mean(vals)) if all(v is not None for v in vals) else float("nan")
+    return float(np.mean(vals)) if vals and all(v is not None for v in vals) else float("nan")
 
 
-def gap_verdict(summaries: list[dict]) -> tuple[str, str]:
+def gap_verdict(summaries: list[dict], seeds: int | None = None) -> tuple[str, str]:
     """A regime's gap, paired over its seeds ("-1.2 [-2.0, -0.4] points (5 seeds)"), and the verdict of
     `revgn.stats.verdict` on it: "claim holds: GN worse", "claim fails: GN better", "no detectable
-    difference", or no verdict with fewer than five seeds."""
+    difference", or no verdict with fewer than five seeds. seeds: how many the regime has (for "not recorded")."""
+    if not summaries:
+        return f"not recorded yet (0 of {seeds or '?'} seeds)", "no verdict"
     if any(r["gap"] is None for r in summaries):
         return "exact GN refused at every rate", "no comparison"
     c = paired([r["gn"]["test_acc"] for r in summaries], [r["adam"]["test_acc"] for r in summaries])
     return c.text(), verdict(c, above="claim fails: GN better", below="claim holds: GN worse")
 
 
-def verdict_table(regimes: dict[str, list[dict]]) -> str:
-    """The Markdown verdict table of labelled regimes (label -> the summaries of its seeds)."""
-    rows = [[label, *gap_verdict(summaries)] for label, summaries in regimes.items()]
-    return table(["regime", "gap, GN - Adam [95% interval]", "verdict"], rows) + f"\n\nTest: {TEST}."
+def rates(summaries: list[dict], o: str) -> str:
+    """The rates chosen at a regime's seeds ("1, 2 (cap)"); "*" marks a choice at an uncapped grid edge."""
+    mark = lambda sel: " (cap)" if sel.capped else "*" if sel.bracketed is False else ""
+    chosen = dict.fromkeys(f"{r[o]['lr']:g}{mark(r[o]['selection'])}" if r[o]["lr"] is not None else "refused"
+                           for r in summaries)
+    return ", ".join(chosen) or "-"
+
+
+def verdict_table(regimes: dict[str, list[dict]], seeds: int | None = None) -> str:
+    """The Markdown verdict table of labelled regimes (label -> the summaries of its seeds), with the rates."""
+    rows = [[label, *gap_verdict(summ, seeds), rates(summ, "gn"), rates(summ, "adam")] for label, summ in regimes.items()]
+    return (table(["regime", "gap, GN - Adam [95% interval]", "verdict", "GN rate", "Adam rate"], rows)
+            + f"\n\nTest: {TEST}. Rates: chosen on validation accuracy; (cap): GN at its cap, 2.")
+
+
+def bracketing(summaries: list[dict]) -> dict[str, int]:
+    """How the chosen rates of some summaries sit in their grids: interior, at the cap, or at an uncapped edge
+    (the walk ran out of extensions), per optimiser: {"gn interior": k, ...}."""
+    out = {}
+    for o in OPTIMISERS:
+        sels = [r[o]["selection"] for r in summaries if r[o]["lr"] is not None]
+        out.update({f"{o} interior": sum(bool(x.bracketed) and not x.capped for x in sels),
+                    f"{o} at the cap": sum(x.capped for x in sels),
+                    f"{o} at an edge": sum(x.bracketed is False for x in sels)})
+    return out
+
+
+def fit_or_generalise(summaries: list[dict]) -> dict:
+    """Where GN's test deficit comes from, paired over seeds: the training-accuracy gap (fitting), and the
+    difference of the generalisation gaps, (train - test accuracy) of GN minus that of Adam (generalising).
+    test gap = training gap - generalisation-gap difference. "which": the verdict."""
+    gn_tr, ad_tr = ([r[o]["train_acc"] for r in summaries] for o in OPTIMISERS)
+    gn_te, ad_te = ([r[o]["test_acc"] for r in summaries] for o in OPTIMISERS)
+    fit = paired(gn_tr, ad_tr)
+    gen = paired(np.subtract(gn_tr, gn_te), np.subtract(ad_tr, ad_te))
+    test = paired(gn_te, ad_te)
+    fits_less = verdict(fit, "no", "yes", "?")
+    gen_worse = verdict(gen, "yes", "no", "?")
+    which = ("no verdict" if fits_less.startswith("no verdict") else
+             "in fitting" if fits_less == "yes" and gen_worse != "yes" else
+             "in generalising" if gen_worse == "yes" and fits_less != "yes" else
+             "in both" if fits_less == gen_worse == "yes" else "inconclusive")
+    return {"train": fit, "generalisation": gen, "test": test, "which": which}
