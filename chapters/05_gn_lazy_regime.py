@@ -74,7 +74,9 @@ for o in recs:
     print(f"{o:4s} test acc {m('test_acc'):.3f} | end of training, mean over {len(SEEDS)} seeds: NTK similarity "
           f"{m('ntk_similarity'):.3f}, kernel distance {m('ntk_distance'):.3f}, CKA block 1 {m('cka_block1'):.3f}, "
           f"block 2 {m('cka_block2'):.3f}, weight cosine {m('weight_cosine'):.2f}, "
-          f"kappa {np.mean(start(o, 'kappa')):.2f} -> {m('kappa'):.2f}")
+          f"kappa {np.mean(start(o, 'kappa')):.3g} -> {m('kappa'):.3g} (residual {np.mean(start(o, 'kappa_residual')):.3g} -> "
+          f"{m('kappa_residual'):.3g}, ||Dh|| {np.mean(start(o, 'kappa_first')):.3g} -> {m('kappa_first'):.3g}, "
+          f"||D2h|| {np.mean(start(o, 'kappa_second')):.3g} -> {m('kappa_second'):.3g})")
 
 # %% tags=["nbval-check-output"]
 claim("the paper's NTK similarity stays above 0.95 for all three optimisers at every seed",
@@ -118,6 +120,9 @@ for key, label in (("ntk_similarity", "paper's NTK similarity"), ("ntk_distance"
                              below=f"GN {'less lazy' if lazier == 'higher' else 'lazier'}")])
 for o, c in kappa_change.items():
     rows.append(["kappa", f"{o}: end - init", c.text(1, ""), verdict(c, above="rises", below="falls")])
+    for factor, label in (("residual", "its residual ||h - y*||"), ("first", "its ||Dh||"), ("second", "its ||D2h||")):
+        f = paired(np.log(end(o, f"kappa_{factor}")), np.log(start(o, f"kappa_{factor}")))
+        rows.append([f"kappa: {label}", f"{o}: log(end / init)", f.text(1, ""), verdict(f, above="rises", below="falls")])
 markdown(table(["measure", "comparison", "mean difference [95% interval]", "verdict"], rows) + f"\n\nTest: {TEST}.")
 
 # %% [markdown]
@@ -127,6 +132,8 @@ markdown(table(["measure", "comparison", "mean difference [95% interval]", "verd
 # kernel distance and the representations (CKA) weigh more. Going beyond the paper, $\kappa$: if it falls
 # under GN while it rises under SGD and Adam, the network that GN produces is lazier, in Chizat et al.'s
 # sense, than the one it started from, which is the link between the first chapter and this one.
+# A fall of $\kappa$ can also come from its residual $\|h-y^*\|$ alone, as the fit improves, with the
+# curvature relative to the Jacobian unchanged: the three factor rows of the table say which of them moved.
 #
 # Weight cosines fall for every optimiser whatever the verdict: the trained weights start at sd $10^{-3}$, so
 # any update soon dominates them, and the cosine says more about the tiny init than about laziness.

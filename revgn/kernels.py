@@ -271,7 +271,8 @@ def distance_from_init(model0: nn.Module, names, *, kernel_inputs: torch.Tensor,
     ntk_similarity: the paper's probe similarity on `probe_batch`; ntk_distance: `kernel_distance` of the
     logits' NTK on `kernel_inputs`; cka: `block_cka` on `cka_inputs`, one metric per block (cka_block1, ...);
     weight_cosine: the smallest of `weight_cosines`; kappa: the criterion on `kappa_data` (inputs, labels as
-    one-hot targets; 20 power iterations to rtol 1e-3: a trend, not a tight estimate).
+    one-hot targets; 20 power iterations to rtol 1e-3: a trend, not a tight estimate), with its three factors
+    as kappa_residual, kappa_first (||Dh||) and kappa_second (||D^2 h||), computed once per evaluation.
     """
     out = {}
     if "ntk_similarity" in names:
@@ -288,5 +289,15 @@ def distance_from_init(model0: nn.Module, names, *, kernel_inputs: torch.Tensor,
     if "kappa" in names:
         x, y = kappa_data
         onehot = torch.nn.functional.one_hot(y, model0.num_classes).to(x.dtype)
-        out["kappa"] = lambda m: kappa(m, x, onehot, max_iterations=20, rtol=1e-3).kappa
+        cache = {}
+
+        def factor(m, name):  # one kappa per evaluation: keyed by the parameters' in-place update counters
+            state = (id(m), tuple(p._version for p in m.parameters()))
+            if state not in cache:
+                cache.clear()
+                cache[state] = kappa(m, x, onehot, max_iterations=20, rtol=1e-3)
+            return getattr(cache[state], name)
+
+        out["kappa"] = lambda m: factor(m, "kappa")
+        out.update({f"kappa_{name}": lambda m, name=name: factor(m, name) for name in ("residual", "first", "second")})
     return out

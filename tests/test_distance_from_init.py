@@ -1,6 +1,7 @@
 """Distances from init read 'unchanged' at init, move when the model moves, and agree with the whole NTK."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from revgn.kernels import (all_params, block_cka, distance_from_init, empirical_ntk, frozen_copy, kernel_distance,
@@ -24,10 +25,17 @@ def measures(model0, x):
 
 def test_measures_at_init_say_nothing_moved():
     model, model0, x = setup()
-    m = {k: f(model) for k, f in measures(model0, x).items()}
-    assert set(m) == {"ntk_similarity", "ntk_distance", "weight_cosine", "cka_block1", "cka_block2", "kappa"}
+    fs = measures(model0, x)
+    m = {k: f(model) for k, f in fs.items()}
+    assert set(m) == {"ntk_similarity", "ntk_distance", "weight_cosine", "cka_block1", "cka_block2", "kappa",
+                      "kappa_residual", "kappa_first", "kappa_second"}
     assert abs(m["ntk_similarity"] - 1) < 1e-12 and m["ntk_distance"] < 1e-12 and abs(m["weight_cosine"] - 1) < 1e-12
     assert abs(m["cka_block1"] - 1) < 1e-12 and abs(m["cka_block2"] - 1) < 1e-12 and m["kappa"] > 0
+    # kappa is its three factors (eq-kappa), computed once per state of the weights: an update recomputes them
+    assert m["kappa"] == pytest.approx(m["kappa_residual"] * m["kappa_second"] / m["kappa_first"] ** 2, rel=1e-12)
+    with torch.no_grad():
+        next(model.parameters()).mul_(2.0)
+    assert fs["kappa_first"](model) != m["kappa_first"] and fs["kappa"](model) != m["kappa"]
 
 
 def test_measures_move_when_the_weights_move():
