@@ -16,6 +16,12 @@ from torch import nn
 from torch.func import jacrev, jvp, vjp
 
 from .functional import Params, as_function, params_of, unflatten
+from .gn import RankDeficientError
+
+
+class CGNotConverged(RankDeficientError):
+    """Conjugate gradients did not solve the kernel system to the asked tolerance: the step is refused (a
+    failure of the method on this batch, like rank-deficient features, not of the machine)."""
 
 
 def jacobian_matrix(model: nn.Module, x: torch.Tensor, params: Params | None = None, **kwargs) -> torch.Tensor:
@@ -68,14 +74,18 @@ def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.
         rs = rs_new
     if not strict:
         return CGResult(u, maxiter, (rs.sqrt() / bnorm).item())
-    raise RuntimeError(f"conjugate gradients did not reach rtol={rtol} in {maxiter} iterations "
-                       f"(relative residual {(rs.sqrt() / bnorm).item():.2e}); J J^T may be singular: add damping")
+    raise CGNotConverged(f"conjugate gradients did not reach rtol={rtol} in {maxiter} iterations "
+                         f"(relative residual {(rs.sqrt() / bnorm).item():.2e}); J J^T may be singular: add damping")
 
 
 def matrix_free_gn_direction(model: nn.Module, x: torch.Tensor, error: torch.Tensor, *, damping: float = 0.0,
                              rtol: float = 1e-10, maxiter: int | None = None, strict: bool = True,
                              **kwargs) -> tuple[Params, CGResult]:
-    """Delta = J^T (J J^T + damping I)^{-1} eps without forming J: CG on the kernel, jvp/vjp products only."""
+    """Delta = J^T (J J^T + damping I)^{-1} eps without forming J: CG on the kernel, jvp/vjp products only.
+
+    J is the Jacobian of model(x, **kwargs): of the logits by default, of x_L with output="body" (a RevMLP).
+    The result's `relative_residual` is the true one, ||J Delta + damping u - eps|| / ||eps||, recomputed with
+    one more product (CG's recursive residual drifts from it in floating point)."""
     if damping < 0:
         raise ValueError(f"damping must be >= 0, got {damping}")
     params = params_of(model)
@@ -90,4 +100,7 @@ def matrix_free_gn_direction(model: nn.Module, x: torch.Tensor, error: torch.Ten
 
     res = conjugate_gradient(kernel_matvec, error, rtol=rtol, maxiter=maxiter, strict=strict)
     (step,) = vjp_fn(res.solution)
+    moved = jvp(f, (params,), (step,))[1] + damping * res.solution
+    norm = error.norm()
+    res.relative_residual = float((moved - error).norm() / norm) if norm > 0 else 0.0
     return step, res

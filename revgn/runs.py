@@ -32,7 +32,9 @@ RESULTS = REPO_ROOT / "results"
 
 SCHEMA = 2  # part of every key: bump it when the meaning of a field changes
 #: RunSpec fields added within schema 2, with their defaults: at the default they leave the key unchanged
-ADDED = {"patience": 0, "until_train_loss": 0.0}
+ADDED = {"patience": 0, "until_train_loss": 0.0,
+         **{f"{part}.{k}": v for part in ("optimizer", "then") for k, v in
+            {"output": "logits", "cg_rtol": 1e-6, "cg_maxiter": 0}.items()}}
 
 #: what `RunSpec.measure` can name: distances of the network from its initialisation (`revgn.kernels`),
 #: recorded at init and at every evaluation like the losses
@@ -116,7 +118,10 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class OptimSpec:
-    """An optimiser of `revgn.train`: "gn" (with the pseudo-inverse `pinv` and its parameters), "sgd" or "adam"."""
+    """An optimiser of `revgn.train`: "gn" (the layer-wise right inverse, with the pseudo-inverse `pinv` and its
+    parameters), "gn-mp" (the Moore-Penrose step by matrix-free CG, of the logits' Jacobian or, with output
+    "body", of x_L's; solved to `cg_rtol` in at most `cg_maxiter` iterations, 0: twice the unknowns), "sgd" or
+    "adam"."""
 
     name: str = "adam"
     lr: float = 1e-3
@@ -130,11 +135,17 @@ class OptimSpec:
     momentum: float = 0.0
     weight_decay: float = 0.0
     decay: float = 0.0
+    output: str = "logits"
+    cg_rtol: float = 1e-6
+    cg_maxiter: int = 0
 
     def __post_init__(self):
         from .gn import PINV_KINDS
 
-        _choice("optimizer.name", self.name, ("gn", "sgd", "adam"))
+        _choice("optimizer.name", self.name, ("gn", "gn-mp", "sgd", "adam"))
+        _choice("optimizer.output", self.output, ("logits", "body"))
+        object.__setattr__(self, "cg_rtol", _positive("optimizer.cg_rtol", self.cg_rtol))
+        check_int("optimizer.cg_maxiter", self.cg_maxiter, 0)
         _choice("optimizer.pinv", self.pinv, PINV_KINDS)
         object.__setattr__(self, "lr", _positive("optimizer.lr", self.lr))
         for name in ("rtol", "atol", "damping", "ridge", "noise", "momentum", "weight_decay", "decay"):
@@ -144,8 +155,11 @@ class OptimSpec:
 
     def build(self, seed: int):
         from .gn import Pinv
-        from .train import SGD, Adam, GaussNewton
+        from .train import SGD, Adam, GaussNewton, MatrixFreeGaussNewton
 
+        if self.name == "gn-mp":
+            return MatrixFreeGaussNewton(self.lr, damping=self.damping, rtol=self.cg_rtol,
+                                         maxiter=self.cg_maxiter or None, output=self.output)
         if self.name == "gn":
             pinv = Pinv(self.pinv, rtol=self.rtol, atol=self.atol, damping=self.damping, ridge=self.ridge,
                         noise=self.noise, ridge_relative=self.ridge_relative)
@@ -248,6 +262,9 @@ class RunSpec:
         """The spec as canonical JSON (sorted keys, no spaces), with the schema version. A field added within
         a schema (`ADDED`) enters it only when it differs from its default, so earlier records keep their keys."""
         d = {k: v for k, v in self.to_dict().items() if not (k in ADDED and v == ADDED[k])}
+        for part in ("optimizer", "then"):
+            if isinstance(d.get(part), dict):
+                d[part] = {k: v for k, v in d[part].items() if ADDED.get(f"{part}.{k}", object()) != v}
         return json.dumps({"schema": SCHEMA, "spec": d}, sort_keys=True, separators=(",", ":"))
 
     @property

@@ -54,9 +54,11 @@ def _check_finite_tensors(tensors: dict[str, torch.Tensor], what: str) -> None:
 
 
 class Optimizer:
-    """Base class: `setup` once before training, `step` once per batch."""
+    """Base class: `setup` once before training, `step` once per batch. After a step, `step_info` holds what
+    the optimiser reports about it (the parameter step's norm, a solver's residual); the loop logs it."""
 
     name = "optimizer"
+    step_info: dict[str, float] = {}
 
     def setup(self, model: nn.Module, batch_size: int) -> None:
         pass
@@ -103,7 +105,17 @@ class FirstOrder(Optimizer):
             value.backward()
         # Atomic: a non-finite gradient is refused before the parameters or the moments change.
         _check_finite_tensors({k: p.grad for k, p in model.named_parameters() if p.requires_grad}, "gradient")
+        before = [p.detach().clone() for group in self._opt.param_groups for p in group["params"]]
         self._opt.step()
+        params = [p for group in self._opt.param_groups for p in group["params"]]
+        with torch.no_grad():
+            norm = _norm(p - b for p, b in zip(params, before))
+            if not math.isfinite(norm):  # the update overflowed: put the parameters back, then refuse
+                for p, b in zip(params, before):
+                    p.copy_(b)
+                raise NonFiniteLossError(f"{self.name} step: the update is not finite (lr {self.lr:g}); the "
+                                         f"parameters are left as they were")
+        self.step_info = {"step_norm": norm}
         self._t += 1
         if self.decay:
             for group in self._opt.param_groups:
@@ -128,6 +140,11 @@ def SGD(lr: float, momentum: float = 0.0, weight_decay: float = 0.0, decay: floa
 
 def Adam(lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> FirstOrder:
     return FirstOrder("adam", torch.optim.Adam, lr, betas=betas, eps=eps)  # no decay: Adam as in the papers
+
+
+def _norm(tensors) -> float:
+    """The Euclidean norm of several tensors together, in float64 (a float32 sum of squares overflows early)."""
+    return math.sqrt(sum(float(torch.linalg.vector_norm(t.double())) ** 2 for t in tensors))
 
 
 def apply_step(model: nn.Module, direction: dict[str, torch.Tensor], lr: float) -> None:
@@ -179,6 +196,7 @@ class GaussNewton(Optimizer):
             direction = {k: v for block in iter_block_directions(model, caches, eps, self.pinv, self._generator)
                          for k, v in block.items()}
             apply_step(model, direction, self.lr / model.depth)  # the 1/L of {eq}`eq-stack`, as lr / L
+            self.step_info = {"step_norm": self.lr / model.depth * _norm(direction.values())}
         return value
 
     def describe(self) -> dict[str, Any]:
@@ -194,22 +212,51 @@ class GaussNewton(Optimizer):
 
 
 class MatrixFreeGaussNewton(Optimizer):
-    """GN (or Levenberg-Marquardt with damping > 0) for any model, by CG on J J^T (`revgn.gn_reference`)."""
+    """The Moore-Penrose GN step (Levenberg-Marquardt with damping > 0) for any model, by CG on J J^T
+    (`revgn.gn_reference`): theta <- theta - lr J^+ eps, the minimum-norm step that moves the outputs by eps.
+
+    output="logits": J is the logits' Jacobian (eq-gn). output="body" (a RevMLP): J is the Jacobian of x_L and
+    the target eps R^T, the smallest change of x_L that moves the logits by eps; this is what each block of the
+    layer-wise step is minimum-norm for, solved for all blocks at once. Every step reports its CG iterations,
+    the true relative residual ||J Delta - target|| / ||target|| and the norm of the parameter step
+    (`step_info`); a step whose residual exceeds `REFUSE` x rtol is refused (`CGNotConverged`), leaving the
+    model as it was.
+    """
 
     name = "gn-cg"
+    REFUSE = 10.0  # slack over rtol for the true residual (CG stops on its recursive one)
 
-    def __init__(self, lr: float = 1.0, damping: float = 0.0, rtol: float = 1e-6, maxiter: int | None = None):
-        self.lr, self.damping, self.rtol, self.maxiter = _check_lr(lr), damping, rtol, maxiter
+    def __init__(self, lr: float = 1.0, damping: float = 0.0, rtol: float = 1e-6, maxiter: int | None = None,
+                 output: str = "logits"):
+        if output not in ("logits", "body"):
+            raise ValueError(f"output must be 'logits' or 'body', got {output!r}")
+        self.lr, self.damping, self.rtol, self.maxiter, self.output = _check_lr(lr), damping, rtol, maxiter, output
+        self.step_info = {}
+
+    def setup(self, model: nn.Module, batch_size: int) -> None:
+        if self.output == "body" and not isinstance(model, RevMLP):
+            raise TypeError("output='body' is the Jacobian of a RevMLP's x_L; this model is not a RevMLP")
 
     def step(self, model, x, y, loss) -> float:
+        from .gn_reference import CGNotConverged
+
         with torch.no_grad():
             logits = model(x)
             value = check_finite(loss(logits, y), "GN-CG step")
             eps = loss.error(logits, y)
-        direction, _ = matrix_free_gn_direction(model, x, eps, damping=self.damping, rtol=self.rtol,
-                                                maxiter=self.maxiter)
+            target = eps if self.output == "logits" else eps @ model.readout.T
+        direction, cg = matrix_free_gn_direction(model, x, target, damping=self.damping, rtol=self.rtol,
+                                                 maxiter=self.maxiter, **({"output": "body"} if self.output == "body" else {}))
+        if not cg.relative_residual <= self.REFUSE * self.rtol:
+            raise CGNotConverged(f"the CG step's true relative residual {cg.relative_residual:.2e} exceeds "
+                                 f"{self.REFUSE:g} x rtol = {self.REFUSE * self.rtol:.1e}; step refused")
         apply_step(model, direction, self.lr)
+        self.step_info = {"cg_iterations": cg.iterations, "cg_residual": cg.relative_residual,
+                          "step_norm": self.lr * _norm(direction.values())}
         return value
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "lr": self.lr, "damping": self.damping, "rtol": self.rtol, "output": self.output}
 
 
 class DampedGaussNewton(Optimizer):
@@ -501,7 +548,7 @@ def train(model: nn.Module, optimizer: Optimizer, train_set, *, loss="ce", epoch
                     before = optimizer.step(model, xb, yb, loss)
                 except NonFiniteLossError as err:
                     raise NonFiniteLossError(f"epoch {epoch}, step {b + 1}/{per_epoch}: {err}") from err
-                row = {"epoch": epoch, "loss": before}
+                row = {"epoch": epoch, "loss": before, **optimizer.step_info}
                 if track_batch_change:
                     with torch.no_grad():
                         row["loss_after"] = check_finite(loss(model(xb), yb), f"epoch {epoch} after step")

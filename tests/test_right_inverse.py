@@ -1,0 +1,107 @@
+"""The three GN steps compared in the right-inverse chapter, through the one training loop's optimisers:
+the layer-wise right inverse (`GaussNewton`), the Moore-Penrose step of the logits' Jacobian and that of
+x_L's Jacobian (`MatrixFreeGaussNewton`, CG to a stated tolerance), checked against explicit pseudo-inverses
+in float64 on models small enough to form J."""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from revgn.functional import flatten
+from revgn.gn import gn_direction
+from revgn.gn_reference import CGNotConverged, jacobian_matrix
+from revgn.losses import CrossEntropy
+from revgn.models import RevMLP
+from revgn.train import GaussNewton, MatrixFreeGaussNewton
+
+F64 = torch.float64
+CONFIGS = [(1, 30, 12), (2, 24, 10), (3, 36, 8)]  # (depth, hidden, n)
+
+
+def problem(depth, hidden, n, seed=0, in_features=11, classes=4):
+    g = torch.Generator().manual_seed(seed)
+    model = RevMLP(in_features, classes, depth=depth, hidden=hidden, init_std=0.2, seed=seed, dtype=F64)
+    x = torch.randn(n, in_features, generator=g, dtype=F64)
+    y = torch.randint(0, classes, (n,), generator=g)
+    return model, x, y
+
+
+def moved(optimizer, model, x, y) -> torch.Tensor:
+    """The parameter step the optimiser takes (theta_before - theta_after) on a copy of the model."""
+    m = copy.deepcopy(model)
+    before = flatten({k: v.detach().clone() for k, v in m.named_parameters()})
+    optimizer.setup(m, len(x))
+    optimizer.step(m, x, y, CrossEntropy())
+    return before - flatten({k: v.detach() for k, v in m.named_parameters()})
+
+
+def explicit(model, x, target, output):
+    J = jacobian_matrix(model, x, **({"output": "body"} if output == "body" else {}))
+    return J, torch.linalg.pinv(J) @ target.reshape(-1)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=[f"L{L}-h{h}-n{n}" for L, h, n in CONFIGS])
+@pytest.mark.parametrize("output", ["logits", "body"])
+def test_the_moore_penrose_steps_solve_their_systems_and_equal_the_explicit_pseudo_inverse(cfg, output):
+    model, x, y = problem(*cfg)
+    with torch.no_grad():
+        eps = CrossEntropy().error(model(x), y)
+    target = eps if output == "logits" else eps @ model.readout.T  # x_L's smallest change that moves logits by eps
+    opt = MatrixFreeGaussNewton(lr=1.0, rtol=1e-10, output=output)
+    step = moved(opt, model, x, y)
+    J, reference = explicit(model, x, target, output)
+    assert ((step - reference).norm() / reference.norm()).item() <= 1e-8
+    assert ((J @ step - target.reshape(-1)).norm() / target.norm()).item() <= 1e-8
+    J_logits, _ = explicit(model, x, eps, "logits")  # either way, the logits move by eps to first order
+    assert ((J_logits @ step - eps.reshape(-1)).norm() / eps.norm()).item() <= 1e-8
+    info = opt.step_info
+    assert info["cg_residual"] <= 1e-9 and info["cg_iterations"] >= 1
+    assert info["step_norm"] == pytest.approx(step.norm().item(), rel=1e-12)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=[f"L{L}-h{h}-n{n}" for L, h, n in CONFIGS])
+def test_the_minimum_norm_chain_logits_then_body_then_layer_wise(cfg):
+    """All three move the logits by eps. J^+ eps is the shortest such step; the x_L step solves a stricter
+    system (the whole of x_L's move fixed), so it is no shorter; the layer-wise step solves that same system,
+    so it is no shorter than its minimum-norm solution."""
+    model, x, y = problem(*cfg)
+    mp = moved(MatrixFreeGaussNewton(lr=1.0, rtol=1e-12), model, x, y).norm()
+    body = moved(MatrixFreeGaussNewton(lr=1.0, rtol=1e-10, output="body"), model, x, y).norm()
+    layer = moved(GaussNewton(lr=1.0), model, x, y)
+    with torch.no_grad():
+        eps = CrossEntropy().error(model(x), y)
+    assert layer.norm() / model.depth <= layer.norm()  # lr / L of eq-stack is inside the optimiser's step
+    assert torch.allclose(layer, flatten(gn_direction(model, x, eps)), rtol=1e-10, atol=1e-14)
+    assert mp <= body * (1 + 1e-10) and body <= layer.norm() * (1 + 1e-10)
+    assert mp < layer.norm() * (1 - 1e-6)  # strictly: the layer-wise step is not the Moore-Penrose step
+
+
+def test_a_step_whose_cg_does_not_converge_is_refused_and_the_model_is_left_as_it_was():
+    model, x, y = problem(2, 24, 10)
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(CGNotConverged, match="did not reach"):
+        MatrixFreeGaussNewton(lr=1.0, rtol=1e-12, maxiter=2).step(model, x, y, CrossEntropy())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(TypeError, match="RevMLP"):
+        MatrixFreeGaussNewton(output="body").setup(torch.nn.Linear(3, 2), 4)
+
+
+@pytest.mark.skipif(not (Path(os.environ.get("REVGN_DATA", "/nonexistent")) / "mnist").exists(),
+                    reason="needs MNIST in $REVGN_DATA (make test points it at ../shared/data)")
+def test_run_specs_train_the_moore_penrose_steps_and_record_each_steps_residual_and_norm(tmp_path):
+    from revgn.runs import DataSpec, ModelSpec, OptimSpec, RunSpec, run
+
+    spec = RunSpec(DataSpec("mnist", n_train=64, n_test=32), ModelSpec(depth=2, hidden=48), OptimSpec("gn-mp", 0.5),
+                   batch_size=16, epochs=1, evaluate=("test",))
+    rec = run(spec, tmp_path)
+    steps = rec.history.steps
+    assert rec.ok and len(steps["cg_residual"]) == 4 and max(steps["cg_residual"]) <= 10 * spec.optimizer.cg_rtol
+    assert min(steps["step_norm"]) > 0
+    refused = run(spec.replace(**{"optimizer.cg_maxiter": 1}), tmp_path)  # a method failure, recorded as such
+    assert not refused.ok and refused.failure.startswith("CGNotConverged")
+    for name in ("gn", "adam"):  # every optimiser reports its parameter step's norm
+        assert min(run(spec.replace(optimizer=OptimSpec(name, 0.5 if name == "gn" else 1e-3))).history.steps["step_norm"]) > 0
