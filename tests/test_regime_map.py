@@ -154,3 +154,29 @@ def test_the_sweep_cli_lists_a_grid_and_runs_a_growing_grid_in_rounds(tmp_path, 
     specs = growing(tmp_path).specs
     assert len(specs) == 2 and set(status(specs, tmp_path).values()) == {"recorded"}
     assert "growing: 1 runs" in capsys.readouterr().out
+
+
+def _summary(gn_train, gn_test, adam_train, adam_test, capped=False):
+    from revgn.experiments.gn_protocol import Selection
+
+    sel = lambda lr: Selection(None, {lr: 0.9}, bracketed=True, capped=capped and lr == 2.0)
+    return {"gn": {"lr": 2.0, "selection": sel(2.0), "train_acc": gn_train, "test_acc": gn_test},
+            "adam": {"lr": 1e-3, "selection": sel(1e-3), "train_acc": adam_train, "test_acc": adam_test},
+            "gap": gn_test - adam_test}
+
+
+def test_a_deficit_is_split_into_fitting_and_generalising_and_capped_rates_are_reported():
+    seeds = range(5)
+    # GN fits 10 points less and loses no more from train to test: a deficit in fitting
+    fitting = [_summary(0.80 + 0.01 * s, 0.30 + 0.01 * s, 0.90 + 0.012 * s, 0.40 + 0.011 * s) for s in seeds]
+    out = rm.fit_or_generalise(fitting)
+    assert out["which"] == "in fitting" and out["train"].hi < 0 and out["test"].mean == pytest.approx(-0.1, abs=0.01)
+    # GN fits as well and loses 10 points more from train to test: a deficit in generalising
+    general = [_summary(0.90 + 0.011 * s, 0.30 + 0.01 * s, 0.90 + 0.01 * s, 0.40 + 0.012 * s) for s in seeds]
+    assert rm.fit_or_generalise(general)["which"] == "in generalising"
+    assert rm.fit_or_generalise(general[:3])["which"] == "no verdict"
+    capped = [_summary(0.9, 0.3, 0.9, 0.4, capped=True)]
+    assert rm.rates(capped, "gn") == "2 (cap)" and rm.rates(capped, "adam") == "0.001"
+    counts = rm.bracketing(capped)
+    assert counts["gn at the cap"] == 1 and counts["gn interior"] == 0 and counts["adam interior"] == 1
+    assert "not recorded yet (0 of 5 seeds)" in rm.verdict_table({"x": []}, seeds=5)
