@@ -130,48 +130,39 @@ def walk(tier: str, records_of) -> tuple[list[RunSpec], dict[str, list]]:
     each seed with the rate selection ({label: (selection on the first seed, [Record per seed])}).
     records_of(specs) -> Records, None where missing (`revgn.runs.Runs.all` or `revgn.sweep.collect`)."""
     t = _tier(tier)
-    needed, sel = [], {}
+    needed, out = [], {}
     for label, v in VARIANTS.items():
-        if v.then is not None or v.match is not None:
-            continue
-        if v.tune:
-            lrs = [lr * (1 + v.optimizer.ridge) if v.optimizer.pinv == "ridge" else lr for lr in LRS[v.optimizer.name]]
-            specs, s = gp.tuning(spec_of(t, v, lrs[0]), lrs, "val_acc", records_of, cap=cap_of(v),
-                                 extensions=t.extensions)
-        else:
-            specs = [spec_of(t, v, v.optimizer.lr)]
-            rec = records_of(specs)[0]
-            s = None if rec is None else gp.Selection(rec if rec.ok else None, {v.optimizer.lr: gp.score(rec, "val_acc")})
-        needed += specs
-        if s is not None:
-            sel[label] = (s, specs)
-    out = {}
-    for label, v in VARIANTS.items():
-        if v.match is not None:  # trained to the final training loss of `match` at each seed
+        if v.match is not None:  # trained to the final training loss of `match`, seed by seed
             if v.match not in out:
                 continue
-            s = gp.Selection(None, {})
+            sel = gp.Selection(None, {})
             specs = [spec_of(t, v, v.optimizer.lr, r.spec.seed, target=r.metrics["train_loss"])
                      for r in out[v.match][1] if r.ok]
-        elif v.then is None:
-            if label not in sel:
+        elif v.then is not None:  # a switch: each phase at the rate chosen for its optimiser's baseline
+            if not (v.first in out and v.then in out) or out[v.first][0].best is None or out[v.then][0].best is None:
                 continue
-            s, _ = sel[label]
-            lr = s.lr if s.best is not None else None
-            specs = [] if lr is None else [spec_of(t, v, lr, seed) for seed in t.seeds]
+            first, then = (out[k][0].best.spec.optimizer for k in (v.first, v.then))
+            assert not VARIANTS[v.then].changes, "a switch continues the same network: its second phase changes nothing else"
+            sel = gp.Selection(None, {})
+            specs = [gp.at_seeds(t.base.replace(optimizer=first, then=then, switch_epoch=t.switch,
+                                                **dict(VARIANTS[v.first].changes)), [seed])[0] for seed in t.seeds]
         else:
-            if not (v.first in sel and v.then in sel) or sel[v.first][0].best is None or sel[v.then][0].best is None:
+            scale = 1 + v.optimizer.ridge if v.optimizer.pinv == "ridge" else 1.0
+            lrs = [lr * scale for lr in LRS[v.optimizer.name]] if v.tune else [v.optimizer.lr]
+            seeds, sels = gp.at_chosen_rates([spec_of(t, v, lrs[0], seed) for seed in t.seeds], lrs, "val_acc",
+                                             records_of, each_seed=False, cap=cap_of(v), extensions=t.extensions)
+            needed += seeds
+            first = sels[0]
+            if any(x is None for x in sels):
                 continue
-            a, b = VARIANTS[v.first], VARIANTS[v.then]
-            first, then = sel[v.first][0].best.spec.optimizer, sel[v.then][0].best.spec.optimizer
-            s = gp.Selection(None, {})
-            specs = [gp.at_seeds(t.base.replace(optimizer=first, then=then, switch_epoch=t.switch, **dict(a.changes)),
-                                 [seed])[0] for seed in t.seeds]
-            assert not b.changes, "a switch continues the same network: its second phase changes no other field"
+            chosen = [] if first.best is None else [gp.rate_grid(spec_of(t, v, lrs[0], seed), [first.lr])[0]
+                                                    for seed in t.seeds]
+            out[label] = (first, records_of(chosen))  # each seed's run at the chosen rate (failed or not)
+            continue
         needed += specs
         recs = records_of(specs)
         if all(r is not None for r in recs):
-            out[label] = (s, recs)
+            out[label] = (sel, recs)
     return needed, out
 
 

@@ -123,7 +123,8 @@ def tuning(spec: RunSpec, lrs, criterion: str, records_of, *, cap: float | None 
         sel = select(recs, criterion)
         i = None if sel.best is None else lrs.index(sel.lr)
         sel.capped = cap is not None and i == len(lrs) - 1 and lrs[-1] >= cap
-        sel.bracketed = i is not None and (0 < i < len(lrs) - 1 or sel.capped)
+        # a single rate is a fixed rate, not a grid: there is nothing to bracket (None)
+        sel.bracketed = None if len(lrs) == 1 else i is not None and (0 < i < len(lrs) - 1 or sel.capped)
         if i is None or sel.bracketed or len(lrs) == 1 or extension == extensions:
             return specs, sel
         if i == 0:
@@ -131,6 +132,28 @@ def tuning(spec: RunSpec, lrs, criterion: str, records_of, *, cap: float | None 
         else:
             lrs.append(lrs[-1] * 3 if cap is None else min(lrs[-1] * 3, cap))
     raise AssertionError("unreachable")
+
+
+def at_chosen_rates(specs: list[RunSpec], lrs, criterion: str, records_of, *, each_seed: bool = True,
+                    cap: float | None = None, extensions: int = 3) -> tuple[list[RunSpec], list[Selection | None]]:
+    """Rates for one setting at several seeds (`specs`, one per seed): chosen by `tuning` at every seed, or
+    (each_seed=False) on the first seed, whose chosen rate then trains the others. Returns the specs needed so
+    far and each seed's selection (None while its records are missing; a reused rate keeps the first seed's
+    `bracketed` and `capped`, and a seed whose reused run failed has no best record)."""
+    walks = [tuning(s, lrs, criterion, records_of, cap=cap, extensions=extensions) for s in
+             (specs if each_seed else specs[:1])]
+    needed, selections = [sp for w in walks for sp in w[0]], [w[1] for w in walks]
+    first = selections[0]
+    for spec in [] if each_seed else specs[1:]:
+        if first is None or first.best is None:  # not chosen yet, or every rate failed: nothing to rerun
+            selections.append(None if first is None else Selection(None, {}, first.bracketed, first.capped))
+            continue
+        spec = rate_grid(spec, [first.lr])[0]
+        rec = records_of([spec])[0]
+        needed.append(spec)
+        selections.append(None if rec is None else Selection(rec if rec.ok else None, {first.lr: score(rec, criterion)},
+                                                             first.bracketed, first.capped))
+    return needed, selections
 
 
 def tune(runs, spec: RunSpec, lrs, criterion: str, *, cap: float | None = None, extensions: int = 3) -> Selection:

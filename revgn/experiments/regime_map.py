@@ -196,26 +196,11 @@ def walk(regime: Regime, s: Settings, records_of) -> tuple[list[RunSpec], list[d
     `revgn.runs.Runs.all` runs them, `revgn.sweep.collect` only reads a store."""
     needed, chosen = [], {}
     for o in OPTIMISERS:
-        tune = lambda p: gp.tuning(p.spec(o, s.lrs[o][0], s), s.lrs[o], "val_acc", records_of, cap=s.cap.get(o),
-                                   extensions=s.extensions)
-        if regime.each_seed:
-            walks = [tune(p) for p in regime.points]
-        else:  # the first seed's choice, reused: the other seeds are needed once it is made
-            walks = [tune(regime.points[0])]
-            first = walks[0][1]
-            for p in regime.points[1:]:
-                if first is None:
-                    break
-                if first.best is None:  # refused at every rate on the first seed: nothing to rerun
-                    walks.append(([], gp.Selection(None, {}, first.bracketed, first.capped)))
-                    continue
-                spec = p.spec(o, first.lr, s)
-                rec = records_of([spec])[0]
-                walks.append(([spec], None if rec is None else gp.Selection(
-                    rec if rec.ok else None, {first.lr: gp.score(rec, "val_acc")}, first.bracketed, first.capped)))
-        for i, (specs, sel) in enumerate(walks):
-            needed += specs
-            chosen[o, i] = sel
+        specs, sels = gp.at_chosen_rates([p.spec(o, s.lrs[o][0], s) for p in regime.points], s.lrs[o], "val_acc",
+                                         records_of, each_seed=regime.each_seed, cap=s.cap.get(o),
+                                         extensions=s.extensions)
+        needed += specs
+        chosen.update({(o, i): sel for i, sel in enumerate(sels)})
     done = [i for i in range(len(regime.points)) if all(chosen.get((o, i)) is not None for o in OPTIMISERS)]
     return needed, [summarise(regime.points[i], chosen["gn", i], chosen["adam", i]) for i in done]
 
