@@ -59,3 +59,25 @@ def test_every_variant_is_tuned_on_seed_0_and_reused_and_switches_use_the_chosen
     assert {(r.spec.optimizer.lr, r.spec.epochs) for r in equal} == {(0.01, 90)}
     with pytest.raises(ValueError, match="tier"):
         ab.grid("huge")
+
+
+def test_the_right_inverse_comparison_tunes_every_method_on_seed_0_at_shared_seeds():
+    from revgn.experiments import right_inverse as ri
+
+    def acc(spec):
+        best = {"gn": 1.0, "gn-mp": 0.3, "adam": 1e-3, "sgd": 0.1}[spec.optimizer.name]
+        return 0.9 - abs(math.log(spec.optimizer.lr / best)) / 100
+
+    store = Store(acc)
+    for _ in range(10):
+        needed, done = ri.walk("mnist", store)
+        if all(r is not None for r in store(needed)):
+            break
+        store.run(needed)
+    assert set(done) == set(ri.METHODS)
+    assert done["Moore-Penrose GN (x_L)"][0].lr == pytest.approx(0.3) and done["layer-wise GN"][0].lr == 1.0
+    outputs = {label: {r.spec.optimizer.output for r in recs} for label, (sel, recs) in done.items()}
+    assert outputs["Moore-Penrose GN (x_L)"] == {"body"} and outputs["Moore-Penrose GN (logits)"] == {"logits"}
+    first = [recs[0].spec for sel, recs in done.values()]
+    assert len({(s.data, s.model, s.seed) for s in first}) == 1  # paired: one subset, one init, one order
+    assert all(s.data.dtype == "float64" for s in first)

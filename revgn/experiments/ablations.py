@@ -152,12 +152,9 @@ def walk(tier: str, records_of) -> tuple[list[RunSpec], dict[str, list]]:
             seeds, sels = gp.at_chosen_rates([spec_of(t, v, lrs[0], seed) for seed in t.seeds], lrs, "val_acc",
                                              records_of, each_seed=False, cap=cap_of(v), extensions=t.extensions)
             needed += seeds
-            first = sels[0]
-            if any(x is None for x in sels):
-                continue
-            chosen = [] if first.best is None else [gp.rate_grid(spec_of(t, v, lrs[0], seed), [first.lr])[0]
-                                                    for seed in t.seeds]
-            out[label] = (first, records_of(chosen))  # each seed's run at the chosen rate (failed or not)
+            if all(x is not None for x in sels):
+                out[label] = (sels[0], gp.records_at([spec_of(t, v, lrs[0], seed) for seed in t.seeds], sels[0],
+                                                     records_of))
             continue
         needed += specs
         recs = records_of(specs)
