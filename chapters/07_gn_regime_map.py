@@ -137,9 +137,9 @@ print(f"{'n':>5s} {'h/n':>4s} {'GN lr':>13s} {'Adam lr':>18s}  {'GN acc':>6s} {'
       f"{'GN sat.':>7s} {'GN NTK d':>8s} {'Adam NTK d':>10s} {'batch drop GN/Adam':>18s}")
 for (n, r), recs in grid.items():
     print(f"{n:5d} {r:4d} {rm.rates(recs, 'gn'):>13s} {rm.rates(recs, 'adam'):>18s}  "
-          f"{cell(recs, lambda x: x['gn'].get('test_acc')):6.2f} {cell(recs, lambda x: x['adam'].get('test_acc')):8.2f} "
-          f"{cell(recs, lambda x: x['gap']):+7.2f}  {cell(recs, lambda x: x['gn'].get('saturation')):7.0%} "
-          f"{cell(recs, lambda x: x['gn'].get('ntk_distance')):8.2f} {cell(recs, lambda x: x['adam'].get('ntk_distance')):10.2f} "
+          f"{cell(recs, lambda x: x['gn'].get('test_acc')):6.3f} {cell(recs, lambda x: x['adam'].get('test_acc')):8.3f} "
+          f"{cell(recs, lambda x: x['gap']):+7.3f}  {cell(recs, lambda x: x['gn'].get('saturation')):7.0%} "
+          f"{cell(recs, lambda x: x['gn'].get('ntk_distance')):8.3f} {cell(recs, lambda x: x['adam'].get('ntk_distance')):10.3f} "
           f"{cell(recs, lambda x: x['gn'].get('drop_last')):8.0f}% /{cell(recs, lambda x: x['adam'].get('drop_last')):3.0f}%")
 every = [r for recs in summ.values() for r in recs]
 print("chosen rates over every regime and seed:", rm.bracketing(every))
@@ -174,9 +174,9 @@ print(f"{'change':28s} {'GN lr':>9s} {'Adam lr':>7s} {'GN acc':>6s} {'Adam acc':
       f"{'Adam sat.':>9s} {'GN NTK d':>8s} {'drop 1st->last':>15s}")
 for label, recs in single.items():
     m = lambda o, k: cell(recs, lambda x: x[o].get(k))
-    print(f"{label:28s} {rm.rates(recs, 'gn'):>9s} {rm.rates(recs, 'adam'):>7s} {m('gn', 'test_acc'):6.2f} "
-          f"{m('adam', 'test_acc'):8.2f} {cell(recs, lambda x: x['gap']):+7.2f} {m('gn', 'saturation'):7.0%} "
-          f"{m('adam', 'saturation'):9.0%} {m('gn', 'ntk_distance'):8.2f} {m('gn', 'drop_first'):6.0f}% -> "
+    print(f"{label:28s} {rm.rates(recs, 'gn'):>9s} {rm.rates(recs, 'adam'):>7s} {m('gn', 'test_acc'):6.3f} "
+          f"{m('adam', 'test_acc'):8.3f} {cell(recs, lambda x: x['gap']):+7.3f} {m('gn', 'saturation'):7.0%} "
+          f"{m('adam', 'saturation'):9.0%} {m('gn', 'ntk_distance'):8.3f} {m('gn', 'drop_first'):6.0f}% -> "
           f"{m('gn', 'drop_last'):3.0f}%")
 
 # %%
