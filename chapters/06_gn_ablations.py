@@ -53,6 +53,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import revgn
+from revgn import data
 from revgn.book import markdown, table
 from revgn.experiments import ablations as ab
 from revgn.runs import Runs, provenance
@@ -208,12 +209,13 @@ if small and ok("GN exact"):
     epochs = {lr: np.mean([r.history.epochs["epoch"][-1] for r in recs[f"GN, lr {lr:g}, equal training loss"]])
               for lr in small}
     tuned_vs_paper = row("", "GN exact", "GN, lr 0.1", "better", "worse")
+    n_test = len(data.load(TIER.base.data.dataset, "test", n=TIER.base.data.n_test))
     markdown(
         f"**The two anchors on RevMLPs.** Trained to the training loss that GN reaches at the paper's rate, GN at rate "
         + " and ".join(f"{lr:g} (in {epochs[lr]:.0f} epochs on average) gives: {anchor[lr]}" for lr in anchor)
         + f". GN at its tuned rate {chosen['GN exact'].lr:g} against the paper's 0.1, both for 6 epochs: "
         f"{tuned_vs_paper[1].split(': ', 1)[1]}, {tuned_vs_paper[2]}. Arbel et al.'s anchor holds on RevMLPs where the "
-        f"rows above say \"holds\", by the size of its interval (a test image is 0.01 points here); Buffelli et al.'s "
+        f"rows above say \"holds\", by the size of its interval (a test image is {100 / n_test:.2g} points here); Buffelli et al.'s "
         f"(smaller steps do not help) where they do not. Both can be true at once: at equal training loss a smaller "
         f"step generalises a little better, while at an equal budget of epochs it has not trained. This is one "
         f"setting, two blocks of width 512 on 4,000 MNIST images: the sentence does not extend to the mean-field "
