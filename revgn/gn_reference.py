@@ -100,7 +100,8 @@ def matrix_free_gn_direction(model: nn.Module, x: torch.Tensor, error: torch.Ten
 
     res = conjugate_gradient(kernel_matvec, error, rtol=rtol, maxiter=maxiter, strict=strict)
     (step,) = vjp_fn(res.solution)
-    moved = jvp(f, (params,), (step,))[1] + damping * res.solution
-    norm = error.norm()
-    res.relative_residual = float((moved - error).norm() / norm) if norm > 0 else 0.0
+    with torch.no_grad():  # a diagnostic: no graph (the error may carry one from the caller's forward pass)
+        moved = jvp(f, (params,), (step,))[1] + damping * res.solution
+        norm = error.detach().norm()
+        res.relative_residual = float((moved - error.detach()).norm() / norm) if norm > 0 else 0.0
     return step, res
