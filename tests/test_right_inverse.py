@@ -5,6 +5,7 @@ in float64 on models small enough to form J."""
 from __future__ import annotations
 
 import copy
+import json
 import os
 from pathlib import Path
 
@@ -105,3 +106,36 @@ def test_run_specs_train_the_moore_penrose_steps_and_record_each_steps_residual_
     assert not refused.ok and refused.failure.startswith("CGNotConverged")
     for name in ("gn", "adam"):  # every optimiser reports its parameter step's norm
         assert min(run(spec.replace(optimizer=OptimSpec(name, 0.5 if name == "gn" else 1e-3))).history.steps["step_norm"]) > 0
+
+
+@pytest.mark.skipif(not (Path(os.environ.get("REVGN_DATA", "/nonexistent")) / "mnist").exists(),
+                    reason="needs MNIST in $REVGN_DATA (make test points it at ../shared/data)")
+def test_theorem_4_3_on_the_batch_the_right_inverses_agree_to_o_alpha_and_off_it_they_do_not(tmp_path):
+    """Equal time t = alpha k at shrinking alpha: on the trained batch the methods' logits converge to one
+    another (the same error flow); on held-out images they stay apart. A record is resumed seed by seed, to
+    the same numbers, and a record of another setting is refused."""
+    from revgn.experiments import right_inverse as ri
+
+    flow = ri.Flow("mnist", hidden=32, batch=8, held_out=20, alphas=(0.5, 0.25, 0.125), seeds=(0, 1))
+    ri.record_flow(flow, store=tmp_path)
+    recs = ri.load_flow(flow, tmp_path)
+    assert [r["seed"] for r in recs] == [0, 1]
+    for rec in recs:
+        for pair, batch in rec["distance"]["batch"].items():
+            held_out = rec["distance"]["held-out"][pair]
+            assert batch[0] > batch[1] > batch[2] > 0  # shrinks with alpha ...
+            assert batch[0] / batch[2] > 4 ** 0.5  # ... at least like sqrt(alpha) over a factor 4
+            assert min(held_out) > 10 * max(batch)  # off the batch the flows themselves differ
+        assert all(max(v) < 1 for v in rec["error_decay"].values())  # each method reduced the batch's error
+    summary = ri.flow_summary(flow, recs)
+    assert all(s.interval.n == 2 and s.vanishes is None for s in summary["batch"].values())  # 2 < 5 seeds
+    first = (tmp_path / "seed1.json").read_text()
+    (tmp_path / "seed1.json").unlink()
+    assert ri.record_flow(flow, store=tmp_path) == [tmp_path / "seed1.json"]  # only the missing seed
+    again = json.loads((tmp_path / "seed1.json").read_text())
+    assert {k: again[k] for k in ("distance", "moved", "error_decay")} == \
+           {k: v for k, v in json.loads(first).items() if k in ("distance", "moved", "error_decay")}
+    with pytest.raises(ValueError, match="seed0.json records another setting"):
+        ri.load_flow(ri.Flow("mnist", hidden=32, batch=8, held_out=20, alphas=(0.5, 0.25), seeds=(0,)), tmp_path)
+    with pytest.raises(ValueError, match="whole steps"):
+        ri.Flow(alphas=(0.3,))

@@ -9,13 +9,28 @@ gets a rate from a bracketed grid on validation accuracy, on seed 0, reused for 
 Runs are float64, so that CG reaches its tolerance (in float32 its true residual stalls near 1e-5). `grid(setting)` is
 the sweep (`python -m revgn.sweep revgn.experiments.right_inverse:mnist`), recorded under
 results/right_inverse/<setting>/; `walk` reads it.
+
+`Flow` measures Theorem 4.3 itself: from one initial network, each GN step trains one fixed batch for the
+same time t = alpha k at shrinking rates alpha, and the methods' outputs are compared on that batch and on
+held-out images (`python -m revgn.experiments.right_inverse flow mnist`, recorded per seed under
+results/right_inverse/flow/<dataset>/; `flow_summary` reads it).
 """
 from __future__ import annotations
 
-from dataclasses import replace
+import argparse
+import itertools
+import json
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
+import numpy as np
+import torch
+
+from .. import runs
 from ..runs import RESULTS, DataSpec, ModelSpec, OptimSpec, RunSpec
+from ..stats import Paired, paired
 from ..sweep import Grid, collect
+from ..utils import atomic_write_json, read_json, run_metadata
 from . import gn_protocol as gp
 
 METHODS = {  # label -> the optimiser (its lr is replaced by the grid's)
@@ -72,3 +87,168 @@ def mnist(store=None) -> Grid:
 
 def cifar(store=None) -> Grid:
     return grid("cifar10-subset", store)
+
+
+# ------------------------------------------------------------------------- Theorem 4.3, measured
+
+GN_METHODS = tuple(label for label, opt in METHODS.items() if opt.name in ("gn", "gn-mp"))
+PAIRS = tuple(itertools.combinations(GN_METHODS, 2))
+INPUTS = ("batch", "held-out")
+
+
+@dataclass(frozen=True)
+class Flow:
+    """Theorem 4.3 measured on one batch. From the same initial network (per seed), each GN method takes
+    k = time / alpha steps of rate alpha on one fixed batch of `batch` training images (full-batch training of
+    that batch), for each alpha in `alphas`; the logits are then compared on the batch and on `held_out`
+    images the steps never see. Every right inverse gives the same continuous-time flow of the batch's error
+    (eq-gn-flow), so on the batch two methods differ by O(alpha); off the batch the flows themselves differ,
+    by how J_held-out J^{-|} spreads the step, and the theorem predicts nothing."""
+
+    dataset: str = "mnist"
+    hidden: int = 256
+    batch: int = 64
+    held_out: int = 500
+    time: float = 1.0
+    alphas: tuple[float, ...] = (1.0, 0.5, 0.25, 0.125, 0.0625)
+    seeds: tuple[int, ...] = SEEDS
+
+    def __post_init__(self):
+        object.__setattr__(self, "alphas", tuple(float(a) for a in self.alphas))
+        object.__setattr__(self, "seeds", tuple(self.seeds))
+        for a in self.alphas:
+            if not (a > 0 and abs(self.time / a - round(self.time / a)) < 1e-9):
+                raise ValueError(f"Flow.alphas: every rate must divide time={self.time} into whole steps, got {a}")
+
+    def spec(self, label: str, alpha: float, seed: int) -> RunSpec:
+        """The run of one method at one rate: round(time / alpha) epochs of the single batch."""
+        steps = round(self.time / alpha)
+        base = RunSpec(DataSpec(self.dataset, n_train=self.batch, n_val=self.held_out, dtype="float64"),
+                       ModelSpec(depth=2, hidden=self.hidden), replace(METHODS[label], lr=alpha), loss="ce",
+                       batch_size=self.batch, epochs=steps, eval_every=steps, evaluate=("val",),
+                       eval_train_size=self.batch)
+        return gp.at_seeds(base, [seed])[0]
+
+    def setting(self) -> dict:
+        """What decides the numbers (the seeds aside): a record of another setting is refused."""
+        return {k: v for k, v in asdict(self).items() if k != "seeds"}
+
+
+FLOWS = {"mnist": Flow("mnist"), "cifar10-subset": Flow("cifar10-subset")}
+
+
+def flow_path(flow: Flow, seed: int, store: str | Path | None = None) -> Path:
+    return Path(store or RESULTS / "right_inverse" / "flow" / flow.dataset) / f"seed{seed}.json"
+
+
+def flow_seed(flow: Flow, seed: int) -> dict:
+    """One seed of `flow`: for each input set, each pair of methods and each alpha, the distance of their
+    logits ||f_A - f_B||_F relative to how far the layer-wise step moved them, ||f_lw - f_0||_F; and each
+    method's own move ||f - f_0||_F and the batch error's decay ||eps_T|| / ||eps_0||."""
+    from ..losses import get_loss
+
+    sets = runs.splits_of(flow.spec(GN_METHODS[0], flow.alphas[0], seed).data)
+    inputs = {"batch": sets["train"], "held-out": sets["val"]}
+    loss = get_loss("ce")
+    out = {"distance": {i: {" vs ".join(p): [] for p in PAIRS} for i in INPUTS},
+           "moved": {i: {m: [] for m in GN_METHODS} for i in INPUTS}, "error_decay": {m: [] for m in GN_METHODS}}
+    for alpha in flow.alphas:
+        final, start = {}, None
+        for label in GN_METHODS:
+            spec = flow.spec(label, alpha, seed)
+            rec = runs.run(spec)
+            if not rec.ok:
+                raise RuntimeError(f"{label} at alpha={alpha}, seed {seed} failed: {rec.failure}")
+            if start is None:
+                init = spec.model.build(sets["train"].x.shape[1], sets["train"].num_classes, torch.float64)
+                with torch.no_grad():
+                    start = {i: init(ds.x) for i, ds in inputs.items()}
+            with torch.no_grad():
+                final[label] = {i: rec.model(ds.x) for i, ds in inputs.items()}
+            batch = inputs["batch"]
+            with torch.no_grad():
+                e0, eT = (loss.error(f, batch.y).norm() for f in (start["batch"], final[label]["batch"]))
+            out["error_decay"][label].append(float(eT / e0))
+        for i in INPUTS:
+            scale = (final[GN_METHODS[0]][i] - start[i]).norm()
+            for m in GN_METHODS:
+                out["moved"][i][m].append(float((final[m][i] - start[i]).norm()))
+            for a, b in PAIRS:
+                out["distance"][i][f"{a} vs {b}"].append(float((final[a][i] - final[b][i]).norm() / scale))
+    return out
+
+
+def record_flow(flow: Flow, seeds=None, store: str | Path | None = None) -> list[Path]:
+    """Compute and record every seed of `flow` (or of `seeds`) not yet recorded; each seed's file is written
+    atomically when it is complete, so an interrupted run resumes at the first missing seed."""
+    written = []
+    for seed in flow.seeds if seeds is None else seeds:
+        path = flow_path(flow, seed, store)
+        if path.exists():
+            continue
+        result = flow_seed(flow, seed)
+        written.append(atomic_write_json(path, {"setting": flow.setting(), "seed": seed, **result,
+                                                "provenance": run_metadata("cpu")}))
+    return written
+
+
+def load_flow(flow: Flow, store: str | Path | None = None) -> list[dict]:
+    """The recorded seeds of `flow` (missing seeds are skipped); a record of another setting is an error."""
+    recs = []
+    for seed in flow.seeds:
+        path = flow_path(flow, seed, store)
+        if not path.exists():
+            continue
+        rec = read_json(path, "flow record", "delete it to recompute it")
+        if rec.get("setting") != json.loads(json.dumps(flow.setting())) or rec.get("seed") != seed:
+            raise ValueError(f"{path} records another setting than {flow}: delete it to recompute it")
+        recs.append(rec)
+    return recs
+
+
+@dataclass(frozen=True)
+class Slope:
+    """The exponent s of distance ~ alpha^s, fitted per seed (least squares in log-log), over seeds."""
+
+    interval: Paired
+    per_seed: tuple[float, ...]
+    at_smallest: float  # the mean relative distance at the smallest alpha
+
+    @property
+    def vanishes(self) -> bool | None:
+        """True when s > 1/2 (the distance shrinks at least like sqrt(alpha)), False when s < 1/2, None when
+        the interval straddles 1/2 or has fewer than the verdict's seeds."""
+        from ..stats import MIN_SEEDS
+
+        c = self.interval
+        if c.n < MIN_SEEDS:
+            return None
+        return True if c.lo > 0.5 else False if c.hi < 0.5 else None
+
+
+def flow_summary(flow: Flow, recs: list[dict]) -> dict[str, dict[str, Slope]]:
+    """{input set: {pair: Slope}} from the records of `load_flow`."""
+    x = np.log(np.array(flow.alphas))
+    out = {}
+    for i in INPUTS:
+        out[i] = {}
+        for pair in (" vs ".join(p) for p in PAIRS):
+            d = np.array([r["distance"][i][pair] for r in recs])
+            slopes = tuple(float(np.polyfit(x, np.log(row), 1)[0]) for row in d)
+            out[i][pair] = Slope(paired(slopes, np.zeros(len(slopes))), slopes, float(d[:, -1].mean()))
+    return out
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m revgn.experiments.right_inverse",
+                                     description="Record Theorem 4.3's flow comparison (`Flow`), seed by seed.")
+    parser.add_argument("what", choices=["flow"])
+    parser.add_argument("dataset", choices=sorted(FLOWS))
+    parser.add_argument("--seeds", type=int, nargs="*", help="only these seeds (default: the Flow's)")
+    args = parser.parse_args(argv)
+    for path in record_flow(FLOWS[args.dataset], args.seeds):
+        print(f"recorded {path}")
+
+
+if __name__ == "__main__":
+    main()
