@@ -43,6 +43,7 @@
 # | {doc}`05_gn_lazy_regime` | GN keeps the network lazy: NTK, CKA, weights, and the criterion $\kappa$ | in the book |
 # | {doc}`06_gn_ablations` | regularised pseudo-inverses, no bottleneck, optimiser switches, init scale, learning rate; a damping continuum | in the book |
 # | {doc}`07_gn_regime_map` | where exact GN generalises worse than a tuned Adam: a regime map over data, widths, batch sizes, first block, init | in the book |
+# | {doc}`08_right_inverse` | beyond the paper: is it Gauss-Newton, or the paper's right inverse, that generalises as it does? Moore-Penrose steps against the layer-wise one | in the book |
 #
 # Each chapter reads like a paper section: a claim, its derivation, an experiment, a figure, and a plain
 # statement of whether the run reproduces the claim. All computing happens in the `revgn` library; the

@@ -218,6 +218,8 @@ print(f"||tractable step - J^+ eps|| / ||J^+ eps|| = {routes['step_gap']:.2f}")
 # - The parameter step is not $J^{+}\varepsilon$: it is longer (ratio above), as any right inverse other than
 #   $J^{+}$ must be. By Theorem 4.3 this changes nothing in continuous time, but a discrete step of size $\alpha$
 #   differs at second order, and *which* right inverse is used may matter for where training ends up.
+#   {doc}`08_right_inverse` measures both: how far the right inverses' functions drift apart as the rate shrinks,
+#   on the batch and off it, and whether the Moore-Penrose steps generalise differently from this one.
 # - Each block's step is the Moore-Penrose step for that block's Jacobian of $X_L$, the reversible network's
 #   output. For the Jacobian of the logits it is not, because $\mathbf z=X_LR$ discards the $d-C$ directions
 #   orthogonal to $R$'s columns, which the block step is still asked to leave alone.

@@ -91,12 +91,20 @@ def time_steps(shape: Shape, methods: list[str], repeats: int = 5, device="cpu",
                seed: int = 0) -> dict[str, list[float]]:
     """Seconds per step for each method: one warm-up step, then `repeats` interleaved rounds."""
     model, x, y = make_problem(shape, device, seed=seed)
-    loss = CrossEntropy()
-    runs = {m: (copy.deepcopy(model), make_optimizer(m, cg_iterations)) for m in methods}
-    for m, (net, opt) in runs.items():
-        opt.setup(net, shape.n)
+    return time_optimizers(model, x, y, CrossEntropy(), {m: make_optimizer(m, cg_iterations) for m in methods},
+                           repeats, device)
+
+
+def time_optimizers(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss, optimizers: dict[str, Optimizer],
+                    repeats: int = 5, device="cpu") -> dict[str, list[float]]:
+    """Seconds per step of each optimiser, each on its own copy of `model`, on the batch (x, y): one warm-up
+    step, then `repeats` interleaved rounds (every optimiser once per round). Each copy keeps training, so a
+    step's cost is that of the states it passes through."""
+    runs = {m: (copy.deepcopy(model), opt) for m, opt in optimizers.items()}
+    for net, opt in runs.values():
+        opt.setup(net, len(x))
         opt.step(net, x, y, loss)
-    times: dict[str, list[float]] = {m: [] for m in methods}
+    times: dict[str, list[float]] = {m: [] for m in runs}
     for _ in range(repeats):
         for m, (net, opt) in runs.items():
             _sync(device)

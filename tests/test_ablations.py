@@ -81,3 +81,34 @@ def test_the_right_inverse_comparison_tunes_every_method_on_seed_0_at_shared_see
     first = [recs[0].spec for sel, recs in done.values()]
     assert len({(s.data, s.model, s.seed) for s in first}) == 1  # paired: one subset, one init, one order
     assert all(s.data.dtype == "float64" for s in first)
+
+
+@pytest.mark.parametrize("shift, spread, letter", [(0.02, 0.001, "b"), (-0.02, 0.001, "b"), (0.001, 0.001, "a"),
+                                                   (0.0, 0.03, "c")])
+def test_the_right_inverse_verdict_follows_the_paired_intervals(shift, spread, letter):
+    """(a) when both Moore-Penrose steps' paired test-accuracy gaps to the layer-wise step lie inside +-1 point
+    (here 0.1 points, detectable but within the margin); (b) when a gap excludes 0 and is not that small; (c)
+    otherwise (here: seed-to-seed noise of 3 points around no difference)."""
+    from revgn.experiments import right_inverse as ri
+
+    def test_acc(spec):
+        noise = spread * math.sin(7.0 * spec.seed + len(spec.optimizer.output))  # differs by seed and by step
+        return 0.9 + (shift if spec.optimizer.name == "gn-mp" else 0.0) + (noise if spec.optimizer.name == "gn-mp" else 0)
+
+    class Scored(Store):
+        def run(self, specs):
+            for s in specs:
+                self.recorded[s.key] = Record(s, History(), {"val_acc": 0.9 - abs(math.log(s.optimizer.lr)) / 100,
+                                                             "test_acc": test_acc(s), "train_loss": 0.1}, {})
+
+    store = Scored(None)
+    for _ in range(10):
+        needed, done = ri.walk("mnist", store)
+        if ri.which_inverse(done) is not None:
+            break
+        assert ri.which_inverse(done) is None  # no verdict while a GN step is missing
+        store.run(needed)
+    answer = ri.which_inverse(done)
+    assert answer.letter == letter
+    assert set(answer.comparisons) == {"Moore-Penrose GN (logits)", "Moore-Penrose GN (x_L)"}
+    assert all(c.n == 5 and c.mean == pytest.approx(shift, abs=spread) for c in answer.comparisons.values())

@@ -76,6 +76,38 @@ def walk(setting: str, records_of) -> tuple[list, dict]:
     return needed, out
 
 
+EQUIVALENCE = 0.01  # test accuracy: a paired 95% interval inside +-1 point counts as "alike"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The chapter's verdict: "a" (all right inverses generalise alike), "b" (the minimum-norm step generalises
+    differently) or "c" (inconclusive), from `comparisons`: each Moore-Penrose step's test accuracy minus the
+    layer-wise step's, paired over seeds."""
+
+    letter: str
+    comparisons: dict[str, Paired]
+
+
+def which_inverse(done: dict, margin: float = EQUIVALENCE) -> Answer | None:
+    """(a) when every Moore-Penrose step's paired difference from the layer-wise step has MIN_SEEDS pairs and a
+    95% interval inside +-margin (an equivalence test at that level: a difference that small counts as alike,
+    detectable or not); else (b) when some difference gets a verdict by the book's rule (`revgn.stats.verdict`:
+    MIN_SEEDS pairs, an interval that excludes 0); else (c). None while a GN step is not recorded at every seed
+    (or a compared run failed)."""
+    from ..stats import MIN_SEEDS, verdict
+
+    if any(label not in done or not done[label][1] or not all(r.ok for r in done[label][1]) for label in GN_METHODS):
+        return None
+    base = done[GN_METHODS[0]][1]
+    comps = {label: gp.compare(done[label][1], base) for label in GN_METHODS[1:]}
+    if all(c.n >= MIN_SEEDS and -margin < c.lo and c.hi < margin for c in comps.values()):
+        return Answer("a", comps)
+    if any(verdict(c, "differs", "differs") == "differs" for c in comps.values()):
+        return Answer("b", comps)
+    return Answer("c", comps)
+
+
 def grid(setting: str, store=None) -> Grid:
     store = store or store_of(setting)
     return Grid(f"right_inverse/{setting}", tuple(dict.fromkeys(walk(setting, lambda s: collect(s, store))[0])))
@@ -87,6 +119,38 @@ def mnist(store=None) -> Grid:
 
 def cifar(store=None) -> Grid:
     return grid("cifar10-subset", store)
+
+
+def step_costs(setting: str, repeats: int = 5) -> dict[str, dict[str, float]]:
+    """Seconds per step of every method on one batch of the setting, side by side (`revgn.bench.time_optimizers`:
+    interleaved rounds, from the seed-0 initial network): {label: {"median_s", "cg_iterations"}} (the mean CG
+    iterations of the timed steps, for the Moore-Penrose steps)."""
+    from ..bench import median, time_optimizers
+    from ..losses import get_loss
+
+    spec = SETTINGS[setting]
+    sets = runs.splits_of(spec.data)
+    x, y = sets["train"].x[:spec.batch_size], sets["train"].y[:spec.batch_size]
+    model = spec.model.build(x.shape[1], sets["train"].num_classes, getattr(torch, spec.data.dtype))
+    opts = {label: opt.build(spec.seed) for label, opt in METHODS.items()}
+    iterations = {label: [] for label in opts}
+
+    class Counting:  # keeps each step's CG iterations (a list append: nothing next to a step's cost)
+        def __init__(self, label, opt):
+            self.label, self.opt = label, opt
+
+        def setup(self, model, batch_size):
+            self.opt.setup(model, batch_size)
+
+        def step(self, *args):
+            value = self.opt.step(*args)
+            if "cg_iterations" in self.opt.step_info:
+                iterations[self.label].append(self.opt.step_info["cg_iterations"])
+            return value
+
+    times = time_optimizers(model, x, y, get_loss(spec.loss), {k: Counting(k, o) for k, o in opts.items()}, repeats)
+    return {label: {"median_s": median(t), "cg_iterations": float(np.mean(iterations[label][1:]))
+                    if iterations[label] else 0.0} for label, t in times.items()}
 
 
 # ------------------------------------------------------------------------- Theorem 4.3, measured

@@ -1,0 +1,48 @@
+"""Cost of one step of each method compared in chapter 08 (the right-inverse question), side by side.
+
+    python benchmarks/right_inverse_step.py --json results/benchmarks/right_inverse_step-cpu.json
+    python benchmarks/right_inverse_step.py --settings mnist cifar10-subset
+
+At each setting of `revgn.experiments.right_inverse` (float64, the seed-0 network, one real batch), every
+method steps on its own copy of the model in interleaved rounds (`revgn.bench.time_optimizers`); the table
+gives median seconds per step, the ratio to the layer-wise GN step measured in the same run, and the mean
+CG iterations of a Moore-Penrose step (solved to the setting's cg_rtol). Chapter 08 reads the JSON.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from revgn.experiments import right_inverse as ri
+from revgn.utils import atomic_write_json, run_metadata
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--settings", nargs="+", default=["mnist"], choices=sorted(ri.SETTINGS))
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--json", help="also write the results (with date, device, commit) to this file")
+    args = ap.parse_args()
+    meta = run_metadata("cpu")
+    print(f"# Right-inverse step costs: {meta['date']}, {meta['device']}, commit {meta['commit']}, "
+          f"{meta['threads']} threads, float64\n")
+    out = {"meta": meta, "args": vars(args), "settings": {}}
+    for setting in args.settings:
+        costs = ri.step_costs(setting, args.repeats)
+        base = costs["layer-wise GN"]["median_s"]
+        print(f"## {setting}\n\n| method | s per step | / layer-wise GN | CG iterations |\n|---|---|---|---|")
+        for label, c in costs.items():
+            print(f"| {label} | {c['median_s']:.3g} | {c['median_s'] / base:.1f}x | "
+                  f"{c['cg_iterations']:.0f} |" if c["cg_iterations"] else
+                  f"| {label} | {c['median_s']:.3g} | {c['median_s'] / base:.1f}x | - |")
+        print()
+        out["settings"][setting] = costs
+    if args.json:
+        atomic_write_json(args.json, out)
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    main()
