@@ -175,7 +175,7 @@ def describe(setting: str):
         direction = np.mean([np.mean(r.history.steps["step_norm"]) / r.spec.optimizer.lr for r in recs])
         iters = [np.mean(r.history.steps["cg_iterations"]) for r in recs if "cg_iterations" in r.history.steps]
         gap = lambda other: "" if label == other or not ok(other) else gp.compare(recs, done[other][1]).text()
-        rows.append([label, done[label][0].describe(), f"{mean(label, 'test_acc'):.3f}", gap(ri.GN_METHODS[0]),
+        rows.append([label, done[label][0].describe(), f"{mean(label, 'test_acc'):.3f} / {mean(label, 'test_loss'):.3f}", gap(ri.GN_METHODS[0]),
                      gap("Adam"), f"{mean(label, 'train_loss'):.3f}", f"{drop:.1f}%", f"{direction:.3g}",
                      f"{mean(label, 'ntk_distance'):.3f}",
                      (f"{cost[label]['median_s']:.2g} s" if label in cost else "")
@@ -183,13 +183,13 @@ def describe(setting: str):
     return done, rows
 
 
-HEADER = ["method", "rates (validation acc; chosen)", "test acc", "- layer-wise GN", "- Adam", "train loss",
+HEADER = ["method", "rates (validation acc; chosen)", "test acc / loss", "- layer-wise GN", "- Adam", "train loss",
           "batch-loss drop per step", "direction norm", "NTK distance", "cost per step"]
 done, rows = describe("mnist")
 markdown(table(HEADER, rows, caption="MNIST, 5 paired seeds (means; gaps in test-accuracy points)") + f"\n\nTest: {TEST}.")
 
 # %% [markdown]
-# Columns: the test accuracy at the end (mean of five seeds); the paired gaps to the layer-wise step and to Adam
+# Columns: the test accuracy and loss at the end (means of five seeds); the paired gaps to the layer-wise step and to Adam
 # (the test is named under the table); the final training loss on the training images; the mean drop of a batch's own loss over
 # the step taken on it; the mean norm of the parameter direction $\|J^{\dashv}\varepsilon\|$ (the step divided by its
 # rate); the kernel distance $1-\langle K_0,K\rangle_F/(\|K_0\|_F\|K\|_F)$ of the empirical NTK on 8 training
@@ -209,7 +209,8 @@ for label in ri.METHODS:
             ax.plot(e, np.mean([r.history.epochs[key] for r in done[label][1]], axis=0), "o-", ms=3, label=label)
 axes[0].set(xlabel="epoch", ylabel="test accuracy (mean of 5 seeds)", ylim=(0.8, None))
 axes[1].set(xlabel="epoch", ylabel="training loss", yscale="log")
-axes[0].legend(fontsize=7)
+if axes[0].lines:
+    axes[0].legend(fontsize=7)
 fig.suptitle("MNIST, each method at its tuned rate")
 plt.tight_layout()
 plt.show()

@@ -46,6 +46,11 @@ def test_the_grids_are_sweeps_and_gn_variants_share_adams_runs(tmp_path):
     full = rm.SETTINGS["full"]
     first = full.regimes()["n = 1024, h/n = 2"].points[0].spec("gn", 1.0, full)
     assert first.patience > 0 and first.data.n_test is None and first.data.n_train + first.data.n_val == 60000
+    cifar = rm.full_cifar(store=tmp_path)  # a part of the tier's sweep, recorded with the rest of it
+    assert cifar.topic == "regime_map/full" and set(cifar.specs) < set(rm.full(store=tmp_path).specs)
+    assert {s.data.dataset for s in cifar.specs} == {"cifar10-subset"} and {s.model.depth for s in cifar.specs} == {2, 6}
+    with pytest.raises(ValueError, match="no regime of tier 'full' is labelled 'ImageNet'"):
+        rm.grid("full", tmp_path, only="ImageNet")
 
 
 def test_rates_are_chosen_on_validation_from_a_bracketed_grid(tmp_path):

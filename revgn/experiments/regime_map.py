@@ -215,13 +215,16 @@ def summaries(regime: Regime, s: Settings, records_of) -> list[dict]:
     return out
 
 
-def grid(tier: str, store=None) -> Grid:
+def grid(tier: str, store=None, only: str = "") -> Grid:
     """The runs of a tier that its records ask for next, as a sweep recorded under results/regime_map/<tier>/
     (or read from `store`): the starting rate grids, the rates that bracketing adds, the seeds that a first
-    seed's choice frees."""
+    seed's choice frees. With `only`, the regimes whose label starts with it (their records are the tier's)."""
     s, store = _settings(tier), store or store_of(tier)
     records_of = lambda specs: collect(specs, store)
-    specs = [sp for reg in s.regimes().values() for sp in walk(reg, s, records_of)[0]]
+    regimes = {label: reg for label, reg in s.regimes().items() if label.startswith(only)}
+    if not regimes:
+        raise ValueError(f"no regime of tier {tier!r} is labelled {only!r}...; labels: {sorted(s.regimes())}")
+    specs = [sp for reg in regimes.values() for sp in walk(reg, s, records_of)[0]]
     return Grid(f"regime_map/{tier}", tuple(dict.fromkeys(specs)))
 
 
@@ -231,6 +234,11 @@ def book(store=None) -> Grid:
 
 def full(store=None) -> Grid:
     return grid("full", store)
+
+
+def full_cifar(store=None) -> Grid:
+    """The full tier's CIFAR-10 regimes alone (minutes each, where an MNIST cell takes hours): sweep them first."""
+    return grid("full", store, only="CIFAR-10")
 
 
 def paper(store=None) -> Grid:
