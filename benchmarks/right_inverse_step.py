@@ -11,6 +11,7 @@ CG iterations of a Moore-Penrose step (solved to the setting's cg_rtol). Chapter
 from __future__ import annotations
 
 import argparse
+import os
 
 import torch
 
@@ -24,9 +25,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--json", help="also write the results (with date, device, commit) to this file")
     args = ap.parse_args()
-    meta = run_metadata("cpu")
+    meta = {**run_metadata("cpu"), "load_average_1min": os.getloadavg()[0]}  # other processes share the cores?
     print(f"# Right-inverse step costs: {meta['date']}, {meta['device']}, commit {meta['commit']}, "
-          f"{meta['threads']} threads, float64\n")
+          f"{meta['threads']} threads, float64, load average {meta['load_average_1min']:.1f}\n")
     out = {"meta": meta, "args": vars(args), "settings": {}}
     for setting in args.settings:
         costs = ri.step_costs(setting, args.repeats)

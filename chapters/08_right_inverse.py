@@ -186,7 +186,8 @@ def describe(setting: str):
 HEADER = ["method", "rates (validation acc; chosen)", "test acc / loss", "- layer-wise GN", "- Adam", "train loss",
           "batch-loss drop per step", "direction norm", "NTK distance", "cost per step"]
 done, rows = describe("mnist")
-markdown(table(HEADER, rows, caption="MNIST, 5 paired seeds (means; gaps in test-accuracy points)") + f"\n\nTest: {TEST}.")
+load = f" Step costs measured at load average {costs['meta']['load_average_1min']:.1f} on {costs['meta']['threads']} thread(s)." if costs else ""
+markdown(table(HEADER, rows, caption="MNIST, 5 paired seeds (means; gaps in test-accuracy points)") + f"\n\nTest: {TEST}.{load}")
 
 # %% [markdown]
 # Columns: the test accuracy and loss at the end (means of five seeds); the paired gaps to the layer-wise step and to Adam
