@@ -277,6 +277,7 @@ class Slope:
     interval: Paired
     per_seed: tuple[float, ...]
     at_smallest: float  # the mean relative distance at the smallest alpha
+    tail: Paired  # the exponent between the two smallest alphas alone (closest to the alpha -> 0 limit)
 
     @property
     def vanishes(self) -> bool | None:
@@ -299,7 +300,9 @@ def flow_summary(flow: Flow, recs: list[dict]) -> dict[str, dict[str, Slope]]:
         for pair in (" vs ".join(p) for p in PAIRS):
             d = np.array([r["distance"][i][pair] for r in recs])
             slopes = tuple(float(np.polyfit(x, np.log(row), 1)[0]) for row in d)
-            out[i][pair] = Slope(paired(slopes, np.zeros(len(slopes))), slopes, float(d[:, -1].mean()))
+            tail = (np.log(d[:, -2]) - np.log(d[:, -1])) / (x[-2] - x[-1])
+            zeros = np.zeros(len(slopes))
+            out[i][pair] = Slope(paired(slopes, zeros), slopes, float(d[:, -1].mean()), paired(tail, zeros))
     return out
 
 
