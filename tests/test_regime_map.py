@@ -49,6 +49,10 @@ def test_the_grids_are_sweeps_and_gn_variants_share_adams_runs(tmp_path):
     cifar = rm.full_cifar(store=tmp_path)  # a part of the tier's sweep, recorded with the rest of it
     assert cifar.topic == "regime_map/full" and set(cifar.specs) < set(rm.full(store=tmp_path).specs)
     assert {s.data.dataset for s in cifar.specs} == {"cifar10-subset"} and {s.model.depth for s in cifar.specs} == {2, 6}
+    first_cells = rm.full_n1024(store=tmp_path)  # the paper's batch size, swept first
+    assert set(first_cells.specs) < set(rm.full(store=tmp_path).specs)
+    assert {(s.data.dataset, s.batch_size, s.model.hidden) for s in first_cells.specs} == \
+           {("mnist", 1024, 2048), ("mnist", 1024, 4096)}
     with pytest.raises(ValueError, match="no regime of tier 'full' is labelled 'ImageNet'"):
         rm.grid("full", tmp_path, only="ImageNet")
 

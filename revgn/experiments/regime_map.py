@@ -241,6 +241,11 @@ def full_cifar(store=None) -> Grid:
     return grid("full", store, only="CIFAR-10")
 
 
+def full_n1024(store=None) -> Grid:
+    """The full tier's MNIST cells at n = 1024, the paper's batch size: the cells that decide the question first."""
+    return grid("full", store, only="n = 1024,")
+
+
 def paper(store=None) -> Grid:
     return grid("paper", store)
 
