@@ -92,7 +92,7 @@ costs = json.loads(COSTS.read_text()) if COSTS.exists() else None
 # ## Theorem 4.3, measured
 #
 # From the same initial network (two blocks, $h=256$, the paper's init sd $10^{-3}$, float64), each GN step trains
-# one fixed batch of 64 MNIST images for the same time $t=\alpha k = 1$, in $k = 1, 2, 4, 8, 16$ steps of rate
+# one fixed batch of 64 images (MNIST, and the CIFAR-10 subset) for the same time $t=\alpha k = 1$, in $k = 1, 2, 4, 8, 16$ steps of rate
 # $\alpha = 1, \frac12, \dots, \frac1{16}$ (`revgn.experiments.right_inverse.Flow`). We then compare the logits of each pair of
 # methods, on the batch and on 500 held-out images, as a fraction of how far the layer-wise step moved them:
 # $\|\mathbf z_A-\mathbf z_B\|_F/\|\mathbf z_{\mathrm{lw}}-\mathbf z_0\|_F$. The exponent $s$ of distance $\propto\alpha^{s}$ is fitted per seed
@@ -100,26 +100,31 @@ costs = json.loads(COSTS.read_text()) if COSTS.exists() else None
 # batch.
 
 # %% tags=["nbval-check-output"]
-flow, flow_recs = flows["mnist"]
-slopes = ri.flow_summary(flow, flow_recs) if flow_recs else {}
-for where, by_pair in slopes.items():
-    for pair, s in by_pair.items():
-        print(f"{where:9s} {pair:52s} s = {s.interval.text(1, '')}; between the two smallest rates "
-              f"{s.tail.text(1, '')}; distance at alpha = {flow.alphas[-1]:g}: {s.at_smallest:.2g}")
+slopes = {name: ri.flow_summary(flow, recs) for name, (flow, recs) in flows.items() if recs}
+for name, by_where in slopes.items():
+    for where, by_pair in by_where.items():
+        for pair, s in by_pair.items():
+            print(f"{name:14s} {where:9s} {pair:52s} s = {s.interval.text(1, '')}; between the two smallest rates "
+                  f"{s.tail.text(1, '')}; distance at alpha = {flows[name][0].alphas[-1]:g}: {s.at_smallest:.2g}")
 
 # %%
-if flow_recs:
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    alphas = np.array(flow.alphas)
-    for k, pair in enumerate(" vs ".join(p) for p in ri.PAIRS):
-        for where, style in (("batch", "o-"), ("held-out", "s--")):
-            d = np.array([r["distance"][where][pair] for r in flow_recs])
-            ax.loglog(alphas, d.mean(0), style, color=f"C{k}", label=f"{pair.replace('Moore-Penrose', 'MP')} ({where})")
-    d0 = np.mean([r["distance"]["batch"][" vs ".join(ri.PAIRS[0])][0] for r in flow_recs])
-    ax.loglog(alphas, d0 * alphas / alphas[0], "k:", lw=1, label=r"slope 1 ($O(\alpha)$)")
-    ax.set(xlabel=r"rate $\alpha$ (time $\alpha k = 1$ fixed)", ylabel="distance of logits / layer-wise move",
-           title=f"Right inverses agree on the batch, not off it ({len(flow_recs)} seeds)")
-    ax.legend(fontsize=7, loc="center right")
+if slopes:
+    fig, axes = plt.subplots(1, len(slopes), figsize=(6.4 * len(slopes), 3.8), squeeze=False, sharey=True)
+    for ax, name in zip(axes[0], slopes):
+        flow, recs = flows[name]
+        alphas = np.array(flow.alphas)
+        for k, pair in enumerate(" vs ".join(p) for p in ri.PAIRS):
+            for where, style in (("batch", "o-"), ("held-out", "s--")):
+                d = np.array([r["distance"][where][pair] for r in recs])
+                ax.loglog(alphas, d.mean(0), style, color=f"C{k}",
+                          label=f"{pair.replace('Moore-Penrose', 'MP')} ({where})")
+        d0 = np.mean([r["distance"]["batch"][" vs ".join(ri.PAIRS[0])][0] for r in recs])
+        ax.loglog(alphas, d0 * alphas / alphas[0], "k:", lw=1, label=r"slope 1 ($O(\alpha)$)")
+        ax.set(xlabel=r"rate $\alpha$ (time $\alpha k = 1$ fixed)", title=f"{name} ({len(recs)} seeds)")
+    axes[0, 0].set_ylabel("distance of logits / layer-wise move")
+    axes[0, 0].legend(fontsize=7, loc="center right")
+    fig.suptitle("Right inverses agree on the batch, not off it")
+    plt.tight_layout()
     plt.show()
 
 # %%
@@ -130,12 +135,17 @@ def shrinks(by_pair) -> str:
         words.pop() if len(words) == 1 else None, "is undecided")
 
 
-if len(flow_recs) == len(flow.seeds):
-    batch, held = slopes["batch"], slopes["held-out"]
+def flow_verdict(name: str) -> str:
+    """The flow comparison of one dataset in words, from its records (no verdict before all its seeds are in)."""
+    flow, recs = flows[name]
+    if len(recs) < len(flow.seeds):
+        return (f"**{name}.** The flow comparison is recorded for {len(recs)} of {len(flow.seeds)} seeds "
+                f"(`python -m revgn.experiments.right_inverse flow {name}` records the rest): no verdict.")
+    batch, held = slopes[name]["batch"], slopes[name]["held-out"]
     exps = lambda by_pair: "; ".join(f"{pair}, $s$ = {s.interval.text(1, '')}" for pair, s in by_pair.items())
-    markdown(
-        f"**On the batch** every pair's distance {shrinks(batch)}: {exps(batch)} (the rule: the whole interval of $s$ "
-        f"above 1/2 shrinks, below 1/2 does not). Between the two smallest rates alone the exponents are "
+    return (
+        f"**{name}. On the batch** every pair's distance {shrinks(batch)}: {exps(batch)} (the rule: the whole interval "
+        f"of $s$ above 1/2 shrinks, below 1/2 does not). Between the two smallest rates alone the exponents are "
         + ", ".join(f"{s.tail.text(1, '')}" for s in batch.values()) + " (same order)"
         + ", against the 1 that Theorem 4.3 predicts as $\\alpha\\to0$"
         + (": closer to it than the fit over all rates, which includes rates too large for the limit"
@@ -144,14 +154,15 @@ if len(flow_recs) == len(flow.seeds):
         f"within {max(s.at_smallest for s in batch.values()):.1%} of the layer-wise move of one another. "
         f"**Off the batch** the distance {shrinks(held)}: {exps(held)}; at the smallest rate the right inverses still "
         f"put the held-out logits {min(s.at_smallest for s in held.values()):.0%} to "
-        f"{max(s.at_smallest for s in held.values()):.0%} of the layer-wise move apart. Where the batch distance shrinks "
-        f"and the held-out one does not, the steps fit the batch alike and move the rest of the function differently, "
-        f"which is where a difference in generalisation could come from. This is one batch, trained for a short time "
-        f"from the paper's small init; whether a difference survives a whole training run is what the next section "
-        f"measures.")
-else:
-    markdown(f"The flow comparison is recorded for {len(flow_recs)} of {len(flow.seeds)} seeds "
-             "(`python -m revgn.experiments.right_inverse flow mnist` records the rest): no verdict.")
+        f"{max(s.at_smallest for s in held.values()):.0%} of the layer-wise move apart.")
+
+
+recorded = [name for name, (flow, recs) in flows.items() if len(recs) == len(flow.seeds)]
+markdown("\n\n".join(flow_verdict(name) for name in flows)
+         + ("\n\nWhere the batch distance shrinks and the held-out one does not, the steps fit the batch alike and move "
+            "the rest of the function differently, which is where a difference in generalisation could come from. "
+            "This is one batch, trained for a short time from the paper's small init; whether a difference survives "
+            "a whole training run is what the next section measures." if recorded else ""))
 
 # %% [markdown]
 # ## Training with each step
