@@ -265,10 +265,17 @@ markdown(f"On the CIFAR-10 subset, GN's test accuracy is {split['test'].text()} 
 # %%
 F = rm.SETTINGS["full"]
 full_store = rm.store_of("full")
-full = {label: rm.walk(reg, F, lambda specs: collect(specs, full_store))[1] for label, reg in F.regimes().items()}
+walks = {label: rm.walk(reg, F, lambda specs: collect(specs, full_store)) for label, reg in F.regimes().items()}
+full = {label: summ for label, (_, summ) in walks.items()}
+# Runs recorded of those the walk asks for so far (it asks for more as bracketing and chosen rates require).
+sweeping = {label: (sum(r is not None for r in collect(needed, full_store)), len(needed))
+            for label, (needed, summ) in walks.items() if len(summ) < len(F.seeds)}
 full_recs = [r for r in collect(rm.grid("full").specs, full_store) if r is not None]
 markdown(rm.verdict_table(full, seeds=len(F.seeds)) + f"\n\nOne test image is {point(10000):.2f} points (MNIST) "
-         f"and {point(1000):.1f} points (CIFAR-10 subset). {provenance(full_recs, 'results/regime_map/full')}")
+         f"and {point(1000):.1f} points (CIFAR-10 subset). {provenance(full_recs, 'results/regime_map/full')}"
+         + ("\n\nStill being swept (runs recorded of those asked for so far; the count grows as grids are bracketed "
+            "and seeds freed): " + "; ".join(f"{label}: {k} of {m}" for label, (k, m) in sweeping.items()) + "."
+            if sweeping else ""))
 
 # %%
 first = next(((label, recs[0]) for label, recs in full.items() if recs), None)
