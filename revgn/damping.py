@@ -46,6 +46,21 @@ def gn_filter(lam: torch.Tensor, rtol: float = 1e-12) -> torch.Tensor:
     return torch.where(keep, 1.0 / lam.clamp_min(1e-300), torch.zeros_like(lam))
 
 
+def truncated_filter(lam: torch.Tensor, rtol: float = 0.0, atol: float = 0.0) -> torch.Tensor:
+    """phi = 1/lambda where the singular value sqrt(lambda) >= max(rtol * its largest, atol), else 0: the
+    truncated pseudo-inverse (the public code's `torch.linalg.pinv(rtol=...)`). lam ascending, >= 0."""
+    s = lam.sqrt()
+    cut = max(rtol * s[-1].item(), atol)
+    return torch.where(s >= cut, 1.0 / lam.clamp_min(torch.finfo(lam.dtype).tiny), 0.0)
+
+
+def shifted_filter(lam: torch.Tensor, damping: float) -> torch.Tensor:
+    """phi = 1/(s (s + damping * s_max)) with s = sqrt(lambda): every singular value of the features shifted up
+    by damping * s_max (the step A^T (A A^T)^{-1} with sigma -> sigma + damping sigma_max). lam ascending, >= 0."""
+    s = lam.sqrt()
+    return torch.where(s > 0, 1.0 / (s * (s + damping * s[-1])).clamp_min(torch.finfo(lam.dtype).tiny), 0.0)
+
+
 def kernel_step(J: torch.Tensor, residual: torch.Tensor, phi) -> torch.Tensor:
     """Delta = -J^T U phi(Lambda) U^T r for an explicit Jacobian J ((n O) x p) and residual r (n O)."""
     lam, U = torch.linalg.eigh(J @ J.T)

@@ -45,6 +45,8 @@ class Pinv:
                   or mu = ridge * mean(s^2) when ridge_relative (one grid then fits every layer).
     - "noise":    A is replaced by A + noise * std(A) * N(0, 1) (fresh each step), then "exact".
 
+    The filters are `revgn.damping`'s (truncated_filter, shifted_filter, lm_filter), applied to the
+    eigenvalues s^2 of one half-layer's Gram matrix.
     gram_dtype: dtype of the n x n Gram matrix and its eigendecomposition.
     """
 
@@ -165,15 +167,18 @@ def features_pinv(A: torch.Tensor, T: torch.Tensor, pinv: Pinv = Pinv(), *, wher
         s = lam.sqrt()
         if s[-1] == 0:
             raise RankDeficientError(f"{where}: the features are all zero; no step can change the outputs")
-        tiny = torch.finfo(lam.dtype).tiny
+        # The spectral filters are the tangent-kernel filters of revgn.damping, applied to the Gram matrix of one
+        # half-layer's features (imported here: damping imports gn_reference, which imports this module).
+        from .damping import lm_filter, shifted_filter, truncated_filter
+
         if pinv.kind == "truncate":
-            filt = torch.where(s >= max(pinv.rtol * s[-1].item(), pinv.atol), 1.0 / lam.clamp_min(tiny), 0.0)
+            filt = truncated_filter(lam, pinv.rtol, pinv.atol)
         elif pinv.kind == "damp":
-            filt = torch.where(s > 0, 1.0 / (s * (s + pinv.damping * s[-1])).clamp_min(tiny), 0.0)
+            filt = shifted_filter(lam, pinv.damping)
         else:  # ridge
             if pinv.ridge == 0:
                 raise ValueError("Pinv.ridged needs ridge > 0; use Pinv.exact() for no damping")
-            filt = 1.0 / (lam + pinv.ridge * (lam.mean() if pinv.ridge_relative else 1.0))
+            filt = lm_filter(lam, pinv.ridge * (lam.mean() if pinv.ridge_relative else 1.0))
         coef = U @ (filt[:, None] * (U.T @ Tg))  # f(G) T
     return coef.to(A.dtype).T @ A
 
