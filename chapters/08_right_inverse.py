@@ -101,6 +101,7 @@ costs = json.loads(COSTS.read_text()) if COSTS.exists() else None
 
 # %% tags=["nbval-check-output"]
 slopes = {name: ri.flow_summary(flow, recs) for name, (flow, recs) in flows.items() if recs}
+NAMES = {"mnist": "MNIST", "cifar10-subset": "CIFAR-10 subset"}
 for name, by_where in slopes.items():
     for where, by_pair in by_where.items():
         for pair, s in by_pair.items():
@@ -120,11 +121,11 @@ if slopes:
                           label=f"{pair.replace('Moore-Penrose', 'MP')} ({where})")
         d0 = np.mean([r["distance"]["batch"][" vs ".join(ri.PAIRS[0])][0] for r in recs])
         ax.loglog(alphas, d0 * alphas / alphas[0], "k:", lw=1, label=r"slope 1 ($O(\alpha)$)")
-        ax.set(xlabel=r"rate $\alpha$ (time $\alpha k = 1$ fixed)", title=f"{name} ({len(recs)} seeds)")
+        ax.set(xlabel=r"rate $\alpha$ (time $\alpha k = 1$ fixed)", title=f"{NAMES[name]} ({len(recs)} seeds)")
     axes[0, 0].set_ylabel("distance of logits / layer-wise move")
-    axes[0, 0].legend(fontsize=7, loc="center right")
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), fontsize=7, ncol=3, loc="lower center")
     fig.suptitle("Right inverses agree on the batch, not off it")
-    plt.tight_layout()
+    plt.tight_layout(rect=(0, 0.17, 1, 1))
     plt.show()
 
 # %%
@@ -139,12 +140,12 @@ def flow_verdict(name: str) -> str:
     """The flow comparison of one dataset in words, from its records (no verdict before all its seeds are in)."""
     flow, recs = flows[name]
     if len(recs) < len(flow.seeds):
-        return (f"**{name}.** The flow comparison is recorded for {len(recs)} of {len(flow.seeds)} seeds "
+        return (f"**{NAMES[name]}.** The flow comparison is recorded for {len(recs)} of {len(flow.seeds)} seeds "
                 f"(`python -m revgn.experiments.right_inverse flow {name}` records the rest): no verdict.")
     batch, held = slopes[name]["batch"], slopes[name]["held-out"]
     exps = lambda by_pair: "; ".join(f"{pair}, $s$ = {s.interval.text(1, '')}" for pair, s in by_pair.items())
     return (
-        f"**{name}. On the batch** every pair's distance {shrinks(batch)}: {exps(batch)} (the rule: the whole interval "
+        f"**{NAMES[name]}. On the batch** every pair's distance {shrinks(batch)}: {exps(batch)} (the rule: the whole interval "
         f"of $s$ above 1/2 shrinks, below 1/2 does not). Between the two smallest rates alone the exponents are "
         + ", ".join(f"{s.tail.text(1, '')}" for s in batch.values()) + " (same order)"
         + ", against the 1 that Theorem 4.3 predicts as $\\alpha\\to0$"
