@@ -244,14 +244,21 @@ LETTERS = {"a": "(a) all right inverses generalise alike: at this scale, the pap
            "c": "(c) inconclusive at this scale"}
 
 
+SWEEPS = {"mnist": "mnist", "cifar10-subset": "cifar"}  # the sweep grid of each setting
+
+
 def verdict_text(setting: str, where: str) -> str:
     answer = ri.which_inverse(walked[setting][1])
-    if answer is None:
-        return f"**{where}.** Not every GN step is recorded at every seed yet: no verdict."
-    comps = "; ".join(f"{label} minus layer-wise GN, {c.text()}" for label, c in answer.comparisons.items())
     _, d = walked[setting]
+    complete = lambda label: label in d and d[label][1] and all(r.ok for r in d[label][1])
     vs_adam = [f"{label} minus Adam, {gp.compare(d[label][1], d['Adam'][1]).text()}" for label in ri.GN_METHODS
-               if "Adam" in d and all(r.ok for r in d["Adam"][1])]
+               if complete(label) and complete("Adam")]
+    if answer is None:
+        missing = [label for label in ri.GN_METHODS if not complete(label)]
+        return (f"**{where}.** Not recorded at every seed yet: {', '.join(missing)}; so no verdict on the question "
+                f"(`python -m revgn.sweep revgn.experiments.right_inverse:{SWEEPS[setting]}` records the rest, resuming "
+                f"across sessions)." + (" Recorded so far, against Adam: " + "; ".join(vs_adam) + "." if vs_adam else ""))
+    comps = "; ".join(f"{label} minus layer-wise GN, {c.text()}" for label, c in answer.comparisons.items())
     text = (f"**{where}: {LETTERS[answer.letter]}.** Test accuracy, paired over seeds: {comps}. (The rule, fixed before "
             f"the runs: (a) when both 95% intervals lie inside $\\pm${ri.EQUIVALENCE * 100:g} point, an equivalence "
             f"margin; else (b) when one excludes zero; else (c).) For reference, against Adam: " + "; ".join(vs_adam) + ".")

@@ -53,7 +53,7 @@ class Selection:
 
     def describe(self) -> str:
         """"0.1: 0.931, 0.3: 0.940 (chosen), 1: failed"; a capped or unbracketed choice says so."""
-        return ", ".join(f"{lr:g}: " + ("failed" if not np.isfinite(s) else f"{abs(s):.3g}")
+        return ", ".join(f"{lr:.3g}: " + ("failed" if not np.isfinite(s) else f"{abs(s):.3g}")
                          + (" (chosen" + (", at the cap" if self.capped else "")
                             + (", at an edge" if self.bracketed is False else "") + ")" if lr == self.lr else "")
                          for lr, s in sorted(self.scores.items()))
