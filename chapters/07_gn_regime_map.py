@@ -285,7 +285,9 @@ if first is not None:  # test accuracy along training at the first recorded regi
         if first[1][o]["lr"] is not None:
             h = first[1][o]["record"].history.epochs
             ax.plot(h["epoch"], h["test_acc"], label=f"{o} (lr {first[1][o]['lr']:g}, stopped at epoch {h['epoch'][-1]})")
-    ax.set(title=f"full tier, {first[0]}, seed 0", xlabel="epoch", ylabel="test accuracy")
+    after_first = [a for line in ax.lines for a in line.get_ydata()[1:]]  # the initial 10% would flatten the rest
+    ax.set(title=f"full tier, {first[0]}, seed 0", xlabel="epoch", ylabel="test accuracy",
+           ylim=(min(after_first) - 0.005, max(after_first) + 0.003))
     ax.legend()
     plt.show()
 
