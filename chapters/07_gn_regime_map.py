@@ -355,4 +355,4 @@ markdown("\n".join(lines))
 # only where its five seeds are recorded (section 5). The widths stop at $h=4096$ and the batches at $n=1024$:
 # the paper's $h=8000$ and 100 epochs are outside every grid here, and a sentence about them would
 # extrapolate. And the map compares exact GN with Adam only; whether it is Gauss-Newton or the paper's choice
-# of right inverse that decides the outcome is a separate question.
+# of right inverse that decides the outcome is a separate question, measured in {doc}`08_right_inverse`.
