@@ -47,6 +47,10 @@ def test_stored_notebook_is_executed_from_the_current_source_without_errors(py):
     src_code = [c["source"] for c in cells_of_py(py) if c["cell_type"] == "code"]
     stored = ["".join(c["source"]) for c in code]
     assert stored == src_code, f"{nb_path.name} was not executed from the current {py.name}: run `make book`"
+    # The prose too: the book renders the notebook's Markdown, so an edit to the source's text must reach it.
+    stored_md = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown"]
+    src_md = [c["source"] for c in cells_of_py(py) if c["cell_type"] == "markdown"]
+    assert stored_md == src_md, f"{nb_path.name} has other Markdown than {py.name}: run `make sync` or `make book`"
     for c in code:
         assert c.get("execution_count") is not None, f"{nb_path.name} has unexecuted cells: run `make book`"
         for out in c.get("outputs", []):
