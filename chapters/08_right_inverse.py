@@ -178,7 +178,7 @@ markdown("\n\n".join(flow_verdict(name) for name in flows)
 def describe(setting: str):
     """Per method: the rate, the metrics at the end, and paired gaps to the layer-wise step and to Adam."""
     _, done = walked[setting]
-    ok = lambda label: label in done and done[label][1] and all(r.ok for r in done[label][1])
+    ok = lambda label: ri.complete(done, label)
     mean = lambda label, key: float(np.mean([r.metrics[key] for r in done[label][1]]))
     cost = (costs or {}).get("settings", {}).get(setting, {})
     rows = []
@@ -222,7 +222,7 @@ for row in rows:
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
 for label in ri.METHODS:
-    if label in done and done[label][1] and all(r.ok for r in done[label][1]):
+    if ri.complete(done, label):
         e = done[label][1][0].history.epochs["epoch"]
         for ax, key in zip(axes, ("test_acc", "train_loss")):
             ax.plot(e, np.mean([r.history.epochs[key] for r in done[label][1]], axis=0), "o-", ms=3, label=label)
@@ -244,19 +244,16 @@ LETTERS = {"a": "(a) all right inverses generalise alike: at this scale, the pap
            "c": "(c) inconclusive at this scale"}
 
 
-SWEEPS = {"mnist": "mnist", "cifar10-subset": "cifar"}  # the sweep grid of each setting
-
-
 def verdict_text(setting: str, where: str) -> str:
     answer = ri.which_inverse(walked[setting][1])
     _, d = walked[setting]
-    complete = lambda label: label in d and d[label][1] and all(r.ok for r in d[label][1])
+    complete = lambda label: ri.complete(d, label)
     vs_adam = [f"{label} minus Adam, {gp.compare(d[label][1], d['Adam'][1]).text()}" for label in ri.GN_METHODS
                if complete(label) and complete("Adam")]
     if answer is None:
         missing = [label for label in ri.GN_METHODS if not complete(label)]
         return (f"**{where}.** Not recorded at every seed yet: {', '.join(missing)}; so no verdict on the question "
-                f"(`python -m revgn.sweep revgn.experiments.right_inverse:{SWEEPS[setting]}` records the rest, resuming "
+                f"(`{ri.sweep_command(setting)}` records the rest, resuming "
                 f"across sessions)." + (" Recorded so far, against Adam: " + "; ".join(vs_adam) + "." if vs_adam else ""))
     comps = "; ".join(f"{label} minus layer-wise GN, {c.text()}" for label, c in answer.comparisons.items())
     text = (f"**{where}: {LETTERS[answer.letter]}.** Test accuracy, paired over seeds: {comps}. (The rule, fixed before "
@@ -279,7 +276,7 @@ def in_words(setting: str, answer) -> str:
             f"{label}'s interval ends at {end * 100:+.2f} points" for label, end in ends)
             + f", against $\\pm${m * 100:g}; a margin a tenth of a point "
             + ("wider" if answer.letter == "b" else "narrower") + " could change it.")
-    if "Adam" in d and all(r.ok for r in d["Adam"][1]):
+    if ri.complete(d, "Adam"):
         words = {label: verdict(gp.compare(d[label][1], d["Adam"][1]), "better than Adam", "worse than Adam",
                                 "not detectably different from Adam") for label in ri.GN_METHODS}
         out.append("By the book's rule against Adam: " + "; ".join(f"{label} is {w}" for label, w in words.items()) + ".")
@@ -314,7 +311,7 @@ else:
     markdown(f"**Not measured yet.** {len(recorded_c)} runs of this comparison are recorded, and no method has its "
              f"rate chosen and all {len(ri.SEEDS)} seeds run, so this page draws no conclusion about CIFAR-10 "
              "from it: the MNIST verdict above is not evidence about this setting. "
-             "`python -m revgn.sweep revgn.experiments.right_inverse:cifar` records it (it resumes across sessions).")
+             f"`{ri.sweep_command('cifar10-subset')}` records it (it resumes across sessions).")
 
 # %% [markdown]
 # ## What this does and does not show

@@ -139,3 +139,44 @@ def test_theorem_4_3_on_the_batch_the_right_inverses_agree_to_o_alpha_and_off_it
         ri.load_flow(ri.Flow("mnist", hidden=32, batch=8, held_out=20, alphas=(0.5, 0.25), seeds=(0,)), tmp_path)
     with pytest.raises(ValueError, match="whole steps"):
         ri.Flow(alphas=(0.3,))
+
+
+def _done(offsets: dict[str, list[float]], failed: str = "") -> dict:
+    """A `walk` result whose GN methods score 0.9 + offset at each seed (test accuracy); `failed` fails one run."""
+    from types import SimpleNamespace as NS
+
+    from revgn.experiments import right_inverse as ri
+
+    recs = lambda label, offs: [NS(spec=NS(seed=s), ok=not (label == failed and s == 0),
+                                   metrics={"test_acc": 0.9 + o}) for s, o in enumerate(offs)]
+    return {label: (None, recs(label, offsets.get(label, [0.0] * 5))) for label in ri.GN_METHODS}
+
+
+def test_the_verdict_letter_follows_the_rule_and_waits_for_every_seed_of_every_gn_step():
+    from revgn.experiments import right_inverse as ri
+
+    lw, *mp = ri.GN_METHODS
+    small = [0.001, -0.002, 0.0015, 0.0, -0.001]  # inside +-1 point, tightly
+    assert ri.which_inverse(_done({m: small for m in mp})).letter == "a"
+    assert ri.which_inverse(_done({mp[0]: [0.02, 0.025, 0.018, 0.022, 0.02]})).letter == "b"
+    noisy = [0.03, -0.02, 0.025, -0.015, 0.0]  # mean near 0, interval past the margin both ways
+    assert ri.which_inverse(_done({m: noisy for m in mp})).letter == "c"
+    assert ri.which_inverse(_done({m: [0.02, 0.02, 0.02, 0.02, 0.0201] for m in mp})).letter == "b"
+    # incomplete: a GN step missing, with fewer seeds' runs, or with a failed run gives no letter
+    partial = _done({})
+    del partial[mp[-1]]
+    assert ri.which_inverse(partial) is None
+    assert ri.which_inverse({**_done({}), lw: (None, [])}) is None
+    assert ri.which_inverse(_done({}, failed=mp[0])) is None
+    assert not ri.complete(_done({}, failed=lw), lw) and ri.complete(_done({}), lw)
+
+
+def test_each_setting_names_the_sweep_that_records_it():
+    from revgn.experiments import right_inverse as ri
+    from revgn.sweep import load_grid
+
+    for setting in ri.SETTINGS:
+        name = ri.sweep_command(setting).split()[-1]
+        assert load_grid(name).topic == f"right_inverse/{setting}"
+    with pytest.raises(ValueError, match="setting"):
+        ri.sweep_command("imagenet")

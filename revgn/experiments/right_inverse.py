@@ -76,6 +76,11 @@ def walk(setting: str, records_of) -> tuple[list, dict]:
     return needed, out
 
 
+def complete(done: dict, label: str) -> bool:
+    """Whether method `label` of a `walk` result has its rate chosen and its runs recorded at every seed, none failed."""
+    return label in done and bool(done[label][1]) and all(r.ok for r in done[label][1])
+
+
 EQUIVALENCE = 0.01  # test accuracy: a paired 95% interval inside +-1 point counts as "alike"
 
 
@@ -97,7 +102,7 @@ def which_inverse(done: dict, margin: float = EQUIVALENCE) -> Answer | None:
     (or a compared run failed)."""
     from ..stats import MIN_SEEDS, verdict
 
-    if any(label not in done or not done[label][1] or not all(r.ok for r in done[label][1]) for label in GN_METHODS):
+    if not all(complete(done, label) for label in GN_METHODS):
         return None
     base = done[GN_METHODS[0]][1]
     comps = {label: gp.compare(done[label][1], base) for label in GN_METHODS[1:]}
@@ -119,6 +124,15 @@ def mnist(store=None) -> Grid:
 
 def cifar(store=None) -> Grid:
     return grid("cifar10-subset", store)
+
+
+GRIDS = {"mnist": mnist, "cifar10-subset": cifar}  # setting -> its sweep grid
+
+
+def sweep_command(setting: str) -> str:
+    """The command that records (and resumes) a setting's runs."""
+    store_of(setting)
+    return f"python -m revgn.sweep revgn.experiments.right_inverse:{GRIDS[setting].__name__}"
 
 
 def step_costs(setting: str, repeats: int = 5) -> dict[str, dict[str, float]]:
