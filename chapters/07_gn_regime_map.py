@@ -260,7 +260,8 @@ markdown(f"On the CIFAR-10 subset, GN's test accuracy is {split['test'].text()} 
 # MNIST. This tier trains on 55,000 images until validation accuracy stops rising, and tests on all 10,000;
 # its rates are chosen on seed 0 (bracketed, as above) and reused for seeds 1 to 4. Its records are computed
 # by `python -m revgn.sweep revgn.experiments.regime_map:full` over several sessions: below is what is
-# recorded so far, read without recomputing anything.
+# recorded so far, read without recomputing anything. The figure after the table follows test accuracy along
+# training, at seed 0 of each regime whose rates are chosen, to the epoch where early stopping ended each run.
 
 # %%
 F = rm.SETTINGS["full"]
@@ -278,17 +279,25 @@ markdown(rm.verdict_table(full, seeds=len(F.seeds)) + f"\n\nOne test image is {p
             if sweeping else ""))
 
 # %%
-first = next(((label, recs[0]) for label, recs in full.items() if recs), None)
-if first is not None:  # test accuracy along training at the first recorded regime, seed 0
-    fig, ax = plt.subplots(figsize=(5.5, 3.3))
-    for o in ("gn", "adam"):
-        if first[1][o]["lr"] is not None:
-            h = first[1][o]["record"].history.epochs
-            ax.plot(h["epoch"], h["test_acc"], label=f"{o} (lr {first[1][o]['lr']:g}, stopped at epoch {h['epoch'][-1]})")
-    after_first = [a for line in ax.lines for a in line.get_ydata()[1:]]  # the initial 10% would flatten the rest
-    ax.set(title=f"full tier, {first[0]}, seed 0", xlabel="epoch", ylabel="test accuracy",
-           ylim=(min(after_first) - 0.005, max(after_first) + 0.003))
-    ax.legend()
+shown = {label: recs[0] for label, recs in full.items() if recs}  # seed 0 of each regime with rates chosen
+if shown:  # test accuracy along training, each method at its chosen rate, until early stopping ended it
+    cols = min(3, len(shown))
+    fig, axes = plt.subplots(-(-len(shown) // cols), cols, figsize=(3.6 * cols, 3.0 * -(-len(shown) // cols)),
+                             squeeze=False)
+    for ax, (label, s0) in zip(axes.flat, shown.items()):
+        for o in ("gn", "adam"):
+            if s0[o]["lr"] is not None:
+                h = s0[o]["record"].history.epochs
+                ax.plot(h["epoch"], h["test_acc"], label=f"{o} (lr {s0[o]['lr']:g}, stopped at {h['epoch'][-1]})")
+        after_first = [a for line in ax.lines for a in line.get_ydata()[1:]]  # the initial 10% would flatten the rest
+        ax.set(title=label, xlabel="epoch", ylim=(min(after_first) - 0.005, max(after_first) + 0.003))
+        ax.legend(fontsize=7)
+    for ax in axes.flat[len(shown):]:
+        ax.set_axis_off()
+    for row in axes:
+        row[0].set_ylabel("test accuracy (seed 0)")
+    fig.suptitle("Full tier: test accuracy until validation accuracy stopped rising")
+    plt.tight_layout()
     plt.show()
 
 # %% [markdown]
