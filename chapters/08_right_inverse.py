@@ -183,9 +183,10 @@ def describe(setting: str):
     cost = (costs or {}).get("settings", {}).get(setting, {})
     rows = []
     for label in ri.METHODS:
+        measured = f"{cost[label]['median_s']:.2g} s" if label in cost else ""
         if not ok(label):
             rows.append([label, "not recorded yet" if label not in done else "failed: " + str(done[label][0].describe())]
-                        + [""] * 8)
+                        + [""] * 7 + [measured])
             continue
         recs = done[label][1]
         drop = np.mean([gp.batch_loss_drop(r).mean() for r in recs])
@@ -195,8 +196,7 @@ def describe(setting: str):
         rows.append([label, done[label][0].describe(), f"{mean(label, 'test_acc'):.3f} / {mean(label, 'test_loss'):.3f}", gap(ri.GN_METHODS[0]),
                      gap("Adam"), f"{mean(label, 'train_loss'):.3f}", f"{drop:.1f}%", f"{direction:.3g}",
                      f"{mean(label, 'ntk_distance'):.3f}",
-                     (f"{cost[label]['median_s']:.2g} s" if label in cost else "")
-                     + (f", {np.mean(iters):.0f} CG it." if iters else "")])
+                     measured + (f", {np.mean(iters):.0f} CG it." if iters else "")])
     return done, rows
 
 
@@ -312,6 +312,20 @@ else:
              f"rate chosen and all {len(ri.SEEDS)} seeds run, so this page draws no conclusion about CIFAR-10 "
              "from it: the MNIST verdict above is not evidence about this setting. "
              f"`{ri.sweep_command('cifar10-subset')}` records it (it resumes across sessions).")
+cost_c, lw = (costs or {}).get("settings", {}).get("cifar10-subset", {}), ri.GN_METHODS[0]
+if ri.complete(done_c, lw) and all(label in cost_c for label in ri.GN_METHODS):
+    steps = len(done_c[lw][1][0].history.steps["loss"])  # every method takes the same steps
+    markdown(f"Why the Moore-Penrose runs come slowly: at init a step costs {cost_c[lw]['median_s']:.2g} s for the "
+             "layer-wise GN and " + " and ".join(f"{cost_c[label]['median_s']:.2g} s for {label}" for label in ri.GN_METHODS[1:])
+             + f" on one core (the table's last column), and a run takes {steps} steps: at least "
+             + " and ".join(f"{cost_c[label]['median_s'] * steps / 60:.0f} minutes" for label in ri.GN_METHODS[1:])
+             + " per run, more where CG needs more iterations along training than at init.")
+    cost_m, done_m = costs["settings"].get("mnist", {}), walked["mnist"][1]
+    mp = [label for label in ri.GN_METHODS[1:] if label in cost_m and ri.complete(done_m, label)]
+    if mp:
+        along = {label: np.mean([np.mean(r.history.steps["cg_iterations"]) for r in done_m[label][1]]) for label in mp}
+        markdown("On MNIST, CG took " + " and ".join(f"{along[label]:.0f} iterations per step along training for "
+                                                     f"{label} (at init {cost_m[label]['cg_iterations']:.0f})" for label in mp) + ".")
 
 # %% [markdown]
 # ## What this does and does not show
