@@ -288,7 +288,7 @@ if shown:  # test accuracy along training, each method at its chosen rate, until
         for o in ("gn", "adam"):
             if s0[o]["lr"] is not None:
                 h = s0[o]["record"].history.epochs
-                ax.plot(h["epoch"], h["test_acc"], label=f"{o} (lr {s0[o]['lr']:g}, stopped at {h['epoch'][-1]})")
+                ax.plot(h["epoch"], h["test_acc"], label=f"{o} (lr {s0[o]['lr']:.3g}, stopped at {h['epoch'][-1]})")
         after_first = [a for line in ax.lines for a in line.get_ydata()[1:]]  # the initial 10% would flatten the rest
         ax.set(title=label, xlabel="epoch", ylim=(min(after_first) - 0.005, max(after_first) + 0.003))
         ax.legend(fontsize=7)

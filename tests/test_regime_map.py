@@ -186,6 +186,8 @@ def test_a_deficit_is_split_into_fitting_and_generalising_and_capped_rates_are_r
     assert rm.fit_or_generalise(general[:3])["which"] == "no verdict"
     capped = [_summary(0.9, 0.3, 0.9, 0.4, capped=True)]
     assert rm.rates(capped, "gn") == "2 (cap)" and rm.rates(capped, "adam") == "0.001"
+    thirds = [{**r, "adam": {**r["adam"], "lr": 1e-4 / 3}} for r in capped]  # a rate the grid reached by thirds
+    assert rm.rates(thirds, "adam") == "3.33e-05"
     counts = rm.bracketing(capped)
     assert counts["gn at the cap"] == 1 and counts["gn interior"] == 0 and counts["adam interior"] == 1
     assert "not recorded yet (0 of 5 seeds)" in rm.verdict_table({"x": []}, seeds=5)

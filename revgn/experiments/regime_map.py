@@ -289,7 +289,7 @@ def gap_verdict(summaries: list[dict], seeds: int | None = None) -> tuple[str, s
 def rates(summaries: list[dict], o: str) -> str:
     """The rates chosen at a regime's seeds ("1, 2 (cap)"); "*" marks a choice at an uncapped grid edge."""
     mark = lambda sel: " (cap)" if sel.capped else "*" if sel.bracketed is False else ""
-    chosen = dict.fromkeys(f"{r[o]['lr']:g}{mark(r[o]['selection'])}" if r[o]["lr"] is not None else "refused"
+    chosen = dict.fromkeys(f"{r[o]['lr']:.3g}{mark(r[o]['selection'])}" if r[o]["lr"] is not None else "refused"
                            for r in summaries)
     return ", ".join(chosen) or "-"
 
