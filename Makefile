@@ -18,6 +18,9 @@ ifeq ($(strip $(REVGN_DATA)),)
   endif
 endif
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
+# Chapters and tests import this checkout's revgn (the venv's editable install), never one that a PYTHONPATH
+# points at: another checkout's revgn reads that checkout's results/, and the chapters would render its records.
+unexport PYTHONPATH
 
 # Portable numbers: MKL (matmul), oneDNN (convolutions) and ATen's own vectorised kernels each pick their code
 # path by CPU, and reductions split their work by thread count, so two x86 machines differ in the last digits.
