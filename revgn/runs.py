@@ -13,7 +13,9 @@ retry it and a table can say so. Sweeps (`revgn.sweep`) are lists of specs dispa
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import math
@@ -342,6 +344,32 @@ def scratch_for(path: str | Path) -> Path:
     return Path(path).with_suffix(".partial")
 
 
+class RunInProgressError(RuntimeError):
+    """Another process holds the run's lock: it is training the same spec into the same store."""
+
+
+@contextlib.contextmanager
+def exclusive(scratch: Path):
+    """Hold the lock `scratch/lock` of a run, or raise `RunInProgressError` at once if another process holds it.
+
+    Two processes training one spec into one store would write the same checkpoint and record (a second sweep
+    started over the first, or a worker that outlived its sweep). The lock is an advisory `flock`, released by
+    the kernel when its holder exits, however it exits, so no stale lock survives a killed run.
+    """
+    scratch.mkdir(parents=True, exist_ok=True)
+    with open(scratch / "lock", "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunInProgressError(f"run {scratch.stem[:12]} is being trained by another process (it holds "
+                                     f"{scratch / 'lock'}); wait for it, or stop it, then run this again") from None
+        try:
+            yield
+        finally:  # a run that stopped before its first checkpoint (bad input, say) leaves the store as it was
+            if scratch.is_dir() and [p.name for p in scratch.iterdir()] == ["lock"]:
+                shutil.rmtree(scratch, ignore_errors=True)
+
+
 def splits_of(spec: DataSpec, device="cpu") -> dict[str, Any]:
     """{"train", "val", "test"} Datasets of a data spec (val is None when n_val is 0).
 
@@ -373,16 +401,27 @@ def run(spec: RunSpec, store: str | Path | None = None, *, device="cpu", progres
     is `store/<spec.key>.partial/phase<i>.ckpt` (one per optimiser of a switch), written after every evaluation; an interrupted run resumes from it
     with exactly the numbers of an uninterrupted run, and a checkpoint of any other spec is refused. The
     scratch folder is removed once the record is written. A computed record carries the trained network as
-    `rec.model` (not stored).
+    `rec.model` (not stored). A run trains under its lock (`exclusive`): a second process asking for a run that
+    another is training gets `RunInProgressError` at once, and the store is left as it was.
     """
+    path = None if store is None else record_path(store, spec)
+    if path is not None and path.exists():
+        return Record.load(path)
+    if path is None:
+        return _train(spec, None, device, progress)
+    with exclusive(scratch_for(path)):
+        if path.exists():  # recorded by a process that held the lock until a moment ago
+            return Record.load(path)
+        return _train(spec, path, device, progress)
+
+
+def _train(spec: RunSpec, path: Path | None, device, progress: bool) -> Record:
+    """`run` without the store's bookkeeping: train, and record at `path` (under the run's lock) if given."""
     from .gn import RankDeficientError
     from .kernels import distance_from_init, frozen_copy
     from .losses import NonFiniteLossError
     from .train import train
 
-    path = None if store is None else record_path(store, spec)
-    if path is not None and path.exists():
-        return Record.load(path)
     sets = splits_of(spec.data, device)
     train_set = sets["train"]
     model = spec.model.build(train_set.x.shape[1], train_set.num_classes, getattr(torch, spec.data.dtype), device)

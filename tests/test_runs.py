@@ -11,7 +11,8 @@ import pytest
 
 from revgn import stats
 from revgn.experiments import gn_protocol as gp
-from revgn.runs import DataSpec, ModelSpec, OptimSpec, Record, Runs, RunSpec, provenance, record_path, records, run
+from revgn.runs import (DataSpec, ModelSpec, OptimSpec, Record, RunInProgressError, Runs, RunSpec, provenance,
+                        record_path, records, run)
 from revgn.train import History
 
 needs_mnist = pytest.mark.skipif(not (Path(os.environ.get("REVGN_DATA", "/nonexistent")) / "mnist").exists(),
@@ -123,11 +124,48 @@ def test_a_switch_of_optimiser_continues_the_network_and_an_interrupted_one_resu
     monkeypatch.setattr(revgn.train, "train", crash_in_phase_two)
     with pytest.raises(KeyboardInterrupt):
         run(spec, tmp_path)
-    assert sorted(p.name for p in (tmp_path / f"{spec.key}.partial").iterdir()) == ["phase0.ckpt", "phase1.ckpt"]
+    assert sorted(p.name for p in (tmp_path / f"{spec.key}.partial").iterdir()) == ["lock", "phase0.ckpt", "phase1.ckpt"]
     monkeypatch.setattr(revgn.train, "train", real)
     resumed = run(spec, tmp_path)
     assert resumed.history.to_dict() == json.loads(json.dumps(whole.history.to_dict()))
     assert [p.suffix for p in tmp_path.iterdir()] == [".json"]
+
+
+@needs_mnist
+def test_a_run_another_process_is_training_is_refused_and_a_killed_holder_leaves_no_stale_lock(tmp_path):
+    import subprocess
+    import sys
+
+    spec = tiny(epochs=1)
+    scratch = tmp_path / f"{spec.key}.partial"
+    holder = subprocess.Popen(  # another process holds the run's lock, as a sweep's worker does while it trains
+        [sys.executable, "-c", "import sys; from pathlib import Path; from revgn.runs import exclusive\n"
+         f"with exclusive(Path({str(scratch)!r})):\n    print('held', flush=True); sys.stdin.readline()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunInProgressError, match=spec.key[:12]):
+            run(spec, tmp_path)
+        assert [p.name for p in tmp_path.iterdir()] == [scratch.name]  # nothing recorded, nothing removed
+        assert [p.name for p in scratch.iterdir()] == ["lock"]
+    finally:
+        holder.kill()  # SIGKILL: the kernel releases its lock
+        holder.wait()
+    rec = run(spec, tmp_path)
+    assert rec.ok and [p.name for p in tmp_path.iterdir()] == [f"{spec.key}.json"]
+
+
+@needs_mnist
+def test_a_run_stopped_before_its_first_checkpoint_leaves_the_store_as_it_was(tmp_path, monkeypatch):
+    import revgn.runs
+
+    def unreadable(*args, **kwargs):
+        raise ValueError("mnist: the cached file failed its SHA-256 check")
+
+    monkeypatch.setattr(revgn.runs, "splits_of", unreadable)
+    with pytest.raises(ValueError, match="SHA-256"):
+        run(tiny(), tmp_path)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_the_plateau_rule_counts_evaluations_since_the_first_best():
