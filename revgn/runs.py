@@ -404,11 +404,11 @@ def run(spec: RunSpec, store: str | Path | None = None, *, device="cpu", progres
     `rec.model` (not stored). A run trains under its lock (`exclusive`): a second process asking for a run that
     another is training gets `RunInProgressError` at once, and the store is left as it was.
     """
-    path = None if store is None else record_path(store, spec)
-    if path is not None and path.exists():
-        return Record.load(path)
-    if path is None:
+    if store is None:
         return _train(spec, None, device, progress)
+    path = record_path(store, spec)
+    if path.exists():
+        return Record.load(path)
     with exclusive(scratch_for(path)):
         if path.exists():  # recorded by a process that held the lock until a moment ago
             return Record.load(path)
