@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from revgn.experiments import gn_protocol as gp
 from revgn.experiments import regime_map as rm
 from revgn.runs import Runs
 
@@ -92,6 +93,14 @@ def test_a_rate_chosen_on_the_first_seed_is_reused_and_the_sweep_grid_grows_with
     assert len(done) == 2 and done[0]["gn"]["lr"] == done[1]["gn"]["lr"] and done[0]["adam"]["lr"] == done[1]["adam"]["lr"]
     assert [sp.optimizer.lr for sp in needed if sp.seed == 1] == [done[0]["gn"]["lr"], done[0]["adam"]["lr"]]
     assert done[1]["gn"]["selection"].bracketed == done[0]["gn"]["selection"].bracketed
+    # how firmly seed 0 chose: each margin in validation images, and seed 0's gap with a runner-up swapped in
+    text = rm.margins({"tiny": done}, lambda specs: collect(specs, tmp_path))
+    gn, adam = (done[0][o]["selection"] for o in ("gn", "adam"))
+    up = collect(gp.rate_grid(done[0]["gn"]["record"].spec, [gn.runner_up]), tmp_path)[0]
+    assert text.startswith(f"* tiny: GN's {gn.lr:.3g} beat {gn.runner_up:.3g} by {round(gn.margin * 128)}, "
+                           f"Adam's {adam.lr:.3g} beat {adam.runner_up:.3g} by {round(adam.margin * 128)} of 128 ")
+    assert f"{100 * (up.metrics['test_acc'] - done[0]['adam']['test_acc']):+.1f} with GN's runner-up" in text
+    assert f"gap {100 * done[0]['gap']:+.1f} points at the chosen rates" in text
 
 
 def test_identity_first_block_is_rank_deficient_beyond_half_the_input_width(tmp_path):

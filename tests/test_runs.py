@@ -53,6 +53,8 @@ def test_selection_takes_the_best_by_its_criterion_and_never_a_failure():
     sel = gp.select(recs + [failed], "train_loss")
     assert sel.lr == 0.3 and sel.scores[3.0] == -np.inf and "3: failed" in sel.describe()
     assert gp.select([failed], "train_loss").best is None
+    assert sel.runner_up == 1.0 and sel.margin == pytest.approx(0.1)  # ahead of 1.0 (loss 0.3); the failure is no runner-up
+    assert gp.select(recs[:1] + [failed], "train_loss").margin is None
     with pytest.raises(ValueError, match="criterion"):
         gp.select(recs, "test_acc")  # the test set is never a criterion
 

@@ -51,6 +51,18 @@ class Selection:
     def lr(self) -> float | None:
         return None if self.best is None else self.best.spec.optimizer.lr
 
+    @property
+    def runner_up(self) -> float | None:
+        """The rate with the next best score (None when no other rate has a finite one)."""
+        others = {lr: s for lr, s in self.scores.items() if lr != self.lr and np.isfinite(s)}
+        return None if self.best is None or not others else max(others, key=others.get)
+
+    @property
+    def margin(self) -> float | None:
+        """How far the chosen rate's score is ahead of the runner-up's (validation accuracy: a fraction of the
+        validation split), which says how much the choice can turn on noise; None without a runner-up."""
+        return None if self.runner_up is None else self.scores[self.lr] - self.scores[self.runner_up]
+
     def describe(self) -> str:
         """"0.1: 0.931, 0.3: 0.940 (chosen), 1: failed"; a capped or unbracketed choice says so."""
         return ", ".join(f"{lr:.3g}: " + ("failed" if not np.isfinite(s) else f"{abs(s):.3g}")

@@ -294,6 +294,32 @@ def rates(summaries: list[dict], o: str) -> str:
     return ", ".join(chosen) or "-"
 
 
+def margins(regimes: dict[str, list[dict]], records_of) -> str:
+    """How firmly the first seed chose each regime's rates, and how much the choice matters, one Markdown bullet
+    per regime: the validation images by which each optimiser's chosen rate beat its runner-up, and the first seed's test gap
+    (points) at the chosen rates and with either runner-up instead. records_of(specs) -> records, as in `walk`.
+    A rate chosen on one seed is reused for the others, so a margin of a few images is a choice that noise could
+    have turned; the runner-up gaps say whether that would have moved the verdict."""
+    out = []
+    for label, summ in regimes.items():
+        if not summ or any(summ[0][o].get("record") is None for o in OPTIMISERS):
+            continue
+        first, name = summ[0], {"gn": "GN", "adam": "Adam"}
+        best = {o: first[o]["record"] for o in OPTIMISERS}
+        ups = {o: first[o]["selection"].runner_up for o in OPTIMISERS}
+        up = {o: records_of(gp.rate_grid(best[o].spec, [ups[o]]))[0] if ups[o] is not None else None for o in OPTIMISERS}
+        n_val = best["gn"].spec.data.n_val
+        won = ", ".join(f"{name[o]}'s {first[o]['lr']:.3g} beat {ups[o]:.3g} by "
+                        f"{round(first[o]['selection'].margin * n_val)}" for o in OPTIMISERS if ups[o] is not None)
+        gap = lambda g, a: f"{100 * (g.metrics['test_acc'] - a.metrics['test_acc']):+.1f}"
+        swaps = [f"{gap(up['gn'], best['adam'])} with GN's runner-up" if up["gn"] and up["gn"].ok else None,
+                 f"{gap(best['gn'], up['adam'])} with Adam's" if up["adam"] and up["adam"].ok else None]
+        out.append(f"* {label}: {won} of {n_val:,} validation images; seed {best['gn'].spec.seed}'s test gap "
+                   f"{gap(best['gn'], best['adam'])} points at the chosen rates"
+                   + "".join(f", {x}" for x in swaps if x) + ".")
+    return "\n".join(out)
+
+
 def verdict_table(regimes: dict[str, list[dict]], seeds: int | None = None) -> str:
     """The Markdown verdict table of labelled regimes (label -> the summaries of its seeds), with the rates."""
     rows = [[label, *gap_verdict(summ, seeds), rates(summ, "gn"), rates(summ, "adam")] for label, summ in regimes.items()]
