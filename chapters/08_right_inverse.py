@@ -34,11 +34,24 @@
 # moves all of $X_L$ by $\varepsilon R^\top$, the smallest change of $X_L$ with that effect on the logits; it is what
 # each block of the layer-wise step $\Delta_{\mathrm{lw}}$ ({eq}`eq-stack`) is minimum-norm for, solved for all blocks at
 # once. So $\|\Delta_{\mathrm{MP}}\|\le\|\Delta_X\|\le\|\Delta_{\mathrm{lw}}\|$, and comparing the three separates *which output*
-# ($\mathbf z$ or $X_L$) from *which inverse* (joint or per block). The Moore-Penrose steps are solved matrix-free,
-# by conjugate gradients on $JJ^\top$ (or $J_XJ_X^\top$) with Jacobian-vector products only, to a relative residual
-# of $10^{-8}$ in float64; every step's true residual is recorded, and a step whose residual exceeds ten times the
-# tolerance is refused (the run is then recorded as a failure of the method). The tests check both against an
-# explicit `torch.linalg.pinv` to $10^{-8}$, and the chain of norms.
+# ($\mathbf z$ or $X_L$) from *which inverse* (joint or per block).
+#
+# **Solving them.** $J_XJ_X^\top$ has $n\,d$ rows ($64\times3072$ on CIFAR-10), too many to form: $\Delta_X$ is solved
+# matrix-free, by conjugate gradients with Jacobian-vector products only, to a relative residual of $10^{-8}$ in
+# float64. $JJ^\top$ has only $nC$ rows, and the coupling layers make it cheap to form: a trained half-layer adds
+# $AW^\top$ to the stream, with $A$ its $n\times h$ features, and each example's logits depend on its own row only, so
+# with $g_{ic}$ the derivative of logit $c$ of example $i$ in that half-layer's output,
+#
+# $$
+# (JJ^\top)_{(i,c),(j,c')} = \sum_{\text{half-layers}} (AA^\top)_{ij}\; g_{ic}^\top g_{jc'} ,
+# $$ (eq-ntk-factors)
+#
+# which takes $C$ backward passes (`RevMLP.ntk_factors`); $\Delta_{\mathrm{MP}}$ is then solved by Cholesky, exact to
+# rounding, at a cost that does not grow as $JJ^\top$ grows ill-conditioned along training. Every step's true residual
+# is recorded, and a step whose residual exceeds $10^{-7}$, or whose $JJ^\top$ is numerically singular, is refused
+# (the run is then recorded as a failure of the method). The tests check both steps against an explicit
+# `torch.linalg.pinv` to $10^{-8}$, the kernel of {eq}`eq-ntk-factors` against the Jacobian's to $10^{-12}$, and the chain
+# of norms.
 #
 # **What Theorem 4.3 says, and what it does not.** With $\dot\theta = -J^{\dashv}\varepsilon$ for any right inverse,
 #
@@ -315,13 +328,15 @@ else:
 cost_c, lw = (costs or {}).get("settings", {}).get("cifar10-subset", {}), ri.GN_METHODS[0]
 if ri.complete(done_c, lw) and all(label in cost_c for label in ri.GN_METHODS):
     steps = len(done_c[lw][1][0].history.steps["loss"])  # every method takes the same steps
-    markdown(f"Why the Moore-Penrose runs come slowly: at init a step costs {cost_c[lw]['median_s']:.2g} s for the "
-             "layer-wise GN and " + " and ".join(f"{cost_c[label]['median_s']:.2g} s for {label}" for label in ri.GN_METHODS[1:])
+    cg = [label for label in ri.GN_METHODS[1:] if ri.METHODS[label].solver == "cg"]  # cost grows with iterations
+    markdown(f"What a run costs here: at init a step costs {cost_c[lw]['median_s']:.2g} s for the layer-wise GN and "
+             + " and ".join(f"{cost_c[label]['median_s']:.2g} s for {label}" for label in ri.GN_METHODS[1:])
              + f" on one core (the table's last column), and a run takes {steps} steps: at least "
-             + " and ".join(f"{cost_c[label]['median_s'] * steps / 60:.0f} minutes" for label in ri.GN_METHODS[1:])
-             + " per run, more where CG needs more iterations along training than at init.")
+             + " and ".join(f"{cost_c[label]['median_s'] * steps / 60:.0f} minutes for {label}" for label in ri.GN_METHODS[1:])
+             + " per run" + (f", more for {' and '.join(cg)}, where CG needs more iterations along training than at "
+                             "init." if cg else "."))
     cost_m, done_m = costs["settings"].get("mnist", {}), walked["mnist"][1]
-    mp = [label for label in ri.GN_METHODS[1:] if label in cost_m and ri.complete(done_m, label)]
+    mp = [label for label in cg if label in cost_m and ri.complete(done_m, label)]
     if mp:
         along = {label: np.mean([np.mean(r.history.steps["cg_iterations"]) for r in done_m[label][1]]) for label in mp}
         markdown("On MNIST, CG took " + " and ".join(f"{along[label]:.0f} iterations per step along training for "

@@ -1,7 +1,8 @@
 """Tangent kernels, representation similarity, the lazy-training criterion kappa, and distances from init.
 
 - `empirical_ntk`: the (n1 O) x (n2 O) kernel J1 J2^T, by Jacobian contraction (whole, or one parameter tensor
-  at a time) or by NTK-vector products: the one NTK entry point of the library.
+  at a time), by NTK-vector products, or from a RevMLP's per-half-layer factors: the one NTK entry point of
+  the library.
 - `kernel_distance` (Fort et al. 2020), `relative_kernel_change`, `linear_cka` (Kornblith et al. 2019).
 - `kappa`: kappa(w0) = ||h(w0) - y*|| ||D^2 h(w0)|| / ||D h(w0)||^2 (Chizat et al. 2019), with both operator
   norms estimated by power iteration on jvp/vjp products.
@@ -35,8 +36,22 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = 
     method="jacobian": contract explicit Jacobians (memory n O p; for small sets).
     method="by-parameter": the same sum, one parameter tensor at a time (memory: one tensor's Jacobian).
     method="ntk-vp": NTK-vector products J(x1) [J(x2)^T v] for each basis vector v, vmapped (no Jacobian).
+    method="factors": from the model's `ntk_factors` (a RevMLP's logits, trained parameters only): sum over
+    half-layers of (A1 A2^T)_{ij} (G1[i, c] . G2[j, c']) (eq-ntk-factors), C backward passes per input set.
     params: the parameters to differentiate (default: the trained ones; `all_params` for a frozen copy).
     """
+    if method == "factors":
+        if params is not None or not hasattr(model, "ntk_factors"):
+            raise ValueError("method='factors' needs a model with ntk_factors (a RevMLP) and its trained parameters "
+                             "(params=None)")
+        pairs1 = model.ntk_factors(x1)
+        pairs2 = pairs1 if x2 is None else model.ntk_factors(x2)
+        (n1, C, _), n2 = pairs1[0][1].shape, pairs2[0][1].shape[0]
+        K = 0
+        for (A1, G1), (A2, G2) in zip(pairs1, pairs2):  # one matrix product each (einsum's path is far slower)
+            GG = (G1.reshape(n1 * C, -1) @ G2.reshape(n2 * C, -1).T).view(n1, C, n2, C)
+            K = K + GG * (A1 @ A2.T)[:, None, :, None]
+        return K.reshape(n1 * C, n2 * C)
     params = params_of(model) if params is None else params
     x2 = x1 if x2 is None else x2
     if method == "jacobian":
@@ -54,7 +69,7 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = 
             K = K + J1 @ (J1 if x2 is x1 else jac(f2)).T
         return K
     if method != "ntk-vp":
-        raise ValueError(f"method must be 'jacobian', 'by-parameter' or 'ntk-vp', got {method!r}")
+        raise ValueError(f"method must be 'jacobian', 'by-parameter', 'ntk-vp' or 'factors', got {method!r}")
     f1, f2 = as_function(model, x1), as_function(model, x2)
     out2, vjp_fn = vjp(f2, params)
 

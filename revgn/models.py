@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.func import vjp, vmap
 
 ACTIVATIONS = ("relu", "identity")
 
@@ -70,12 +71,14 @@ class RevBlock(nn.Module):
             cache = HalfLayerCache(feats.detach(), act, self.hidden)
         return out, cache
 
-    def forward(self, x: torch.Tensor, keep: bool = False):
+    def forward(self, x: torch.Tensor, keep: bool = False, shifts: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """shifts (s1, s2), n x d/2 each: added to the two half-layers' outputs, so that the output's derivative
+        in them is its derivative in those outputs (`RevMLP.ntk_factors`); None: no shift."""
         x1, x2 = x.split(self.half, dim=1)
         d1, c1 = self._half_layer(1, x2, keep)
-        y1 = x1 + d1
+        y1 = x1 + d1 if shifts is None else x1 + d1 + shifts[0]
         d2, c2 = self._half_layer(2, y1, keep)
-        y2 = x2 + d2
+        y2 = x2 + d2 if shifts is None else x2 + d2 + shifts[1]
         y = torch.cat([y1, y2], dim=1)
         return (y, (c1, c2)) if keep else y
 
@@ -180,6 +183,33 @@ class RevMLP(nn.Module):
             u, c = block(u, keep=True)
             caches.append(c)
         return u @ self.readout, u, caches
+
+    def ntk_factors(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The factors of the logits' tangent kernel, one pair per half-layer in parameter order (eq-ntk-factors).
+
+        A trained half-layer adds A W^T (+ b) to the stream, A = sigma(Z) its n x h features (n x (h+1) with a
+        column of ones when it has a bias), and each example's logits depend on that example's row only. So
+        d logit_{ic} / dW = g_{ic} a_i^T, with g_{ic} (d/2) the logits' derivative in the half-layer's output
+        at example i, and J J^T = sum over half-layers of (A A^T)_{ij} (g_{ic} . g_{jc'}). Returns [(A, G)],
+        A: n x h(+1), G: n x C x d/2 (G[i, c] = g_{ic}): C backward passes, where the Jacobian needs n C.
+        """
+        u, n = self.embed(x), x.shape[0]
+        shifts = [torch.zeros(n, self.width // 2, dtype=u.dtype, device=u.device) for _ in range(2 * self.depth)]
+        features = []
+
+        def logits(shifts):
+            v = u
+            features.clear()
+            for k, block in enumerate(self.blocks):
+                v, caches = block(v, keep=True, shifts=shifts[2 * k: 2 * k + 2])
+                features.extend(c.features for c in caches)
+            return v @ self.readout
+
+        out, pullback = vjp(logits, shifts)
+        n_out = out.shape[1]
+        # cotangent e_c at every example at once: example i's row of the pullback is then g_{ic}
+        (grads,) = vmap(lambda e: pullback(e.expand(n, n_out)))(torch.eye(n_out, dtype=out.dtype, device=out.device))
+        return [(A, G.transpose(0, 1)) for A, G in zip(features, grads)]
 
     def extra_repr(self) -> str:
         p = sum(p.numel() for p in self.parameters())

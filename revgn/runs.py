@@ -36,7 +36,7 @@ SCHEMA = 2  # part of every key: bump it when the meaning of a field changes
 #: RunSpec fields added within schema 2, with their defaults: at the default they leave the key unchanged
 ADDED = {"patience": 0, "until_train_loss": 0.0,
          **{f"{part}.{k}": v for part in ("optimizer", "then") for k, v in
-            {"output": "logits", "cg_rtol": 1e-6, "cg_maxiter": 0}.items()}}
+            {"output": "logits", "cg_rtol": 1e-6, "cg_maxiter": 0, "solver": "cg"}.items()}}
 
 #: what `RunSpec.measure` can name: distances of the network from its initialisation (`revgn.kernels`),
 #: recorded at init and at every evaluation like the losses
@@ -121,9 +121,10 @@ class ModelSpec:
 @dataclass(frozen=True)
 class OptimSpec:
     """An optimiser of `revgn.train`: "gn" (the layer-wise right inverse, with the pseudo-inverse `pinv` and its
-    parameters), "gn-mp" (the Moore-Penrose step by matrix-free CG, of the logits' Jacobian or, with output
-    "body", of x_L's; solved to `cg_rtol` in at most `cg_maxiter` iterations, 0: twice the unknowns), "sgd" or
-    "adam"."""
+    parameters), "gn-mp" (the Moore-Penrose step, of the logits' Jacobian or, with output "body", of x_L's; by
+    `solver` "cg", matrix-free CG to `cg_rtol` in at most `cg_maxiter` iterations (0: twice the unknowns), or
+    "gram", J J^T of a RevMLP's logits formed from its factors and solved by Cholesky; either way a step whose
+    true relative residual exceeds 10 cg_rtol is refused), "sgd" or "adam"."""
 
     name: str = "adam"
     lr: float = 1e-3
@@ -140,12 +141,17 @@ class OptimSpec:
     output: str = "logits"
     cg_rtol: float = 1e-6
     cg_maxiter: int = 0
+    solver: str = "cg"
 
     def __post_init__(self):
         from .gn import PINV_KINDS
 
         _choice("optimizer.name", self.name, ("gn", "gn-mp", "sgd", "adam"))
         _choice("optimizer.output", self.output, ("logits", "body"))
+        _choice("optimizer.solver", self.solver, ("cg", "gram"))
+        if self.solver == "gram" and (self.name != "gn-mp" or self.output != "logits"):
+            raise ValueError("optimizer.solver='gram' is the Moore-Penrose step of the logits: it needs name 'gn-mp' "
+                             f"and output 'logits', got {self.name!r} and {self.output!r}")
         object.__setattr__(self, "cg_rtol", _positive("optimizer.cg_rtol", self.cg_rtol))
         check_int("optimizer.cg_maxiter", self.cg_maxiter, 0)
         _choice("optimizer.pinv", self.pinv, PINV_KINDS)
@@ -157,11 +163,11 @@ class OptimSpec:
 
     def build(self, seed: int):
         from .gn import Pinv
-        from .train import SGD, Adam, GaussNewton, MatrixFreeGaussNewton
+        from .train import SGD, Adam, GaussNewton, MoorePenroseGaussNewton
 
         if self.name == "gn-mp":
-            return MatrixFreeGaussNewton(self.lr, damping=self.damping, rtol=self.cg_rtol,
-                                         maxiter=self.cg_maxiter or None, output=self.output)
+            return MoorePenroseGaussNewton(self.lr, damping=self.damping, rtol=self.cg_rtol,
+                                         maxiter=self.cg_maxiter or None, output=self.output, solver=self.solver)
         if self.name == "gn":
             pinv = Pinv(self.pinv, rtol=self.rtol, atol=self.atol, damping=self.damping, ridge=self.ridge,
                         noise=self.noise, ridge_relative=self.ridge_relative)

@@ -28,7 +28,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .gn import Pinv, RankDeficientError, iter_block_directions
-from .gn_reference import matrix_free_gn_direction
+from .gn_reference import gram_gn_direction, matrix_free_gn_direction
 from .losses import NonFiniteLossError, accuracy, check_finite, get_loss
 from .models import RevMLP
 from .utils import atomic_write_bytes, atomic_write_json, check_int, read_json
@@ -178,7 +178,7 @@ class GaussNewton(Optimizer):
 
     def setup(self, model: nn.Module, batch_size: int) -> None:
         if not isinstance(model, RevMLP):
-            raise TypeError("GaussNewton needs a RevMLP; use MatrixFreeGaussNewton for other models")
+            raise TypeError("GaussNewton needs a RevMLP; use MoorePenroseGaussNewton for other models")
         features = model.hidden + (model.blocks[0].b1 is not None)
         if self.pinv.is_exact and batch_size > features:
             raise ValueError(
@@ -211,48 +211,59 @@ class GaussNewton(Optimizer):
         self._generator.set_state(state["generator"])
 
 
-class MatrixFreeGaussNewton(Optimizer):
-    """The Moore-Penrose GN step (Levenberg-Marquardt with damping > 0) for any model, by CG on J J^T
-    (`revgn.gn_reference`): theta <- theta - lr J^+ eps, the minimum-norm step that moves the outputs by eps.
+class MoorePenroseGaussNewton(Optimizer):
+    """The Moore-Penrose GN step (Levenberg-Marquardt with damping > 0) for any model: theta <- theta - lr J^+ eps,
+    the minimum-norm step that moves the outputs by eps (`revgn.gn_reference`).
 
     output="logits": J is the logits' Jacobian (eq-gn). output="body" (a RevMLP): J is the Jacobian of x_L and
     the target eps R^T, the smallest change of x_L that moves the logits by eps; this is what each block of the
-    layer-wise step is minimum-norm for, solved for all blocks at once. Every step reports its CG iterations,
-    the true relative residual ||J Delta - target|| / ||target|| and the norm of the parameter step
-    (`step_info`); a step whose residual exceeds `REFUSE` x rtol is refused (`CGNotConverged`), leaving the
-    model as it was.
+    layer-wise step is minimum-norm for, solved for all blocks at once. solver="cg": CG on J J^T with jvp/vjp
+    products (any model, either output); solver="gram": J J^T formed from a RevMLP's per-half-layer factors and
+    solved by Cholesky (logits only; the same step, without iterations). Every step reports the true relative
+    residual ||J Delta - target|| / ||target||, the norm of the parameter step and, for CG, its iterations
+    (`step_info`); a step whose residual exceeds `REFUSE` x rtol, or whose system is singular, is refused
+    (`CGNotConverged`, `RankDeficientError`), leaving the model as it was.
     """
 
-    name = "gn-cg"
     REFUSE = 10.0  # slack over rtol for the true residual (CG stops on its recursive one)
 
     def __init__(self, lr: float = 1.0, damping: float = 0.0, rtol: float = 1e-6, maxiter: int | None = None,
-                 output: str = "logits"):
+                 output: str = "logits", solver: str = "cg"):
         if output not in ("logits", "body"):
             raise ValueError(f"output must be 'logits' or 'body', got {output!r}")
+        if solver not in ("cg", "gram"):
+            raise ValueError(f"solver must be 'cg' or 'gram', got {solver!r}")
+        if solver == "gram" and output != "logits":
+            raise ValueError("solver='gram' forms J J^T of the logits (C x n rows); x_L's (d x n rows) needs 'cg'")
         self.lr, self.damping, self.rtol, self.maxiter, self.output = _check_lr(lr), damping, rtol, maxiter, output
+        self.solver, self.name = solver, f"gn-{solver}"
         self.step_info = {}
 
     def setup(self, model: nn.Module, batch_size: int) -> None:
-        if self.output == "body" and not isinstance(model, RevMLP):
-            raise TypeError("output='body' is the Jacobian of a RevMLP's x_L; this model is not a RevMLP")
+        if (self.output == "body" or self.solver == "gram") and not isinstance(model, RevMLP):
+            raise TypeError(f"output={self.output!r} with solver={self.solver!r} needs a RevMLP (x_L, or its "
+                            "per-half-layer factors); this model is not one")
 
     def step(self, model, x, y, loss) -> float:
         from .gn_reference import CGNotConverged
 
         with torch.no_grad():
             logits = model(x)
-            value = check_finite(loss(logits, y), "GN-CG step")
+            value = check_finite(loss(logits, y), "Moore-Penrose GN step")
             eps = loss.error(logits, y)
             target = eps if self.output == "logits" else eps @ model.readout.T
-        direction, cg = matrix_free_gn_direction(model, x, target, damping=self.damping, rtol=self.rtol,
-                                                 maxiter=self.maxiter, **({"output": "body"} if self.output == "body" else {}))
-        if not cg.relative_residual <= self.REFUSE * self.rtol:
-            raise CGNotConverged(f"the CG step's true relative residual {cg.relative_residual:.2e} exceeds "
+        if self.solver == "gram":
+            direction, residual = gram_gn_direction(model, x, target, damping=self.damping)
+            info = {"gram_residual": residual}
+        else:
+            direction, cg = matrix_free_gn_direction(model, x, target, damping=self.damping, rtol=self.rtol,
+                                                     maxiter=self.maxiter, **({"output": "body"} if self.output == "body" else {}))
+            residual, info = cg.relative_residual, {"cg_iterations": cg.iterations, "cg_residual": cg.relative_residual}
+        if not residual <= self.REFUSE * self.rtol:
+            raise CGNotConverged(f"the {self.solver} step's true relative residual {residual:.2e} exceeds "
                                  f"{self.REFUSE:g} x rtol = {self.REFUSE * self.rtol:.1e}; step refused")
         apply_step(model, direction, self.lr)
-        self.step_info = {"cg_iterations": cg.iterations, "cg_residual": cg.relative_residual,
-                          "step_norm": self.lr * _norm(direction.values())}
+        self.step_info = {**info, "step_norm": self.lr * _norm(direction.values())}
         return value
 
     def describe(self) -> dict[str, Any]:

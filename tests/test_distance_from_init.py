@@ -51,11 +51,20 @@ def test_measures_move_when_the_weights_move():
     assert abs(ntk_similarity_probes(model0, model0, x) - 1) < 1e-12
 
 
-def test_the_three_ntk_methods_agree_on_a_frozen_copy_and_on_two_input_sets():
+def test_the_ntk_methods_agree_on_a_frozen_copy_and_on_two_input_sets():
     model, model0, x = setup()
     K = empirical_ntk(model, x[:3], x[3:])
-    for method in ("by-parameter", "ntk-vp"):
+    for method in ("by-parameter", "ntk-vp", "factors"):
         assert torch.allclose(empirical_ntk(model, x[:3], x[3:], method=method), K, atol=1e-12), method
+    # the factors of a half-layer with a bias carry a column of ones; an identity first activation has no kink
+    biased = RevMLP(12, 3, depth=3, hidden=16, init_std=0.3, bias=True, first_activation="identity", dtype=F64, seed=2)
+    with torch.no_grad():
+        biased.blocks[1].b2.normal_()
+    assert torch.allclose(empirical_ntk(biased, x, method="factors"), empirical_ntk(biased, x), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="ntk_factors"):
+        empirical_ntk(torch.nn.Linear(12, 3).double(), x, method="factors")
+    with pytest.raises(ValueError, match="params=None"):
+        empirical_ntk(model0, x, params=all_params(model0), method="factors")
     # a frozen copy has no trained parameters: all_params differentiates it anyway
     assert torch.allclose(empirical_ntk(model0, x[:3], params=all_params(model0), method="by-parameter"),
                           empirical_ntk(model, x[:3]), atol=1e-12)

@@ -1,7 +1,8 @@
 """The three GN steps compared in the right-inverse chapter, through the one training loop's optimisers:
 the layer-wise right inverse (`GaussNewton`), the Moore-Penrose step of the logits' Jacobian and that of
-x_L's Jacobian (`MatrixFreeGaussNewton`, CG to a stated tolerance), checked against explicit pseudo-inverses
-in float64 on models small enough to form J."""
+x_L's Jacobian (`MoorePenroseGaussNewton`, CG to a stated tolerance, or for the logits a direct solve of J J^T
+formed from per-half-layer factors), checked against explicit pseudo-inverses in float64 on models small enough
+to form J."""
 from __future__ import annotations
 
 import copy
@@ -13,11 +14,11 @@ import pytest
 import torch
 
 from revgn.functional import flatten
-from revgn.gn import gn_direction
+from revgn.gn import RankDeficientError, gn_direction
 from revgn.gn_reference import CGNotConverged, jacobian_matrix
 from revgn.losses import CrossEntropy
 from revgn.models import RevMLP
-from revgn.train import GaussNewton, MatrixFreeGaussNewton
+from revgn.train import GaussNewton, MoorePenroseGaussNewton
 
 F64 = torch.float64
 CONFIGS = [(1, 30, 12), (2, 24, 10), (3, 36, 8)]  # (depth, hidden, n)
@@ -46,13 +47,13 @@ def explicit(model, x, target, output):
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=[f"L{L}-h{h}-n{n}" for L, h, n in CONFIGS])
-@pytest.mark.parametrize("output", ["logits", "body"])
-def test_the_moore_penrose_steps_solve_their_systems_and_equal_the_explicit_pseudo_inverse(cfg, output):
+@pytest.mark.parametrize("output,solver", [("logits", "cg"), ("body", "cg"), ("logits", "gram")])
+def test_the_moore_penrose_steps_solve_their_systems_and_equal_the_explicit_pseudo_inverse(cfg, output, solver):
     model, x, y = problem(*cfg)
     with torch.no_grad():
         eps = CrossEntropy().error(model(x), y)
     target = eps if output == "logits" else eps @ model.readout.T  # x_L's smallest change that moves logits by eps
-    opt = MatrixFreeGaussNewton(lr=1.0, rtol=1e-10, output=output)
+    opt = MoorePenroseGaussNewton(lr=1.0, rtol=1e-10, output=output, solver=solver)
     step = moved(opt, model, x, y)
     J, reference = explicit(model, x, target, output)
     assert ((step - reference).norm() / reference.norm()).item() <= 1e-8
@@ -60,7 +61,10 @@ def test_the_moore_penrose_steps_solve_their_systems_and_equal_the_explicit_pseu
     J_logits, _ = explicit(model, x, eps, "logits")  # either way, the logits move by eps to first order
     assert ((J_logits @ step - eps.reshape(-1)).norm() / eps.norm()).item() <= 1e-8
     info = opt.step_info
-    assert info["cg_residual"] <= 1e-9 and info["cg_iterations"] >= 1
+    if solver == "cg":
+        assert info["cg_residual"] <= 1e-9 and info["cg_iterations"] >= 1
+    else:  # a direct solve: rounding only
+        assert info["gram_residual"] <= 1e-11 and "cg_iterations" not in info
     assert info["step_norm"] == pytest.approx(step.norm().item(), rel=1e-12)
 
 
@@ -70,8 +74,8 @@ def test_the_minimum_norm_chain_logits_then_body_then_layer_wise(cfg):
     system (the whole of x_L's move fixed), so it is no shorter; the layer-wise step solves that same system,
     so it is no shorter than its minimum-norm solution."""
     model, x, y = problem(*cfg)
-    mp = moved(MatrixFreeGaussNewton(lr=1.0, rtol=1e-12), model, x, y).norm()
-    body = moved(MatrixFreeGaussNewton(lr=1.0, rtol=1e-10, output="body"), model, x, y).norm()
+    mp = moved(MoorePenroseGaussNewton(lr=1.0, rtol=1e-12), model, x, y).norm()
+    body = moved(MoorePenroseGaussNewton(lr=1.0, rtol=1e-10, output="body"), model, x, y).norm()
     layer = moved(GaussNewton(lr=1.0), model, x, y)
     with torch.no_grad():
         eps = CrossEntropy().error(model(x), y)
@@ -85,10 +89,24 @@ def test_a_step_whose_cg_does_not_converge_is_refused_and_the_model_is_left_as_i
     model, x, y = problem(2, 24, 10)
     before = copy.deepcopy(model.state_dict())
     with pytest.raises(CGNotConverged, match="did not reach"):
-        MatrixFreeGaussNewton(lr=1.0, rtol=1e-12, maxiter=2).step(model, x, y, CrossEntropy())
+        MoorePenroseGaussNewton(lr=1.0, rtol=1e-12, maxiter=2).step(model, x, y, CrossEntropy())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     with pytest.raises(TypeError, match="RevMLP"):
-        MatrixFreeGaussNewton(output="body").setup(torch.nn.Linear(3, 2), 4)
+        MoorePenroseGaussNewton(output="body").setup(torch.nn.Linear(3, 2), 4)
+    with pytest.raises(TypeError, match="RevMLP"):
+        MoorePenroseGaussNewton(solver="gram").setup(torch.nn.Linear(3, 2), 4)
+    with pytest.raises(ValueError, match="needs 'cg'"):
+        MoorePenroseGaussNewton(output="body", solver="gram")
+
+
+def test_a_direct_step_on_a_singular_system_is_refused_and_the_model_is_left_as_it_was():
+    """A repeated example makes J J^T singular: no step moves the logits by two different errors at once."""
+    model, x, y = problem(2, 24, 10)
+    x, y = torch.cat([x, x[:1]]), torch.cat([y, (y[:1] + 1) % 4])  # the same image, another label
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(RankDeficientError):
+        MoorePenroseGaussNewton(lr=1.0, rtol=1e-10, solver="gram").step(model, x, y, CrossEntropy())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 @pytest.mark.skipif(not (Path(os.environ.get("REVGN_DATA", "/nonexistent")) / "mnist").exists(),
@@ -104,6 +122,13 @@ def test_run_specs_train_the_moore_penrose_steps_and_record_each_steps_residual_
     assert min(steps["step_norm"]) > 0
     refused = run(spec.replace(**{"optimizer.cg_maxiter": 1}), tmp_path)  # a method failure, recorded as such
     assert not refused.ok and refused.failure.startswith("CGNotConverged")
+    direct = run(spec.replace(**{"optimizer.solver": "gram"}), tmp_path)  # the same steps, solved directly (float32)
+    assert direct.ok and max(direct.history.steps["gram_residual"]) <= 10 * spec.optimizer.cg_rtol
+    assert direct.metrics["test_acc"] == rec.metrics["test_acc"]
+    assert abs(direct.metrics["train_loss"] - rec.metrics["train_loss"]) <= 1e-3 * rec.metrics["train_loss"]
+    for bad in ({"optimizer.output": "body"}, {"optimizer.name": "gn"}):
+        with pytest.raises(ValueError, match="optimizer.solver='gram'"):
+            spec.replace(**{"optimizer.solver": "gram", **bad})
     for name in ("gn", "adam"):  # every optimiser reports its parameter step's norm
         assert min(run(spec.replace(optimizer=OptimSpec(name, 0.5 if name == "gn" else 1e-3))).history.steps["step_norm"]) > 0
 

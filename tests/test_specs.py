@@ -45,9 +45,11 @@ OTHER = {
     "measure": ("ntk_distance",), "kernel_inputs": 4, "cka_inputs": 100, "kappa_inputs": 10,
     "then": OptimSpec("sgd", 0.1), "switch_epoch": 2, "patience": 2,
     "until_train_loss": 0.5, "optimizer.output": "body", "optimizer.cg_rtol": 1e-8, "optimizer.cg_maxiter": 50,
+    "optimizer.solver": "gram",
 }
 # Fields that are only valid together with another change: a switch of optimiser needs both of its fields.
-COMPANION = {"then": {"switch_epoch": 1, "epochs": 3}, "switch_epoch": {"then": OptimSpec("sgd", 0.1), "epochs": 3}}
+COMPANION = {"then": {"switch_epoch": 1, "epochs": 3}, "switch_epoch": {"then": OptimSpec("sgd", 0.1), "epochs": 3},
+             "optimizer.solver": {"optimizer.name": "gn-mp"}}
 
 
 def leaf_fields(spec: RunSpec) -> list[str]:
@@ -72,6 +74,8 @@ def test_every_field_of_a_spec_is_part_of_its_key():
     assert tiny().key == base.key and RunSpec.from_dict(json.loads(json.dumps(base.to_dict()))) == base
     # a field added within the schema leaves the keys of earlier records as they were while at its default
     assert '"patience"' not in base.canonical() and '"patience":2' in base.replace(patience=2).canonical()
+    mp = base.replace(**{"optimizer.name": "gn-mp"})  # the solver alone changes the key
+    assert mp.key != mp.replace(**{"optimizer.solver": "gram"}).key and '"solver"' not in mp.canonical()
     assert '"cg_rtol"' not in base.canonical() and '"output":"body"' in base.replace(**{"optimizer.output": "body"}).canonical()
 
 

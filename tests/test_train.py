@@ -11,7 +11,7 @@ from torch import nn
 from revgn.gn import Pinv, gn_direction
 from revgn.losses import CrossEntropy, NonFiniteLossError, SquareLoss
 from revgn.models import RevMLP
-from revgn.train import SGD, Adam, GaussNewton, History, MatrixFreeGaussNewton, train
+from revgn.train import SGD, Adam, GaussNewton, History, MoorePenroseGaussNewton, train
 
 F64 = torch.float64
 
@@ -69,7 +69,7 @@ def test_matrix_free_gn_trains_a_non_reversible_model():
     x, y = toy(n=16)
     net = nn.Sequential(nn.Linear(10, 32), nn.Tanh(), nn.Linear(32, 3)).double()
     torch.manual_seed(0)
-    h = train(net, MatrixFreeGaussNewton(lr=1.0, rtol=1e-10), (x, y), loss="mse", epochs=3, progress=False)
+    h = train(net, MoorePenroseGaussNewton(lr=1.0, rtol=1e-10), (x, y), loss="mse", epochs=3, progress=False)
     assert h.epochs["train_loss"][-1] < 1e-3 * h.epochs["train_loss"][0]
 
 

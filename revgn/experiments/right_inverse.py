@@ -6,7 +6,11 @@ step of x_L's Jacobian with target eps R^T ("gn-mp", output "body": what each la
 minimum-norm for, solved for all blocks at once). Adam and SGD are the anchors. At each setting every method
 gets a rate from a bracketed grid on validation accuracy, on seed 0, reused for the other seeds
 (`gn_protocol.at_chosen_rates`); all share the data split, subset, initial weights and batch order per seed.
-Runs are float64, so that CG reaches its tolerance (in float32 its true residual stalls near 1e-5). `grid(setting)` is
+The logits' Moore-Penrose step is solved directly (J J^T formed from the RevMLP's per-half-layer factors,
+Cholesky: C backward passes, where CG needed hundreds of jvp/vjp pairs), x_L's by CG; either way a step must reach
+a true relative residual of 1e-7 (10 x cg_rtol). Runs are float64, so that CG reaches its tolerance (in float32 its
+true residual stalls near 1e-5). The flow records of `Flow` were computed with CG for the logits' step too, which
+agrees with the direct solve to that tolerance. `grid(setting)` is
 the sweep (`python -m revgn.sweep revgn.experiments.right_inverse:mnist`), recorded under
 results/right_inverse/<setting>/; `walk` reads it.
 
@@ -35,7 +39,7 @@ from . import gn_protocol as gp
 
 METHODS = {  # label -> the optimiser (its lr is replaced by the grid's)
     "layer-wise GN": OptimSpec("gn", 1.0),
-    "Moore-Penrose GN (logits)": OptimSpec("gn-mp", 1.0, cg_rtol=1e-8),
+    "Moore-Penrose GN (logits)": OptimSpec("gn-mp", 1.0, cg_rtol=1e-8, solver="gram"),
     "Moore-Penrose GN (x_L)": OptimSpec("gn-mp", 1.0, output="body", cg_rtol=1e-8),
     "Adam": OptimSpec("adam", 1e-3),
     "SGD": OptimSpec("sgd", 0.1),
