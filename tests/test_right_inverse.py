@@ -126,6 +126,12 @@ def test_run_specs_train_the_moore_penrose_steps_and_record_each_steps_residual_
     assert direct.ok and max(direct.history.steps["gram_residual"]) <= 10 * spec.optimizer.cg_rtol
     assert direct.metrics["test_acc"] == rec.metrics["test_acc"]
     assert abs(direct.metrics["train_loss"] - rec.metrics["train_loss"]) <= 1e-3 * rec.metrics["train_loss"]
+    from revgn.experiments.right_inverse import solver_agreement  # what ch08 reports, read from such twins
+    from revgn.sweep import collect
+    agree = solver_agreement({"mp": (None, [direct])}, lambda specs: collect(specs, tmp_path), "mp")
+    assert agree == {"runs": 1, "test_acc": 0.0,
+                     "train_loss": abs(direct.metrics["train_loss"] / rec.metrics["train_loss"] - 1)}
+    assert solver_agreement({"mp": (None, [rec])}, lambda specs: collect(specs, tmp_path / "none"), "mp") is None
     for bad in ({"optimizer.output": "body"}, {"optimizer.name": "gn"}):
         with pytest.raises(ValueError, match="optimizer.solver='gram'"):
             spec.replace(**{"optimizer.solver": "gram", **bad})

@@ -85,6 +85,22 @@ def complete(done: dict, label: str) -> bool:
     return label in done and bool(done[label][1]) and all(r.ok for r in done[label][1])
 
 
+def solver_agreement(done: dict, records_of, label: str = "Moore-Penrose GN (logits)") -> dict | None:
+    """The direct and the CG solve of the same Moore-Penrose step, compared run by run: for each of `label`'s
+    runs in `done` (a `walk` result) whose twin with solver="cg" is recorded too, the largest |difference| of
+    test accuracy and the largest relative difference of final training loss. {"runs", "test_acc", "train_loss"};
+    None when no twin is recorded. Both solve the same system to within 1e-7, so the runs should agree."""
+    if label not in done:
+        return None
+    pairs = [(r, twin) for r in done[label][1]
+             for twin in records_of([r.spec.replace(**{"optimizer.solver": "cg"})]) if twin is not None and r.ok and twin.ok]
+    if not pairs:
+        return None
+    return {"runs": len(pairs),
+            "test_acc": max(abs(a.metrics["test_acc"] - b.metrics["test_acc"]) for a, b in pairs),
+            "train_loss": max(abs(a.metrics["train_loss"] / b.metrics["train_loss"] - 1) for a, b in pairs)}
+
+
 EQUIVALENCE = 0.01  # test accuracy: a paired 95% interval inside +-1 point counts as "alike"
 
 
