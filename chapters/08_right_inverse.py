@@ -272,9 +272,14 @@ def verdict_text(setting: str, where: str) -> str:
                if complete(label) and complete("Adam")]
     if answer is None:
         missing = [label for label in ri.GN_METHODS if not complete(label)]
+        lw = ri.GN_METHODS[0]
+        vs_lw = [f"{label} minus {lw}, {gp.compare(d[label][1], d[lw][1]).text()} "
+                 f"({verdict(gp.compare(d[label][1], d[lw][1]), 'better', 'worse', 'no detectable difference')})"
+                 for label in ri.GN_METHODS[1:] if complete(label) and complete(lw)]
         return (f"**{where}.** Not recorded at every seed yet: {', '.join(missing)}; so no verdict on the question "
-                f"(`{ri.sweep_command(setting)}` records the rest, resuming "
-                f"across sessions)." + (" Recorded so far, against Adam: " + "; ".join(vs_adam) + "." if vs_adam else ""))
+                f"(`{ri.sweep_command(setting)}` records the rest, resuming across sessions)."
+                + (" Recorded so far, against the layer-wise step: " + "; ".join(vs_lw) + "." if vs_lw else "")
+                + (" Against Adam: " + "; ".join(vs_adam) + "." if vs_adam else ""))
     comps = "; ".join(f"{label} minus layer-wise GN, {c.text()}" for label, c in answer.comparisons.items())
     text = (f"**{where}: {LETTERS[answer.letter]}.** Test accuracy, paired over seeds: {comps}. (The rule, fixed before "
             f"the runs: (a) when both 95% intervals lie inside $\\pm${ri.EQUIVALENCE * 100:g} point, an equivalence "
