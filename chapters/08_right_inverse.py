@@ -341,12 +341,16 @@ cost_c, lw = (costs or {}).get("settings", {}).get("cifar10-subset", {}), ri.GN_
 if ri.complete(done_c, lw) and all(label in cost_c for label in ri.GN_METHODS):
     steps = len(done_c[lw][1][0].history.steps["loss"])  # every method takes the same steps
     cg = [label for label in ri.GN_METHODS[1:] if ri.METHODS[label].solver == "cg"]  # cost grows with iterations
+    mp_logits = "Moore-Penrose GN (logits)"
+    by_cg = f"{mp_logits}, by CG"  # timed next to the others (right_inverse.TIMED_ONLY), not swept
     markdown(f"What a run costs here: at init a step costs {cost_c[lw]['median_s']:.2g} s for the layer-wise GN and "
              + " and ".join(f"{cost_c[label]['median_s']:.2g} s for {label}" for label in ri.GN_METHODS[1:])
              + f" on one core (the table's last column), and a run takes {steps} steps: at least "
              + " and ".join(f"{cost_c[label]['median_s'] * steps / 60:.0f} minutes for {label}" for label in ri.GN_METHODS[1:])
              + " per run" + (f", more for {' and '.join(cg)}, where CG needs more iterations along training than at "
-                             "init." if cg else "."))
+                             "init." if cg else ".")
+             + (f" Solved by CG instead of directly, the logits' step would take {cost_c[by_cg]['median_s']:.2g} s "
+                f"({cost_c[by_cg]['median_s'] / cost_c[mp_logits]['median_s']:.0f} times as long)." if by_cg in cost_c else ""))
     cost_m, done_m = costs["settings"].get("mnist", {}), walked["mnist"][1]
     mp = [label for label in cg if label in cost_m and ri.complete(done_m, label)]
     if mp:

@@ -155,10 +155,14 @@ def sweep_command(setting: str) -> str:
     return f"python -m revgn.sweep revgn.experiments.right_inverse:{GRIDS[setting].__name__}"
 
 
+#: steps timed next to METHODS but not swept: the logits' Moore-Penrose step by CG, to show what the direct solve saves
+TIMED_ONLY = {"Moore-Penrose GN (logits), by CG": replace(METHODS["Moore-Penrose GN (logits)"], solver="cg")}
+
+
 def step_costs(setting: str, repeats: int = 5) -> dict[str, dict[str, float]]:
-    """Seconds per step of every method on one batch of the setting, side by side (`revgn.bench.time_optimizers`:
-    interleaved rounds, from the seed-0 initial network): {label: {"median_s", "cg_iterations"}} (the mean CG
-    iterations of the timed steps, for the Moore-Penrose steps)."""
+    """Seconds per step of every method (and of TIMED_ONLY) on one batch of the setting, side by side
+    (`revgn.bench.time_optimizers`: interleaved rounds, from the seed-0 initial network): {label: {"median_s",
+    "cg_iterations"}} (the mean CG iterations of the timed steps, for the steps solved by CG; 0 otherwise)."""
     from ..bench import median, time_optimizers
     from ..losses import get_loss
 
@@ -166,7 +170,7 @@ def step_costs(setting: str, repeats: int = 5) -> dict[str, dict[str, float]]:
     sets = runs.splits_of(spec.data)
     x, y = sets["train"].x[:spec.batch_size], sets["train"].y[:spec.batch_size]
     model = spec.model.build(x.shape[1], sets["train"].num_classes, getattr(torch, spec.data.dtype))
-    opts = {label: opt.build(spec.seed) for label, opt in METHODS.items()}
+    opts = {label: opt.build(spec.seed) for label, opt in {**METHODS, **TIMED_ONLY}.items()}
     iterations = {label: [] for label in opts}
 
     class Counting:  # keeps each step's CG iterations (a list append: nothing next to a step's cost)
