@@ -167,7 +167,7 @@ class OptimSpec:
 
         if self.name == "gn-mp":
             return MoorePenroseGaussNewton(self.lr, damping=self.damping, rtol=self.cg_rtol,
-                                         maxiter=self.cg_maxiter or None, output=self.output, solver=self.solver)
+                                           maxiter=self.cg_maxiter or None, output=self.output, solver=self.solver)
         if self.name == "gn":
             pinv = Pinv(self.pinv, rtol=self.rtol, atol=self.atol, damping=self.damping, ridge=self.ridge,
                         noise=self.noise, ridge_relative=self.ridge_relative)
