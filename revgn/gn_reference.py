@@ -21,9 +21,10 @@ from .functional import Params, as_function, params_of, unflatten
 from .gn import RankDeficientError
 
 
-class CGNotConverged(RankDeficientError):
-    """Conjugate gradients did not solve the kernel system to the asked tolerance: the step is refused (a
-    failure of the method on this batch, like rank-deficient features, not of the machine)."""
+class StepNotSolved(RankDeficientError):
+    """A Moore-Penrose step's kernel system was not solved to the asked tolerance (CG ran out of iterations, or
+    the true residual of a CG or Cholesky solution is too large): the step is refused (a failure of the method on
+    this batch, like rank-deficient features, not of the machine)."""
 
 
 def jacobian_matrix(model: nn.Module, x: torch.Tensor, params: Params | None = None, **kwargs) -> torch.Tensor:
@@ -76,7 +77,7 @@ def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.
         rs = rs_new
     if not strict:
         return CGResult(u, maxiter, (rs.sqrt() / bnorm).item())
-    raise CGNotConverged(f"conjugate gradients did not reach rtol={rtol} in {maxiter} iterations "
+    raise StepNotSolved(f"conjugate gradients did not reach rtol={rtol} in {maxiter} iterations "
                          f"(relative residual {(rs.sqrt() / bnorm).item():.2e}); J J^T may be singular: add damping")
 
 

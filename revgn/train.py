@@ -222,7 +222,7 @@ class MoorePenroseGaussNewton(Optimizer):
     solved by Cholesky (logits only; the same step, without iterations). Every step reports the true relative
     residual ||J Delta - target|| / ||target||, the norm of the parameter step and, for CG, its iterations
     (`step_info`); a step whose residual exceeds `REFUSE` x rtol, or whose system is singular, is refused
-    (`CGNotConverged`, `RankDeficientError`), leaving the model as it was.
+    (`StepNotSolved`, `RankDeficientError`), leaving the model as it was.
     """
 
     REFUSE = 10.0  # slack over rtol for the true residual (CG stops on its recursive one)
@@ -245,7 +245,7 @@ class MoorePenroseGaussNewton(Optimizer):
                             "per-half-layer factors); this model is not one")
 
     def step(self, model, x, y, loss) -> float:
-        from .gn_reference import CGNotConverged
+        from .gn_reference import StepNotSolved
 
         with torch.no_grad():
             logits = model(x)
@@ -260,7 +260,7 @@ class MoorePenroseGaussNewton(Optimizer):
                                                      maxiter=self.maxiter, **({"output": "body"} if self.output == "body" else {}))
             residual, info = cg.relative_residual, {"cg_iterations": cg.iterations, "cg_residual": cg.relative_residual}
         if not residual <= self.REFUSE * self.rtol:
-            raise CGNotConverged(f"the {self.solver} step's true relative residual {residual:.2e} exceeds "
+            raise StepNotSolved(f"the {self.solver} step's true relative residual {residual:.2e} exceeds "
                                  f"{self.REFUSE:g} x rtol = {self.REFUSE * self.rtol:.1e}; step refused")
         apply_step(model, direction, self.lr)
         self.step_info = {**info, "step_norm": self.lr * _norm(direction.values())}

@@ -15,7 +15,7 @@ import torch
 
 from revgn.functional import flatten
 from revgn.gn import RankDeficientError, gn_direction
-from revgn.gn_reference import CGNotConverged, jacobian_matrix
+from revgn.gn_reference import StepNotSolved, jacobian_matrix
 from revgn.losses import CrossEntropy
 from revgn.models import RevMLP
 from revgn.train import GaussNewton, MoorePenroseGaussNewton
@@ -88,7 +88,7 @@ def test_the_minimum_norm_chain_logits_then_body_then_layer_wise(cfg):
 def test_a_step_whose_cg_does_not_converge_is_refused_and_the_model_is_left_as_it_was():
     model, x, y = problem(2, 24, 10)
     before = copy.deepcopy(model.state_dict())
-    with pytest.raises(CGNotConverged, match="did not reach"):
+    with pytest.raises(StepNotSolved, match="did not reach"):
         MoorePenroseGaussNewton(lr=1.0, rtol=1e-12, maxiter=2).step(model, x, y, CrossEntropy())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     with pytest.raises(TypeError, match="RevMLP"):
@@ -121,7 +121,7 @@ def test_run_specs_train_the_moore_penrose_steps_and_record_each_steps_residual_
     assert rec.ok and len(steps["cg_residual"]) == 4 and max(steps["cg_residual"]) <= 10 * spec.optimizer.cg_rtol
     assert min(steps["step_norm"]) > 0
     refused = run(spec.replace(**{"optimizer.cg_maxiter": 1}), tmp_path)  # a method failure, recorded as such
-    assert not refused.ok and refused.failure.startswith("CGNotConverged")
+    assert not refused.ok and refused.failure.startswith("StepNotSolved")
     direct = run(spec.replace(**{"optimizer.solver": "gram"}), tmp_path)  # the same steps, solved directly (float32)
     assert direct.ok and max(direct.history.steps["gram_residual"]) <= 10 * spec.optimizer.cg_rtol
     assert direct.metrics["test_acc"] == rec.metrics["test_acc"]
