@@ -164,9 +164,11 @@ SETTINGS = {
     "book": Settings(Point(n_train=2000, hidden=512, batch=128, epochs=6)),
     # All of MNIST's training images but the validation split, trained until validation accuracy stops rising,
     # tested on the whole test split; rates chosen on seed 0 and reused for the other seeds (the CPU budget).
-    # The cells come in the order they decide the question: n = 1024 first, where the paper trains.
+    # The cells come in the order they decide the question: n = 1024 first, where the paper trains, then the n
+    # axis at n = 256. (256, 16) was planned too and dropped unrun: h = 4096 at n = 256 is some eight core-hours for
+    # its rate grid and seeds, past the tier's budget, and the n axis is already crossed at h/n = 4.
     "full": Settings(Point(n_train=55000, hidden=2048, batch=1024, epochs=30, patience=3), cells=((1024, 2), (1024, 4),
-                     (256, 4), (256, 16)), lrs={"gn": (0.3, 1.0), "adam": (3e-4, 1e-3, 3e-3)}, each_seed=False,
+                     (256, 4)), lrs={"gn": (0.3, 1.0), "adam": (3e-4, 1e-3, 3e-3)}, each_seed=False,
                      n_val={"mnist": 5000, "cifar10-subset": 500}, n_test={"mnist": None, "cifar10-subset": None},
                      factors=False,
                      cifar=({"dataset": "cifar10-subset", "n_train": 3500, "hidden": 512, "batch": 128},
