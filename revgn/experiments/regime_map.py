@@ -284,8 +284,13 @@ def gap_verdict(summaries: list[dict], seeds: int | None = None) -> tuple[str, s
         return f"not recorded yet (0 of {seeds or '?'} seeds)", "no verdict"
     if any(r["gap"] is None for r in summaries):
         return "exact GN refused at every rate", "no comparison"
-    c = paired([r["gn"]["test_acc"] for r in summaries], [r["adam"]["test_acc"] for r in summaries])
+    c = gap(summaries)
     return c.text(), verdict(c, above="claim fails: GN better", below="claim holds: GN worse")
+
+
+def gap(summaries: list[dict]):
+    """GN minus Adam test accuracy over a regime's seeds, paired (`revgn.stats.paired`; every seed must have run)."""
+    return paired([r["gn"]["test_acc"] for r in summaries], [r["adam"]["test_acc"] for r in summaries])
 
 
 def rates(summaries: list[dict], o: str) -> str:
