@@ -28,7 +28,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .gn import Pinv, RankDeficientError, iter_block_directions
-from .gn_reference import gram_gn_direction, matrix_free_gn_direction
+from .gn_reference import StepNotSolved, gram_gn_direction, matrix_free_gn_direction
 from .losses import NonFiniteLossError, accuracy, check_finite, get_loss
 from .models import RevMLP
 from .utils import atomic_write_bytes, atomic_write_json, check_int, read_json
@@ -245,8 +245,6 @@ class MoorePenroseGaussNewton(Optimizer):
                             "per-half-layer factors); this model is not one")
 
     def step(self, model, x, y, loss) -> float:
-        from .gn_reference import StepNotSolved
-
         with torch.no_grad():
             logits = model(x)
             value = check_finite(loss(logits, y), "Moore-Penrose GN step")
