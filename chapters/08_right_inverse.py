@@ -94,7 +94,8 @@ for setting in ri.SETTINGS:
     walked[setting] = ri.walk(setting, runs.all if run.scale == "paper" else lambda specs: collect(specs, store))
     needed, done = walked[setting]
     print(f"{setting}: {len(done)} of {len(ri.METHODS)} methods recorded at all {len(ri.SEEDS)} seeds; "
-          f"{sum(r is None for r in collect(needed, store))} runs still to sweep")
+          f"runs not recorded yet of those asked for so far: {sum(r is None for r in collect(needed, store))} "
+          "(seed 0 chooses a method's rate before its other seeds are asked for)")
 flows = {name: (flow, ri.load_flow(flow)) for name, flow in ri.FLOWS.items()}
 for name, (flow, recs) in flows.items():
     print(f"flow {name}: {len(recs)} of {len(flow.seeds)} seeds recorded")
@@ -198,8 +199,12 @@ def describe(setting: str):
     for label in ri.METHODS:
         measured = f"{cost[label]['median_s']:.2g} s" if label in cost else ""
         if not ok(label):
-            rows.append([label, "not recorded yet" if label not in done else "failed: " + str(done[label][0].describe())]
-                        + [""] * 7 + [measured])
+            scores, chosen, k = ri.progress(setting, label, lambda specs: collect(specs, ri.store_of(setting)))
+            seed0 = ", ".join(f"{lr:.3g}: " + ("not recorded" if v is None else f"{v:.3g}") for lr, v in scores.items())
+            state = ("failed: " + str(done[label][0].describe()) if label in done else
+                     f"{seed0}; rate not chosen yet" if chosen is None else
+                     f"{seed0}; {chosen:.3g} chosen, {k} of {len(ri.SEEDS)} seeds recorded")
+            rows.append([label, state] + [""] * 7 + [measured])
             continue
         recs = done[label][1]
         drop = np.mean([gp.batch_loss_drop(r).mean() for r in recs])

@@ -211,3 +211,37 @@ def test_each_setting_names_the_sweep_that_records_it():
         assert load_grid(name).topic == f"right_inverse/{setting}"
     with pytest.raises(ValueError, match="setting"):
         ri.sweep_command("imagenet")
+
+
+def test_a_method_enters_the_walk_result_only_once_every_seed_is_recorded_and_progress_says_how_far_it_is():
+    from dataclasses import replace
+    from types import SimpleNamespace as NS
+
+    from revgn.experiments import right_inverse as ri
+
+    label = "Moore-Penrose GN (x_L)"
+    val = {0.1: 0.30, 0.3: 0.33, 1.0: 0.34, 2.0: 0.32}  # seed 0: 1 wins at the grid's top, so the cap 2 is tried
+    recorded = {}
+
+    def records_of(specs):
+        return [recorded.get(s) for s in specs]
+
+    def record(lr, seed):
+        spec = ri.SETTINGS["cifar10-subset"].replace(optimizer=replace(ri.METHODS[label], lr=lr), seed=seed,
+                                                     **{"model.seed": seed})
+        recorded[spec] = NS(spec=spec, ok=True, metrics={"val_acc": val[lr], "test_acc": 0.3})
+
+    for lr in (0.1, 0.3, 1.0):
+        record(lr, 0)
+    scores, chosen, k = ri.progress("cifar10-subset", label, records_of)
+    assert scores == {0.1: 0.30, 0.3: 0.33, 1.0: 0.34, 2.0: None} and chosen is None and k == 0
+    record(2.0, 0)
+    record(1.0, 1)
+    needed, done = ri.walk("cifar10-subset", records_of)
+    assert label not in done  # rate chosen, seeds 2-4 missing: not a result yet (nor a failure)
+    assert {s.seed for s in needed if s.optimizer.output == "body" and s.optimizer.lr == 1.0} == set(ri.SEEDS)
+    assert ri.progress("cifar10-subset", label, records_of)[1:] == (1.0, 2)
+    for seed in ri.SEEDS[2:]:
+        record(1.0, seed)
+    needed, done = ri.walk("cifar10-subset", records_of)
+    assert done[label][0].lr == 1.0 and len(done[label][1]) == len(ri.SEEDS) and ri.complete(done, label)

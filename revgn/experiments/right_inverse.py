@@ -67,17 +67,39 @@ def store_of(setting: str):
 
 def walk(setting: str, records_of) -> tuple[list, dict]:
     """The specs the records ask for next, and {method: (selection on seed 0, [Record per seed])} for every
-    method whose runs are recorded. records_of(specs) -> Records, None where missing."""
+    method whose runs are recorded at every seed (`progress` says how far the others are). records_of(specs) -> Records, None where missing."""
     store_of(setting)
     needed, out = [], {}
-    for label, opt in METHODS.items():
-        lrs = LRS[opt.name]
-        specs = gp.at_seeds(SETTINGS[setting].replace(optimizer=replace(opt, lr=lrs[0])), SEEDS)
-        more, sels = gp.at_chosen_rates(specs, lrs, "val_acc", records_of, each_seed=False, cap=CAP.get(opt.name))
+    for label in METHODS:
+        specs, more, sels = _walk_method(setting, label, records_of)
         needed += more
         if all(s is not None for s in sels):
-            out[label] = (sels[0], gp.records_at(specs, sels[0], records_of))
+            recs = gp.records_at(specs, sels[0], records_of)
+            if all(r is not None for r in recs):  # a seed still training: not yet
+                out[label] = (sels[0], recs)
     return needed, out
+
+
+def _walk_method(setting: str, label: str, records_of) -> tuple[list, list, list]:
+    """One method's specs at the first rate and every seed, the specs its records ask for so far, and its
+    selections (None per seed while its rate is not chosen)."""
+    opt = METHODS[label]
+    lrs = LRS[opt.name]
+    specs = gp.at_seeds(SETTINGS[setting].replace(optimizer=replace(opt, lr=lrs[0])), SEEDS)
+    more, sels = gp.at_chosen_rates(specs, lrs, "val_acc", records_of, each_seed=False, cap=CAP.get(opt.name))
+    return specs, more, sels
+
+
+def progress(setting: str, label: str, records_of) -> tuple[dict[float, float | None], float | None, int]:
+    """Where a method's sweep stands: {rate: seed 0's validation accuracy, None while that run is not recorded,
+    -inf if it failed} over the rates asked for so far; the rate chosen on seed 0 (None while not chosen); and how
+    many seeds are recorded at that rate."""
+    specs, more, sels = _walk_method(setting, label, records_of)
+    first = [s for s in more if s.seed == SEEDS[0]]
+    scores = {s.optimizer.lr: None if r is None else gp.score(r, "val_acc") for s, r in zip(first, records_of(first))}
+    if sels[0] is None:
+        return scores, None, 0
+    return scores, sels[0].lr, sum(r is not None for r in gp.records_at(specs, sels[0], records_of))
 
 
 def complete(done: dict, label: str) -> bool:
