@@ -78,7 +78,7 @@ def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.
     if not strict:
         return CGResult(u, maxiter, (rs.sqrt() / bnorm).item())
     raise StepNotSolved(f"conjugate gradients did not reach rtol={rtol} in {maxiter} iterations "
-                         f"(relative residual {(rs.sqrt() / bnorm).item():.2e}); J J^T may be singular: add damping")
+                        f"(relative residual {(rs.sqrt() / bnorm).item():.2e}); J J^T may be singular: add damping")
 
 
 def matrix_free_gn_direction(model: nn.Module, x: torch.Tensor, error: torch.Tensor, *, damping: float = 0.0,

@@ -259,7 +259,7 @@ class MoorePenroseGaussNewton(Optimizer):
             residual, info = cg.relative_residual, {"cg_iterations": cg.iterations, "cg_residual": cg.relative_residual}
         if not residual <= self.REFUSE * self.rtol:
             raise StepNotSolved(f"the {self.solver} step's true relative residual {residual:.2e} exceeds "
-                                 f"{self.REFUSE:g} x rtol = {self.REFUSE * self.rtol:.1e}; step refused")
+                                f"{self.REFUSE:g} x rtol = {self.REFUSE * self.rtol:.1e}; step refused")
         apply_step(model, direction, self.lr)
         self.step_info = {**info, "step_norm": self.lr * _norm(direction.values())}
         return value

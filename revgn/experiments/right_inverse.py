@@ -67,7 +67,8 @@ def store_of(setting: str):
 
 def walk(setting: str, records_of) -> tuple[list, dict]:
     """The specs the records ask for next, and {method: (selection on seed 0, [Record per seed])} for every
-    method whose runs are recorded at every seed (`progress` says how far the others are). records_of(specs) -> Records, None where missing."""
+    method whose runs are recorded at every seed (`progress` says how far the others are). records_of(specs) ->
+    Records, None where missing."""
     store_of(setting)
     needed, out = [], {}
     for label in METHODS:
