@@ -274,8 +274,10 @@ full = {label: summ for label, (_, summ) in walks.items()}
 sweeping = {label: (sum(r is not None for r in collect(needed, full_store)), len(needed))
             for label, (needed, summ) in walks.items() if len(summ) < len(F.seeds)}
 full_recs = [r for r in collect(rm.grid("full").specs, full_store) if r is not None]
-markdown(rm.verdict_table(full, seeds=len(F.seeds)) + f"\n\nOne test image is {point(10000):.2f} points (MNIST) "
-         f"and {point(1000):.1f} points (CIFAR-10 subset). {provenance(full_recs, 'results/regime_map/full')}"
+full_test = {d: len(data.load(d, "test", n=n)) for d, n in F.n_test.items()}
+markdown(rm.verdict_table(full, seeds=len(F.seeds)) + f"\n\nOne test image is {point(full_test['mnist']):.2f} points "
+         f"(MNIST) and {point(full_test['cifar10-subset']):.1f} points (CIFAR-10 subset). "
+         + provenance(full_recs, "results/regime_map/full")
          + ("\n\nStill being swept (runs recorded of those asked for so far; the count grows as grids are bracketed "
             "and seeds freed): " + "; ".join(f"{label}: {k} of {m}" for label, (k, m) in sweeping.items()) + "."
             if sweeping else ""))
@@ -377,8 +379,8 @@ for label in full_done:
     by_word.setdefault(word, []).append(f"{label}, {text}")
 largest = max((abs(rm.gap(full[k]).mean) for k in full_done if k.startswith("n = ")), default=None)
 markdown("\n".join(f"* **{word}**: {'; '.join(items)}" for word, items in by_word.items())
-         + (f"\n\nOn MNIST no full-tier gap exceeds {largest * 100:.1f} points ({largest * 10000:.0f} of 10,000 test "
-            "images) either way." if largest is not None else ""))
+         + (f"\n\nOn MNIST no full-tier gap exceeds {largest * 100:.1f} points ({largest * full_test['mnist']:.0f} of "
+            f"{full_test['mnist']:,} test images) either way." if largest is not None else ""))
 
 # %% [markdown]
 # Exact GN trains close to kernel regression with the
