@@ -203,7 +203,7 @@ def describe(setting: str):
             seed0 = ", ".join(f"{lr:.3g}: " + ("not recorded" if v is None else f"{v:.3g}") for lr, v in scores.items())
             state = ("failed: " + str(done[label][0].describe()) if label in done else
                      f"{seed0}; rate not chosen yet" if chosen is None else
-                     f"{seed0}; {chosen:.3g} chosen, {k} of {len(ri.SEEDS)} seeds recorded")
+                     f"{chosen.describe()}; {k} of {len(ri.SEEDS)} seeds recorded")
             rows.append([label, state] + [""] * 7 + [measured])
             continue
         recs = done[label][1]

@@ -240,7 +240,8 @@ def test_a_method_enters_the_walk_result_only_once_every_seed_is_recorded_and_pr
     needed, done = ri.walk("cifar10-subset", records_of)
     assert label not in done  # rate chosen, seeds 2-4 missing: not a result yet (nor a failure)
     assert {s.seed for s in needed if s.optimizer.output == "body" and s.optimizer.lr == 1.0} == set(ri.SEEDS)
-    assert ri.progress("cifar10-subset", label, records_of)[1:] == (1.0, 2)
+    _, chosen, k = ri.progress("cifar10-subset", label, records_of)
+    assert (chosen.lr, k) == (1.0, 2) and chosen.describe() == "0.1: 0.3, 0.3: 0.33, 1: 0.34 (chosen), 2: 0.32"
     for seed in ri.SEEDS[2:]:
         record(1.0, seed)
     needed, done = ri.walk("cifar10-subset", records_of)

@@ -91,16 +91,16 @@ def _walk_method(setting: str, label: str, records_of) -> tuple[list, list, list
     return specs, more, sels
 
 
-def progress(setting: str, label: str, records_of) -> tuple[dict[float, float | None], float | None, int]:
+def progress(setting: str, label: str, records_of) -> tuple[dict[float, float | None], gp.Selection | None, int]:
     """Where a method's sweep stands: {rate: seed 0's validation accuracy, None while that run is not recorded,
-    -inf if it failed} over the rates asked for so far; the rate chosen on seed 0 (None while not chosen); and how
-    many seeds are recorded at that rate."""
+    -inf if it failed} over the rates asked for so far; seed 0's selection (None while the rate is not chosen;
+    its `describe()` says whether the choice is at the cap); and how many seeds are recorded at the chosen rate."""
     specs, more, sels = _walk_method(setting, label, records_of)
     first = [s for s in more if s.seed == SEEDS[0]]
     scores = {s.optimizer.lr: None if r is None else gp.score(r, "val_acc") for s, r in zip(first, records_of(first))}
     if sels[0] is None:
         return scores, None, 0
-    return scores, sels[0].lr, sum(r is not None for r in gp.records_at(specs, sels[0], records_of))
+    return scores, sels[0], sum(r is not None for r in gp.records_at(specs, sels[0], records_of))
 
 
 def complete(done: dict, label: str) -> bool:
