@@ -298,16 +298,16 @@ def in_words(setting: str, answer) -> str:
     """How large and how firm the answer is, and what it does to GN against Adam and to laziness (from the records)."""
     _, d = walked[setting]
     m = ri.EQUIVALENCE
-    ends = [(label, end) for label, c in answer.comparisons.items() for end in (c.lo, c.hi) if abs(abs(end) - m) < 0.1 * m]
     n_test = len(splits_of(ri.SETTINGS[setting].data)["test"].y)
     sizes = [abs(c.mean) for c in answer.comparisons.values()]
     out = [f"The differences are {min(sizes) * 100:.1f} to {max(sizes) * 100:.1f} points of test accuracy, a net "
            f"{min(sizes) * n_test:.0f} to {max(sizes) * n_test:.0f} of the {n_test:,} test images."]
-    if ends:
-        out.append("The letter is decided at the margin: " + "; ".join(
-            f"{label}'s interval ends at {end * 100:+.2f} points" for label, end in ends)
-            + f", against $\\pm${m * 100:g}; a margin a tenth of a point "
-            + ("wider" if answer.letter == "b" else "narrower") + " could change it.")
+    need = answer.margin_for_a  # the farthest interval end from 0
+    out.append(f"(a) would hold at any equivalence margin above $\\pm${need * 100:.2f} points (the farthest end of the "
+               f"intervals), against the $\\pm${m * 100:g} fixed before the runs"
+               + ("; a margin a tenth of a point narrower would change the letter." if answer.letter == "a"
+                  and need > m - 0.001 else "; a margin a tenth of a point wider would make it (a)."
+                  if answer.letter != "a" and need < m + 0.001 else "."))
     if ri.complete(d, "Adam"):
         words = {label: verdict(gp.compare(d[label][1], d["Adam"][1]), "better than Adam", "worse than Adam",
                                 "not detectably different from Adam") for label in ri.GN_METHODS}

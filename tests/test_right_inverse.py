@@ -192,6 +192,11 @@ def test_the_verdict_letter_follows_the_rule_and_waits_for_every_seed_of_every_g
     assert ri.which_inverse(_done({mp[0]: [0.02, 0.025, 0.018, 0.022, 0.02]})).letter == "b"
     noisy = [0.03, -0.02, 0.025, -0.015, 0.0]  # mean near 0, interval past the margin both ways
     assert ri.which_inverse(_done({m: noisy for m in mp})).letter == "c"
+    # the margin that would give (a): (a) at any margin above it, not at any below, whatever the letter
+    for offsets in ({m: small for m in mp}, {m: noisy for m in mp}, {mp[0]: [0.02, 0.025, 0.018, 0.022, 0.02]}):
+        need = ri.which_inverse(_done(offsets)).margin_for_a
+        assert ri.which_inverse(_done(offsets), margin=need * 1.01).letter == "a"
+        assert ri.which_inverse(_done(offsets), margin=need * 0.99).letter != "a"
     assert ri.which_inverse(_done({m: [0.02, 0.02, 0.02, 0.02, 0.0201] for m in mp})).letter == "b"
     # incomplete: a GN step missing, with fewer seeds' runs, or with a failed run gives no letter
     partial = _done({})

@@ -136,6 +136,12 @@ class Answer:
     letter: str
     comparisons: dict[str, Paired]
 
+    @property
+    def margin_for_a(self) -> float:
+        """The smallest equivalence margin at which the intervals give (a): the farthest end of any of them from 0
+        (how close the answer is to "alike", whatever the letter; the seed counts permitting)."""
+        return max(max(abs(c.lo), abs(c.hi)) for c in self.comparisons.values())
+
 
 def which_inverse(done: dict, margin: float = EQUIVALENCE) -> Answer | None:
     """(a) when every Moore-Penrose step's paired difference from the layer-wise step has MIN_SEEDS pairs and a
