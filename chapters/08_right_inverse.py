@@ -302,12 +302,12 @@ def in_words(setting: str, answer) -> str:
     sizes = [abs(c.mean) for c in answer.comparisons.values()]
     out = [f"The differences are {min(sizes) * 100:.1f} to {max(sizes) * 100:.1f} points of test accuracy, a net "
            f"{min(sizes) * n_test:.0f} to {max(sizes) * n_test:.0f} of the {n_test:,} test images."]
-    need = answer.margin_for_a  # the farthest interval end from 0
+    need, tenth = answer.margin_for_a, 0.001  # the farthest interval end from 0; a tenth of a point
+    close = ("; a margin a tenth of a point narrower would change the letter" if answer.letter == "a" and need > m - tenth
+             else "; a margin a tenth of a point wider would make it (a)" if answer.letter != "a" and need < m + tenth
+             else "")
     out.append(f"(a) would hold at any equivalence margin above $\\pm${need * 100:.2f} points (the farthest end of the "
-               f"intervals), against the $\\pm${m * 100:g} fixed before the runs"
-               + ("; a margin a tenth of a point narrower would change the letter." if answer.letter == "a"
-                  and need > m - 0.001 else "; a margin a tenth of a point wider would make it (a)."
-                  if answer.letter != "a" and need < m + 0.001 else "."))
+               f"intervals), against the $\\pm${m * 100:g} fixed before the runs{close}.")
     if ri.complete(d, "Adam"):
         words = {label: verdict(gp.compare(d[label][1], d["Adam"][1]), "better than Adam", "worse than Adam",
                                 "not detectably different from Adam") for label in ri.GN_METHODS}
