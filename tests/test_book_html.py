@@ -7,6 +7,10 @@ would on a cluster node or from an archived copy), MathJax is awaited, and the t
 - no request left the machine (the book ships its own MathJax, see `_config.yml`);
 - every math element was typeset by MathJax, none with a TeX error, and no raw TeX delimiters
   (\\( \\) \\[ \\] $$ \\begin) remain in the visible text outside code;
+- no raw Markdown or TeX is left in the visible text outside code: a pipe table's rule `|---`, `**`
+  emphasis, a `$...$` pair or a backslash command such as `\\frac` (the symptom of Markdown outputs parsed as
+  commonmark instead of MyST), and a paragraph of table rows is not a table;
+- no display equation is wider than its box unless that box scrolls (a clipped formula);
 - every <img> loaded (natural width > 0);
 - every internal link, equation reference and citation points at an anchor that exists;
 - no JavaScript error was raised or logged.
@@ -32,11 +36,16 @@ HTML = Path(os.environ.get("REVGN_BOOK_HTML", ROOT / "_build" / "html")).resolve
 SCREENSHOTS = HTML.parent / "screenshots"
 PAGES = sorted(p.relative_to(HTML).as_posix() for p in [*HTML.glob("*.html"), *HTML.glob("chapters/*.html")])
 TEX_DELIMITERS = ("\\(", "\\)", "\\[", "\\]", "$$", "\\begin{")
+#: raw Markdown or TeX in visible text: (what it is, a JavaScript regular expression)
+RAW_MARKUP = (("a pipe table's rule", r"\|\s*:?-{3,}"), ("a table row as text", r"^\s*\|.*\|.*\|\s*$"),
+              ("** emphasis", r"\*\*\S"), ("a $...$ pair", r"\$[^$\s][^$]*\$"),
+              ("a TeX command", r"\\[a-zA-Z]{2,}\b"))
+FIXTURE = Path(__file__).with_name("fixtures") / "broken_page.html"
 MATHJAX_TIMEOUT_MS = 20_000  # MathJax typesets a chapter from disk in about a second
 
 # Runs in the page once it has loaded and MathJax (if the page has math) has finished typesetting.
 INSPECT_JS = r"""
-async (delims) => {
+async ([delims, markup]) => {
   const out = {ids: [...document.querySelectorAll('[id]')].map(e => e.id), names: []};
   document.querySelectorAll('a[name]').forEach(a => out.ids.push(a.name));
   const maths = [...document.querySelectorAll('.math')];
@@ -52,6 +61,33 @@ async (delims) => {
     if (!el || el.closest(skip) || !el.checkVisibility()) continue;
     const hit = delims.find(d => node.textContent.includes(d));
     if (hit) out.raw_tex.push(`${hit} in: ${node.textContent.trim().slice(0, 80)}`);
+  }
+  // Raw Markdown or TeX: judged on each visible block's text (a table row spans several text nodes).
+  out.raw_markup = [];
+  const blocks = [...document.querySelectorAll('p, li, td, th, dd, dt, h1, h2, h3, h4, figcaption, caption')];
+  for (const el of blocks) {
+    if (el.closest(skip) || !el.checkVisibility()) continue;
+    const copy = el.cloneNode(true);  // its text without typeset formulas (MathJax's copy holds TeX-like text)
+    copy.querySelectorAll('mjx-container, .math, ' + skip).forEach(e => e.remove());
+    const lines = copy.textContent.split('\n');
+    for (const [what, re] of markup) {  // each kind once per block, with the first line that shows it
+      const line = lines.find(l => new RegExp(re).test(l));
+      if (line !== undefined) out.raw_markup.push(`${what} in: ${line.trim().slice(0, 80)}`);
+    }
+  }
+  // Display equations wider than their box, with no scrolling box between them and the page.
+  out.clipped_math = [];
+  for (const c of document.querySelectorAll('mjx-container[display="true"]')) {
+    const math = c.querySelector('mjx-math') || c;
+    const width = math.getBoundingClientRect().width;
+    let scrolls = false, box = c.parentElement;
+    for (let e = c; e && e !== document.body; e = e.parentElement) {
+      const ox = getComputedStyle(e).overflowX;
+      if (ox === 'auto' || ox === 'scroll') { scrolls = true; break; }
+    }
+    if (!scrolls && box && width > box.clientWidth + 1)
+      out.clipped_math.push(`${Math.round(width)} px in a ${box.clientWidth} px box: ` +
+                            (c.textContent || '').slice(0, 60));
   }
   // Images: bring each into view (lazy loading) and wait for it to decode.
   out.broken_images = [];
@@ -105,30 +141,62 @@ def report() -> dict[str, dict]:
 
         context.route("**/*", only_files)
         for rel in PAGES:
-            page = context.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
-            page.on("console", lambda msg: errors.append(f"console: {msg.text}") if msg.type == "error" else None)
-            refused.clear()
-            page.goto((HTML / rel).as_uri(), wait_until="load")
-            page.wait_for_load_state("networkidle")
-            has_math = page.evaluate("() => document.querySelector('.math') !== null")
-            mathjax = "not needed"
-            if has_math:
-                try:
-                    page.wait_for_function("() => window.MathJax && MathJax.startup && MathJax.startup.promise",
-                                           timeout=MATHJAX_TIMEOUT_MS)
-                    page.evaluate("() => MathJax.startup.promise.then(() => true)")
-                    mathjax = "typeset"
-                except sync_api.Error as exc:
-                    mathjax = f"MathJax never started ({type(exc).__name__})"
-            seen = page.evaluate(INSPECT_JS, list(TEX_DELIMITERS))
-            shot = SCREENSHOTS / (rel.replace("/", "__").removesuffix(".html") + ".png")
-            page.screenshot(path=str(shot), full_page=True)
-            out[rel] = {**seen, "mathjax": mathjax, "refused": list(refused), "errors": errors,
-                        "url": page.url, "screenshot": shot}
-            page.close()
+            out[rel] = _visit(context, HTML / rel, refused, sync_api)
+            out[rel]["screenshot"] = SCREENSHOTS / (rel.replace("/", "__").removesuffix(".html") + ".png")
+            out[rel]["shot"](out[rel]["screenshot"])
+        out[FIXTURE.name] = _visit(context, FIXTURE, refused, sync_api)
         browser.close()
+    return out
+
+
+def _visit(context, path: Path, refused: list[str], sync_api) -> dict:
+    """Open one file in a new page; what it showed (INSPECT_JS), its refused requests and JS errors, and a
+    function that saves its full-page screenshot (taken before the page is closed)."""
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
+    page.on("console", lambda msg: errors.append(f"console: {msg.text}") if msg.type == "error" else None)
+    refused.clear()
+    page.goto(path.as_uri(), wait_until="load")
+    page.wait_for_load_state("networkidle")
+    has_math = page.evaluate("() => document.querySelector('.math') !== null")
+    mathjax = "not needed"
+    if has_math:
+        try:
+            page.wait_for_function("() => window.MathJax && MathJax.startup && MathJax.startup.promise",
+                                   timeout=MATHJAX_TIMEOUT_MS)
+            page.evaluate("() => MathJax.startup.promise.then(() => true)")
+            mathjax = "typeset"
+        except sync_api.Error as exc:
+            mathjax = f"MathJax never started ({type(exc).__name__})"
+    seen = page.evaluate(INSPECT_JS, [list(TEX_DELIMITERS), [list(m) for m in RAW_MARKUP]])
+    shot_png, url = page.screenshot(full_page=True), page.url
+    page.close()
+    return {**seen, "mathjax": mathjax, "refused": list(refused), "errors": errors, "url": url,
+            "screenshot": None, "shot": lambda where: Path(where).write_bytes(shot_png)}
+
+
+def problems(r: dict) -> list[str]:
+    """What is wrong with one visited page (empty: nothing)."""
+    out = []
+    if r["refused"]:
+        out.append(f"requested the network (offline, refused): {r['refused'][:5]}")
+    if r["math"] and r["mathjax"] != "typeset":
+        out.append(f"{r['math']} math elements, but {r['mathjax']}")
+    if r["untypeset"]:
+        out.append(f"{len(r['untypeset'])} math elements not typeset, e.g. {r['untypeset'][:3]}")
+    if r["tex_errors"]:
+        out.append(f"TeX errors: {r['tex_errors'][:3]}")
+    if r["raw_tex"]:
+        out.append(f"raw TeX in the visible text: {r['raw_tex'][:3]}")
+    if r["raw_markup"]:
+        out.append(f"raw Markdown or TeX in the visible text: {r['raw_markup'][:8]}")
+    if r["clipped_math"]:
+        out.append(f"display equations clipped (wider than their box, no scroll): {r['clipped_math'][:3]}")
+    if r["broken_images"]:
+        out.append(f"images that did not load: {r['broken_images'][:5]}")
+    if r["errors"]:
+        out.append(f"JavaScript errors: {r['errors'][:5]}")
     return out
 
 
@@ -143,22 +211,17 @@ def _resolve(page_url: str, href: str) -> tuple[Path, str]:
 @pytest.mark.parametrize("page", PAGES)
 def test_page_renders_offline(report, page):
     r = report[page]
-    problems = []
-    if r["refused"]:
-        problems.append(f"requested the network (offline, refused): {r['refused'][:5]}")
-    if r["math"] and r["mathjax"] != "typeset":
-        problems.append(f"{r['math']} math elements, but {r['mathjax']}")
-    if r["untypeset"]:
-        problems.append(f"{len(r['untypeset'])} math elements not typeset, e.g. {r['untypeset'][:3]}")
-    if r["tex_errors"]:
-        problems.append(f"TeX errors: {r['tex_errors'][:3]}")
-    if r["raw_tex"]:
-        problems.append(f"raw TeX in the visible text: {r['raw_tex'][:3]}")
-    if r["broken_images"]:
-        problems.append(f"images that did not load: {r['broken_images'][:5]}")
-    if r["errors"]:
-        problems.append(f"JavaScript errors: {r['errors'][:5]}")
-    assert not problems, f"{page} (screenshot {r['screenshot']}):\n  " + "\n  ".join(problems)
+    found = problems(r)
+    assert not found, f"{page} (screenshot {r['screenshot']}):\n  " + "\n  ".join(found)
+
+
+def test_the_check_catches_a_broken_page(report):
+    """The fixture page holds each fault the check must catch (as commonmark-rendered outputs showed them):
+    each is reported, so a check that stopped looking would fail here."""
+    found = "\n".join(problems(report[FIXTURE.name]))
+    for what, _ in RAW_MARKUP:
+        assert what in found, f"the browser check missed {what} on {FIXTURE}:\n{found}"
+    assert "display equations clipped" in found, found
 
 
 @pytest.mark.parametrize("page", PAGES)
