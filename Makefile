@@ -36,7 +36,7 @@ export MKL_NUM_THREADS ?= $(OMP_NUM_THREADS)
 PARAMS := $(if $(SCALE),-p scale $(SCALE)) $(if $(DEVICE),-p device $(DEVICE)) $(if $(SEED),-y "seed: $(SEED)")
 NBVAL  := --nbval-lax --nbval-current-env --nbval-sanitize-with chapters/nbval_sanitize.cfg
 
-.PHONY: book execute sync html html-build browser test unit nbval venv clean
+.PHONY: book execute sync html html-build browser test unit nbval venv lab clean
 
 book: execute html
 
@@ -84,6 +84,11 @@ unit: $(STAMP)
 
 nbval: $(STAMP)
 	$(BIN)/python -m pytest -p no:cacheprovider chapters $(NBVAL)
+
+# Run chapters as notebooks in JupyterLab: open a chapter's .py or .ipynb; jupytext (jupytext.toml) keeps the pair
+# in sync on save. Executed there, a chapter reads the same records as `make book`.
+lab: $(STAMP)
+	$(BIN)/jupyter lab --notebook-dir=chapters
 
 clean:
 	rm -rf _build

@@ -187,6 +187,9 @@ class GaussNewton(Optimizer):
                 f"batch, a wider RevMLP, or a regularised Pinv.")
 
     def step(self, model, x, y, loss) -> float:
+        if not isinstance(model, RevMLP):  # a caller's own loop may skip `setup`
+            raise TypeError(f"GaussNewton needs a RevMLP (its reversible blocks give the layer-wise step); got a "
+                            f"{type(model).__name__}. Use MoorePenroseGaussNewton for other models")
         with torch.no_grad():
             logits, _, caches = model.forward_with_features(x)
             value = check_finite(loss(logits, y), "GN step")
@@ -226,8 +229,11 @@ class MoorePenroseGaussNewton(Optimizer):
     """
 
     REFUSE = 10.0  # slack over rtol for the true residual (CG stops on its recursive one)
+    #: rtol when none is given, by the model's dtype: CG in float32 cannot reach float64's 1e-6 (its true
+    #: residual stalls near 1e-5), so a float32 model gets 1e-5 and a step is refused above 1e-4
+    RTOL = {torch.float64: 1e-6, torch.float32: 1e-5}
 
-    def __init__(self, lr: float = 1.0, damping: float = 0.0, rtol: float = 1e-6, maxiter: int | None = None,
+    def __init__(self, lr: float = 1.0, damping: float = 0.0, rtol: float | None = None, maxiter: int | None = None,
                  output: str = "logits", solver: str = "cg"):
         if output not in ("logits", "body"):
             raise ValueError(f"output must be 'logits' or 'body', got {output!r}")
@@ -244,7 +250,16 @@ class MoorePenroseGaussNewton(Optimizer):
             raise TypeError(f"output={self.output!r} with solver={self.solver!r} needs a RevMLP (x_L, or its "
                             "per-half-layer factors); this model is not one")
 
+    def _rtol(self, model) -> float:
+        if self.rtol is not None:
+            return self.rtol
+        dtype = next(model.parameters()).dtype
+        if dtype not in self.RTOL:
+            raise TypeError(f"MoorePenroseGaussNewton has no default rtol for {dtype} models; pass rtol=")
+        return self.RTOL[dtype]
+
     def step(self, model, x, y, loss) -> float:
+        rtol = self._rtol(model)
         with torch.no_grad():
             logits = model(x)
             value = check_finite(loss(logits, y), "Moore-Penrose GN step")
@@ -254,12 +269,12 @@ class MoorePenroseGaussNewton(Optimizer):
             direction, residual = gram_gn_direction(model, x, target, damping=self.damping)
             info = {"gram_residual": residual}
         else:
-            direction, cg = matrix_free_gn_direction(model, x, target, damping=self.damping, rtol=self.rtol,
+            direction, cg = matrix_free_gn_direction(model, x, target, damping=self.damping, rtol=rtol,
                                                      maxiter=self.maxiter, **({"output": "body"} if self.output == "body" else {}))
             residual, info = cg.relative_residual, {"cg_iterations": cg.iterations, "cg_residual": cg.relative_residual}
-        if not residual <= self.REFUSE * self.rtol:
+        if not residual <= self.REFUSE * rtol:
             raise StepNotSolved(f"the {self.solver} step's true relative residual {residual:.2e} exceeds "
-                                f"{self.REFUSE:g} x rtol = {self.REFUSE * self.rtol:.1e}; step refused")
+                                f"{self.REFUSE:g} x rtol = {self.REFUSE * rtol:.1e}; step refused")
         apply_step(model, direction, self.lr)
         self.step_info = {**info, "step_norm": self.lr * _norm(direction.values())}
         return value

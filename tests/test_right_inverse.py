@@ -251,3 +251,29 @@ def test_a_method_enters_the_walk_result_only_once_every_seed_is_recorded_and_pr
         record(1.0, seed)
     needed, done = ri.walk("cifar10-subset", records_of)
     assert done[label][0].lr == 1.0 and len(done[label][1]) == len(ri.SEEDS) and ri.complete(done, label)
+
+
+def test_the_moore_penrose_step_works_on_a_float32_model_with_its_default_tolerance():
+    """float32 CG cannot reach float64's 1e-6: the default rtol is chosen by the model's dtype, so the first
+    float32 step is taken (it was refused at a fixed 1e-5), and it still moves the logits by the error to
+    within that tolerance, measured against the float64 Jacobian of the same weights."""
+    g = torch.Generator().manual_seed(3)
+    net = torch.nn.Sequential(torch.nn.Linear(20, 64), torch.nn.Tanh(), torch.nn.Linear(64, 5))
+    x, y = torch.randn(24, 20, generator=g), torch.randint(0, 5, (24,), generator=g)
+    opt = MoorePenroseGaussNewton(lr=1.0)
+    step = moved(opt, net, x, y).double()
+    assert opt.step_info["cg_residual"] <= MoorePenroseGaussNewton.REFUSE * MoorePenroseGaussNewton.RTOL[torch.float32]
+    net64 = copy.deepcopy(net).double()
+    with torch.no_grad():
+        eps = CrossEntropy().error(net64(x.double()), y)
+    J = jacobian_matrix(net64, x.double())
+    assert ((J @ step - eps.reshape(-1)).norm() / eps.norm()).item() <= 1e-3
+    with pytest.raises(TypeError, match="no default rtol"):
+        MoorePenroseGaussNewton()._rtol(torch.nn.Linear(2, 2).half())
+
+
+def test_gauss_newton_names_what_it_needs_when_given_another_model():
+    """Called from a user's own loop without `setup`, the step says it needs a RevMLP, not AttributeError."""
+    net = torch.nn.Linear(4, 3)
+    with pytest.raises(TypeError, match="needs a RevMLP.*MoorePenroseGaussNewton"):
+        GaussNewton(lr=0.1).step(net, torch.randn(2, 4), torch.tensor([0, 1]), CrossEntropy())
