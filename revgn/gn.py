@@ -25,6 +25,8 @@ import torch
 from .models import HalfLayerCache, RevMLP
 
 PINV_KINDS = ("exact", "truncate", "damp", "ridge", "noise")
+#: when exact GN calls features rank-deficient (`Pinv.rank_rule`)
+RANK_RULES = ("matrix_rank", "rounding")
 
 
 class RankDeficientError(ValueError):
@@ -48,6 +50,10 @@ class Pinv:
     The filters are `revgn.damping`'s (truncated_filter, shifted_filter, lm_filter), applied to the
     eigenvalues s^2 of one half-layer's Gram matrix.
     gram_dtype: dtype of the n x n Gram matrix and its eigendecomposition.
+    rank_rule: when the exact kinds refuse features as rank-deficient (default "matrix_rank"):
+    s_min <= max(n, h) eps s_max (numpy's and LAPACK's default rule, a worst case over algorithms), or
+    "rounding", s_min <= 10 eps ||A||_F: within twenty times what rounding the features to their dtype can move
+    a singular value (Weyl), the features' own precision (`rounding_threshold`).
     """
 
     kind: str = "exact"
@@ -58,10 +64,13 @@ class Pinv:
     noise: float = 0.0
     ridge_relative: bool = False
     gram_dtype: torch.dtype = torch.float64
+    rank_rule: str = "matrix_rank"
 
     def __post_init__(self):
         if self.kind not in PINV_KINDS:
             raise ValueError(f"Pinv kind must be one of {PINV_KINDS}, got {self.kind!r}")
+        if self.rank_rule not in RANK_RULES:
+            raise ValueError(f"Pinv.rank_rule must be one of {RANK_RULES}, got {self.rank_rule!r}")
         for name in ("rtol", "atol", "damping", "ridge", "noise"):
             if getattr(self, name) < 0:
                 raise ValueError(f"Pinv.{name} must be >= 0, got {getattr(self, name)}")
@@ -112,12 +121,30 @@ def _extreme_eigenvalues(G: torch.Tensor, chol: torch.Tensor, iterations: int = 
 
 
 def _exact_tolerance(n: int, m: int, dtype: torch.dtype, gram_dtype: torch.dtype) -> float:
-    """Relative singular-value threshold below which features count as rank-deficient.
+    """Relative singular-value threshold below which features count as rank-deficient (rule "matrix_rank").
 
     The larger of the features' own precision (max(n, m) eps, numpy's matrix_rank rule) and what the Gram
     route can resolve (sqrt(10 n eps) in the Gram's dtype).
     """
     return max(max(n, m) * torch.finfo(dtype).eps, (10 * n * torch.finfo(gram_dtype).eps) ** 0.5)
+
+
+def rounding_threshold(A: torch.Tensor, lam_max: float, gram_dtype: torch.dtype) -> tuple[float, str]:
+    """Rank rule "rounding": the smallest singular value below which exact GN refuses the n x m features A,
+    and the bound that set it, in words.
+
+    Rounding each entry of A to its dtype moves it by at most eps/2 of itself, so the stored matrix is within
+    eps/2 ||A||_F of the exact one in spectral norm, and by Weyl's inequality so is every singular value: one
+    above 10 eps ||A||_F (twenty times that bound) is resolved by the features' own precision. What the Gram
+    route cannot resolve, sqrt(10 n eps_gram) s_max (s_max^2 ~ lam_max), is refused too, as under
+    "matrix_rank" (`_exact_tolerance`).
+    """
+    n = A.shape[0]
+    gram = (10 * n * torch.finfo(gram_dtype).eps) ** 0.5 * max(lam_max, 0.0) ** 0.5
+    own = 10 * torch.finfo(A.dtype).eps * torch.linalg.matrix_norm(A.to(torch.float64)).item()
+    if own >= gram:
+        return own, f"10 eps ||A||_F = {own:.3g}, the features' own rounding"
+    return gram, f"sqrt(10 n eps) s_max = {gram:.3g}, what the {str(gram_dtype).replace('torch.', '')} Gram resolves"
 
 
 def _rank_error(where: str, n: int, m: int, detail: str) -> RankDeficientError:
@@ -155,11 +182,17 @@ def features_pinv(A: torch.Tensor, T: torch.Tensor, pinv: Pinv = Pinv(), *, wher
         if info.item() != 0:
             raise _rank_error(where, n, m, "the Gram matrix is not numerically positive definite")
         lam_min, lam_max = _extreme_eigenvalues(G, chol)
-        tol = _exact_tolerance(n, m, A.dtype, pinv.gram_dtype)
-        if lam_max <= 0 or lam_min <= (tol ** 2) * lam_max:
-            ratio = (max(lam_min, 0.0) / lam_max) ** 0.5 if lam_max > 0 else 0.0
-            raise _rank_error(where, n, m, f"smallest/largest singular value <= {ratio:.3g}, below the tolerance "
-                                           f"{tol:.3g} for {str(A.dtype).replace('torch.', '')} features")
+        if pinv.rank_rule == "matrix_rank":  # today's message, word for word: records quote it
+            tol = _exact_tolerance(n, m, A.dtype, pinv.gram_dtype)
+            if lam_max <= 0 or lam_min <= (tol ** 2) * lam_max:
+                ratio = (max(lam_min, 0.0) / lam_max) ** 0.5 if lam_max > 0 else 0.0
+                raise _rank_error(where, n, m, f"smallest/largest singular value <= {ratio:.3g}, below the "
+                                               f"tolerance {tol:.3g} for {str(A.dtype).replace('torch.', '')} features")
+        else:
+            floor, rule = rounding_threshold(A, lam_max, pinv.gram_dtype)
+            if lam_max <= 0 or lam_min <= floor ** 2:
+                raise _rank_error(where, n, m, f"smallest singular value <= {max(lam_min, 0.0) ** 0.5:.3g}, not "
+                                               f"above {rule} ({str(A.dtype).replace('torch.', '')} features)")
         coef = torch.cholesky_solve(Tg, chol)  # G^{-1} T
     else:
         lam, U = torch.linalg.eigh(G)
@@ -180,6 +213,10 @@ def features_pinv(A: torch.Tensor, T: torch.Tensor, pinv: Pinv = Pinv(), *, wher
                 raise ValueError("Pinv.ridged needs ridge > 0; use Pinv.exact() for no damping")
             filt = lm_filter(lam, pinv.ridge * (lam.mean() if pinv.ridge_relative else 1.0))
         coef = U @ (filt[:, None] * (U.T @ Tg))  # f(G) T
+    if pinv.rank_rule == "rounding":
+        # Features accepted down to their own rounding can be ill-conditioned: then G^{-1} T is large and
+        # A^T G^{-1} T cancels, so the product is formed in the Gram's dtype and rounded once, at the end.
+        return (coef.T @ Ag).to(A.dtype)
     return coef.to(A.dtype).T @ A
 
 

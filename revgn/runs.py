@@ -36,7 +36,7 @@ SCHEMA = 2  # part of every key: bump it when the meaning of a field changes
 #: RunSpec fields added within schema 2, with their defaults: at the default they leave the key unchanged
 ADDED = {"patience": 0, "until_train_loss": 0.0,
          **{f"{part}.{k}": v for part in ("optimizer", "then") for k, v in
-            {"output": "logits", "cg_rtol": 1e-6, "cg_maxiter": 0, "solver": "cg"}.items()}}
+            {"output": "logits", "cg_rtol": 1e-6, "cg_maxiter": 0, "solver": "cg", "rank_rule": "matrix_rank"}.items()}}
 
 #: what `RunSpec.measure` can name: distances of the network from its initialisation (`revgn.kernels`),
 #: recorded at init and at every evaluation like the losses
@@ -124,7 +124,8 @@ class OptimSpec:
     parameters), "gn-mp" (the Moore-Penrose step, of the logits' Jacobian or, with output "body", of x_L's; by
     `solver` "cg", matrix-free CG to `cg_rtol` in at most `cg_maxiter` iterations (0: twice the unknowns), or
     "gram", J J^T of a RevMLP's logits formed from its factors and solved by Cholesky; either way a step whose
-    true relative residual exceeds 10 cg_rtol is refused), "sgd" or "adam"."""
+    true relative residual exceeds 10 cg_rtol is refused), "sgd" or "adam". rank_rule: when exact GN refuses
+    features as rank-deficient (`revgn.gn.Pinv.rank_rule`: "matrix_rank", the default, or "rounding")."""
 
     name: str = "adam"
     lr: float = 1e-3
@@ -142,9 +143,14 @@ class OptimSpec:
     cg_rtol: float = 1e-6
     cg_maxiter: int = 0
     solver: str = "cg"
+    rank_rule: str = "matrix_rank"
 
     def __post_init__(self):
-        from .gn import PINV_KINDS
+        from .gn import PINV_KINDS, RANK_RULES
+
+        _choice("optimizer.rank_rule", self.rank_rule, RANK_RULES)
+        if self.rank_rule != "matrix_rank" and self.name != "gn":
+            raise ValueError(f"optimizer.rank_rule is exact GN's (name 'gn'); {self.name!r} does not read it")
 
         _choice("optimizer.name", self.name, ("gn", "gn-mp", "sgd", "adam"))
         _choice("optimizer.output", self.output, ("logits", "body"))
@@ -170,7 +176,7 @@ class OptimSpec:
                                            maxiter=self.cg_maxiter or None, output=self.output, solver=self.solver)
         if self.name == "gn":
             pinv = Pinv(self.pinv, rtol=self.rtol, atol=self.atol, damping=self.damping, ridge=self.ridge,
-                        noise=self.noise, ridge_relative=self.ridge_relative)
+                        noise=self.noise, ridge_relative=self.ridge_relative, rank_rule=self.rank_rule)
             return GaussNewton(self.lr, pinv, seed=seed)
         if self.name == "sgd":
             return SGD(self.lr, momentum=self.momentum, weight_decay=self.weight_decay, decay=self.decay)

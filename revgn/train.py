@@ -203,9 +203,10 @@ class GaussNewton(Optimizer):
         return value
 
     def describe(self) -> dict[str, Any]:
+        rule = {} if self.pinv.rank_rule == "matrix_rank" else {"rank_rule": self.pinv.rank_rule}  # as before
         return {"name": self.name, "lr": self.lr, "pinv": self.pinv.kind, "rtol": self.pinv.rtol,
                 "atol": self.pinv.atol, "damping": self.pinv.damping, "ridge": self.pinv.ridge,
-                "noise": self.pinv.noise}
+                "noise": self.pinv.noise, **rule}
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self._generator.get_state()}  # draws the noise of Pinv.noisy

@@ -1,6 +1,8 @@
 """The tractable GN step is exact: checked against explicit Jacobians in float64 on random configurations."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -237,3 +239,57 @@ def test_relative_ridge_scales_with_the_gram_spectrum():
                           features_pinv(A, T, Pinv.ridged(0.5 * mean_eig)), atol=1e-12)
     assert torch.allclose(features_pinv(3 * A, T, Pinv.ridged(0.5, relative=True)),
                           features_pinv(A, T, Pinv.ridged(0.5, relative=True)) / 3, atol=1e-12)
+
+
+def _conditioned_features(n=64, m=2000, smallest=1e-4, seed=0):
+    """float32 n x m features with singular values from 1 down to `smallest`, and n x 5 targets."""
+    g = torch.Generator().manual_seed(seed)
+    U, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=F64))
+    V, _ = torch.linalg.qr(torch.randn(m, n, generator=g, dtype=F64))
+    A = ((U * torch.logspace(0, math.log10(smallest), n, dtype=F64)) @ V.T).float()
+    return A, torch.randn(n, 5, generator=g, dtype=F64).float()
+
+
+def test_the_rounding_rule_accepts_features_their_own_precision_resolves_and_solves_them_exactly():
+    """s_min/s_max = 1e-4 at h = 2000: below matrix_rank's max(n, h) eps = 2.4e-4 (refused, the default, so old
+    records stand), yet ~30 times above 10 eps ||A||_F: the stored float32 features are full rank by Weyl's
+    bound. The "rounding" rule takes the step, and it is the pseudo-inverse of the stored features to float32
+    rounding, with A Delta^T = T to 1e-5 (a float32 product formed after a float64 solve misses by 7e-2)."""
+    A, T = _conditioned_features()
+    with pytest.raises(RankDeficientError, match="below the tolerance 0.000238"):
+        features_pinv(A, T, Pinv())
+    D = features_pinv(A, T, Pinv(rank_rule="rounding"))
+    assert D.dtype == torch.float32
+    A64, T64 = A.double(), T.double()
+    ref = (torch.linalg.pinv(A64) @ T64).T
+    assert ((D.double() - ref).norm() / ref.norm()).item() <= 1e-6
+    assert ((A64 @ D.double().T - T64).norm() / T64.norm()).item() <= 1e-5
+
+
+def test_the_rounding_rule_still_refuses_features_below_their_own_rounding_before_anything_moves():
+    """s_min/s_max = 1e-7 is below 10 eps ||A||_F: refused, naming the bound; a duplicated example too; and a
+    GN step on a model with such features leaves every weight as it was (the step is atomic)."""
+    A, T = _conditioned_features(smallest=1e-7)
+    with pytest.raises(RankDeficientError, match=r"not above 10 eps \|\|A\|\|_F"):
+        features_pinv(A, T, Pinv(rank_rule="rounding"))
+    with pytest.raises(RankDeficientError, match="rank-deficient"):
+        features_pinv(torch.cat([A[:8], A[:1]]), torch.cat([T[:8], T[:1] + 1]), Pinv(rank_rule="rounding"))
+    model, x, y, _ = problem(2, 32, 10, False, "mse")
+    x = torch.cat([x, x[:1]])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    from revgn.train import GaussNewton
+    with pytest.raises(RankDeficientError):
+        GaussNewton(0.5, Pinv(rank_rule="rounding")).step(model, x, torch.cat([y, y[:1]]), SquareLoss())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_the_rank_rule_is_a_spec_field_that_leaves_old_keys_alone():
+    from revgn.runs import OptimSpec, RunSpec
+    base = RunSpec(optimizer=OptimSpec("gn", 0.1), evaluate=("test",))
+    assert base.replace(**{"optimizer.rank_rule": "matrix_rank"}).key == base.key
+    rounding = base.replace(**{"optimizer.rank_rule": "rounding"})
+    assert rounding.key != base.key and rounding.optimizer.build(0).pinv.rank_rule == "rounding"
+    with pytest.raises(ValueError, match="rank_rule is exact GN's"):
+        OptimSpec("adam", 1e-3, rank_rule="rounding")
+    with pytest.raises(ValueError, match="rank_rule"):
+        Pinv(rank_rule="loose")
