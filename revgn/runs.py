@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from .fingerprint import current as current_fingerprint
 from .train import History
 from .utils import REPO_ROOT, atomic_write_json, check_int, read_json, run_metadata
 
@@ -321,6 +322,21 @@ class Record:
     def ok(self) -> bool:
         return self.failure is None
 
+    @property
+    def fingerprint(self) -> dict | None:
+        """The code that computed the record (`revgn.fingerprint`); None for a record of unknown code."""
+        return self.provenance.get("fingerprint")
+
+    def changes(self) -> list[str]:
+        """Why the running code is not the code that computed this record ([] when it is: not stale)."""
+        from .fingerprint import changes
+
+        return changes(self.fingerprint)
+
+    @property
+    def stale(self) -> bool:
+        return bool(self.changes())
+
     def to_dict(self) -> dict[str, Any]:
         return {"schema": SCHEMA, "key": self.spec.key, "spec": self.spec.to_dict(), "failure": self.failure,
                 "history": self.history.to_dict(), "metrics": self.metrics, "provenance": self.provenance}
@@ -354,6 +370,10 @@ def record_path(store: str | Path, spec: RunSpec) -> Path:
 def scratch_for(path: str | Path) -> Path:
     """The folder where the run recorded at `path` keeps its checkpoints while it trains."""
     return Path(path).with_suffix(".partial")
+
+
+class StaleRecordError(RuntimeError):
+    """A record computed by other code than the running one, read where stale records are refused."""
 
 
 class RunInProgressError(RuntimeError):
@@ -450,6 +470,9 @@ def _train(spec: RunSpec, path: Path | None, device, progress: bool) -> Record:
             cka_inputs=sets["test"].x[:spec.cka_inputs] if "cka" in spec.measure else None,
             kappa_data=(train_set.x[:spec.kappa_inputs], train_set.y[:spec.kappa_inputs])))
     scratch = None if path is None else scratch_for(path)
+    code = current_fingerprint()
+    if scratch is not None:
+        _set_aside_other_code(scratch, code)
     phases = [(spec.optimizer, spec.switch_epoch or spec.epochs)] + \
              ([] if spec.then is None else [(spec.then, spec.epochs - spec.switch_epoch)])
     hist, failure = None, None
@@ -459,18 +482,38 @@ def _train(spec: RunSpec, path: Path | None, device, progress: bool) -> Record:
                          stop=_stop_rule(spec),
                          epochs=epochs, batch_size=spec.batch_size, seed=spec.seed + i, eval_every=spec.eval_every,
                          eval_train_size=spec.eval_train_size, track_batch_change=spec.track_batch_change,
-                         metrics=metrics, progress=progress, history=hist, config={"spec": spec.key, "phase": i},
+                         metrics=metrics, progress=progress, history=hist,
+                         config={"spec": spec.key, "phase": i, "code": code["fingerprint"]},
                          checkpoint=None if scratch is None else scratch / f"phase{i}.ckpt")
     except (NonFiniteLossError, RankDeficientError) as err:  # the method failed, not the machine: record it
         failure = f"{type(err).__name__}: {err}"
         hist = getattr(err, "history", None) or hist or History(config={"spec": spec.key})
     final = {} if failure else {k: v[-1] for k, v in hist.epochs.items() if k != "epoch"}
-    rec = Record(spec, hist, final, run_metadata(device), failure)
+    rec = Record(spec, hist, final, {**run_metadata(device), "fingerprint": code}, failure)
     if path is not None:
         atomic_write_json(path, rec.to_dict())
         shutil.rmtree(scratch, ignore_errors=True)
     rec.model = model  # the trained network, for measurements after the run (not stored)
     return rec
+
+
+def _set_aside_other_code(scratch: Path, code: dict) -> None:
+    """A checkpoint of this run written by other code is never resumed (the record would mix two versions): it
+    is renamed `<name>.other-code` (kept, not deleted) and the run restarts from scratch, saying so. (One of
+    another spec is left for `revgn.train` to refuse.)"""
+    import sys
+
+    from .train import checkpoint_config
+
+    for ckpt in sorted(scratch.glob("phase*.ckpt")):
+        config = checkpoint_config(ckpt)
+        made_by = config.get("code")
+        if config.get("spec") == scratch.stem and made_by != code["fingerprint"]:  # another spec's: refused later
+            aside = ckpt.with_name(ckpt.name + ".other-code")
+            ckpt.replace(aside)
+            print(f"revgn: {ckpt} was written by other code (fingerprint {made_by or 'none'}, running "
+                  f"{code['fingerprint']}): not resumed, kept as {aside.name}; the run restarts from scratch",
+                  file=sys.stderr)
 
 
 def _stop_rule(spec: RunSpec):
@@ -515,9 +558,16 @@ class Runs:
         recs = runs.all(specs, desc="mini-batch")      # a list of Records, in the order of the specs
     """
 
-    def __init__(self, store: str | Path | None = None, device="cpu", progress: bool = True, compute: bool = True):
-        """compute=False: only read what `store` holds; a spec without a record is a FileNotFoundError."""
-        self.store, self.device, self.progress, self.compute = store, device, progress, compute
+    STALE = ("accept", "refuse")
+
+    def __init__(self, store: str | Path | None = None, device="cpu", progress: bool = True, compute: bool = True,
+                 stale: str = "accept"):
+        """compute=False: only read what `store` holds; a spec without a record is a FileNotFoundError.
+        stale: "accept" a record computed by other code than the running one (`Record.stale`; `stale_records`
+        lists them, chapters count them in their provenance line) or "refuse" it (`StaleRecordError`)."""
+        if stale not in self.STALE:
+            raise ValueError(f"Runs(stale=...) must be one of {self.STALE}, got {stale!r}")
+        self.store, self.device, self.progress, self.compute, self.stale = store, device, progress, compute, stale
         self.records: dict[str, Record] = {}
 
     def __call__(self, spec: RunSpec) -> Record:
@@ -526,8 +576,17 @@ class Runs:
                 path = None if self.store is None else record_path(self.store, spec)
                 if path is None or not path.exists():
                     raise FileNotFoundError(f"no record of run {spec.key} in {self.store} (and compute=False)")
-            self.records[spec.key] = run(spec, self.store, device=self.device)
+            rec = run(spec, self.store, device=self.device)
+            if self.stale == "refuse" and rec.stale:
+                raise StaleRecordError(f"the record of run {spec.key[:12]} in {self.store} was computed by other "
+                                       f"code: {'; '.join(rec.changes())}. Delete it to recompute it, or read it "
+                                       f"with Runs(stale='accept')")
+            self.records[spec.key] = rec
         return self.records[spec.key]
+
+    def stale_records(self) -> list[Record]:
+        """The records read so far that other code computed."""
+        return [r for r in self.records.values() if r.stale]
 
     def all(self, specs, desc: str = "runs") -> list[Record]:
         from tqdm import tqdm

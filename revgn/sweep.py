@@ -65,14 +65,27 @@ def load_grid(name: str, store: str | Path | None = None) -> Grid:
     return grid
 
 
+#: what `status` can say of a run; "stale" is recorded by other code than the running one (`Record.stale`),
+#: "unknown code" recorded without a fingerprint (before fingerprints, or from a dirty tree)
+STATES = ("recorded", "stale", "unknown code", "interrupted", "missing")
+
+
 def status(specs, store: str | Path) -> dict[str, str]:
-    """spec key -> "recorded", "interrupted" (a checkpoint exists) or "missing"."""
+    """spec key -> one of STATES ("interrupted": a checkpoint exists)."""
     out = {}
     for spec in specs:
         path = record_path(store, spec)
-        out[spec.key] = ("recorded" if path.exists() else
-                         "interrupted" if any(scratch_for(path).glob("*.ckpt")) else "missing")
+        if path.exists():
+            rec = Record.load(path)
+            out[spec.key] = "recorded" if not rec.stale else "unknown code" if rec.fingerprint is None else "stale"
+        else:
+            out[spec.key] = "interrupted" if any(scratch_for(path).glob("*.ckpt")) else "missing"
     return out
+
+
+def _done(state: str) -> bool:
+    """A run with a record, of whichever code: a sweep does not recompute it (delete a record to recompute it)."""
+    return state in ("recorded", "stale", "unknown code")
 
 
 def _run_one(spec: dict, store: str, device: str) -> str:
@@ -97,7 +110,7 @@ def dispatch(specs, store: str | Path, *, executor: str = "local", workers: int 
     if executor == "slurm" and not partition:
         raise ValueError("the slurm executor needs a partition (--partition)")
     store = Path(store)
-    todo = [s for s in specs if status([s], store)[s.key] != "recorded"]
+    todo = [s for s in specs if not _done(status([s], store)[s.key])]
     failures: dict[str, Exception] = {}
     if not todo:
         return failures
@@ -160,11 +173,12 @@ def main(argv=None) -> int:
     if a.list:
         states = status(grid.specs, store)
         for spec in grid.specs:
-            print(f"{spec.key[:12]}  {states[spec.key]:11s}  {describe(spec)}")
+            print(f"{spec.key[:12]}  {states[spec.key]:12s}  {describe(spec)}")
         _summary(grid, store)
         return 0
     for round_ in range(1, MAX_ROUNDS + 1):  # a grid that reads its records may ask for more after each round
-        if _summary(grid, store)["recorded"] == len(grid.specs):
+        counts = _summary(grid, store)
+        if sum(n for state, n in counts.items() if _done(state)) == len(grid.specs):
             return 0
         failures = dispatch(grid.specs, store, executor=a.executor, workers=a.workers, folder=a.folder,
                             device=a.device, partition=a.partition, timeout_min=a.timeout_min,
@@ -185,9 +199,9 @@ MAX_ROUNDS = 20
 
 def _summary(grid: Grid, store: Path) -> dict[str, int]:
     states = list(status(grid.specs, store).values())
-    counts = {s: states.count(s) for s in ("recorded", "interrupted", "missing")}
-    print(f"{grid.topic}: {len(grid.specs)} runs in {store}: " + ", ".join(f"{n} {s}" for s, n in counts.items()),
-          flush=True)
+    counts = {s: states.count(s) for s in STATES}
+    print(f"{grid.topic}: {len(grid.specs)} runs in {store}: "
+          + ", ".join(f"{n} {s}" for s, n in counts.items() if n or s in ("recorded", "missing")), flush=True)
     return counts
 
 if __name__ == "__main__":

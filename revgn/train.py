@@ -454,6 +454,11 @@ def _load_checkpoint(path: Path) -> dict:
         raise ValueError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); {fix}") from err
 
 
+def checkpoint_config(path: str | Path) -> dict:
+    """The configuration a checkpoint was written under (verified like any checkpoint read)."""
+    return json.loads(_load_checkpoint(Path(path))["config"])
+
+
 def _resume(path: Path, model, optimizer, hist: History, gen: torch.Generator, last: int):
     """Load a checkpoint into model, optimiser and generator; return its history and epoch."""
     state = _load_checkpoint(path)  # tensors are copied to the model's device by load_state_dict

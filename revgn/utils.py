@@ -223,10 +223,14 @@ def run_metadata(device: torch.device | str | None = None) -> dict[str, str]:
         "commit": git_commit(),
         "torch": torch.__version__,
         "threads": str(torch.get_num_threads()),
-        # which CPU kernels computed it (see the README's "Portable numbers"): the pinned ones, or not
-        "kernels": f"aten {torch.backends.cpu.get_cpu_capability()}, MKL_CBWR={os.environ.get('MKL_CBWR', 'unset')}, "
-                   f"ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', 'unset')}",
+        "kernels": kernels(),
     }
+
+
+def kernels() -> str:
+    """Which CPU kernels compute here (see the README's "Portable numbers"): the pinned ones, or not."""
+    return (f"aten {torch.backends.cpu.get_cpu_capability()}, MKL_CBWR={os.environ.get('MKL_CBWR', 'unset')}, "
+            f"ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', 'unset')}")
 
 
 def cpu_model() -> str:

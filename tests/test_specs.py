@@ -45,7 +45,7 @@ OTHER = {
     "measure": ("ntk_distance",), "kernel_inputs": 4, "cka_inputs": 100, "kappa_inputs": 10,
     "then": OptimSpec("sgd", 0.1), "switch_epoch": 2, "patience": 2,
     "until_train_loss": 0.5, "optimizer.output": "body", "optimizer.cg_rtol": 1e-8, "optimizer.cg_maxiter": 50,
-    "optimizer.solver": "gram",
+    "optimizer.solver": "gram", "optimizer.rank_rule": "rounding",
 }
 # Fields that are only valid together with another change: a switch of optimiser needs both of its fields.
 COMPANION = {"then": {"switch_epoch": 1, "epochs": 3}, "switch_epoch": {"then": OptimSpec("sgd", 0.1), "epochs": 3},
