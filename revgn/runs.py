@@ -24,6 +24,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numbers
+
+import numpy as np
 import torch
 
 from .fingerprint import current as current_fingerprint
@@ -37,7 +40,8 @@ SCHEMA = 2  # part of every key: bump it when the meaning of a field changes
 #: RunSpec fields added within schema 2, with their defaults: at the default they leave the key unchanged
 ADDED = {"patience": 0, "until_train_loss": 0.0,
          **{f"{part}.{k}": v for part in ("optimizer", "then") for k, v in
-            {"output": "logits", "cg_rtol": 1e-6, "cg_maxiter": 0, "solver": "cg", "rank_rule": "matrix_rank"}.items()}}
+            {"output": "logits", "cg_rtol": 1e-6, "cg_maxiter": 0, "solver": "cg", "rank_rule": "matrix_rank",
+             "mu": 0.0}.items()}}
 
 #: what `RunSpec.measure` can name: distances of the network from its initialisation (`revgn.kernels`),
 #: recorded at init and at every evaluation like the losses
@@ -45,15 +49,48 @@ MEASURES = ("ntk_similarity", "ntk_distance", "cka", "weight_cosine", "kappa")
 
 
 def _choice(name: str, value, options) -> None:
-    if value not in options:
+    if isinstance(value, (list, dict)) or value not in options:
         raise ValueError(f"{name} must be one of {tuple(options)}, got {value!r}")
 
 
 def _positive(name: str, value, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or \
+    """A finite number >= 0 (> 0 unless allow_zero) as a Python float: 1 and 1.0, or a numpy scalar and its
+    value, are one value, so they give one key."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or \
             value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} finite number, got {value!r}")
     return float(value)
+
+
+def _flag(name: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _names(name: str, value, options) -> tuple[str, ...]:
+    """A tuple of names from `options` (a lone string is refused: "val" is not ("v", "a", "l"))."""
+    if isinstance(value, str) or not isinstance(value, (tuple, list)):
+        raise TypeError(f"{name} must be a tuple of names from {tuple(options)}, got {value!r}")
+    for v in value:
+        _choice(name, v, options)
+    return tuple(value)
+
+
+def _canonical(obj, ints=(), floats=(), flags=(), optional_ints=()) -> None:
+    """Check and store a frozen dataclass's fields as plain Python values (before the key is taken)."""
+    for f in ints:
+        object.__setattr__(obj, f, check_int(f"{_PART[type(obj).__name__]}{f}", getattr(obj, f), 0))
+    for f in optional_ints:
+        if getattr(obj, f) is not None:
+            object.__setattr__(obj, f, check_int(f"{_PART[type(obj).__name__]}{f}", getattr(obj, f), 1))
+    for f in floats:
+        object.__setattr__(obj, f, _positive(f"{_PART[type(obj).__name__]}{f}", getattr(obj, f), allow_zero=True))
+    for f in flags:
+        object.__setattr__(obj, f, _flag(f"{_PART[type(obj).__name__]}{f}", getattr(obj, f)))
+
+
+_PART = {"DataSpec": "data.", "ModelSpec": "model.", "OptimSpec": "optimizer.", "RunSpec": ""}
 
 
 @dataclass(frozen=True)
@@ -75,13 +112,7 @@ class DataSpec:
 
         _choice("data.dataset", self.dataset, _data.DATASETS)
         _choice("data.dtype", self.dtype, ("float32", "float64"))
-        for name in ("n_train", "n_test"):
-            if getattr(self, name) is not None:
-                check_int(f"data.{name}", getattr(self, name), 1)
-        check_int("data.n_val", self.n_val, 0)
-        check_int("data.subset_seed", self.subset_seed, 0)
-        if not isinstance(self.normalize, bool):
-            raise TypeError(f"data.normalize must be True or False, got {self.normalize!r}")
+        _canonical(self, ints=("n_val", "subset_seed"), optional_ints=("n_train", "n_test"), flags=("normalize",))
 
 
 @dataclass(frozen=True)
@@ -103,10 +134,15 @@ class ModelSpec:
     def __post_init__(self):
         _choice("model.arch", self.arch, ("revmlp", "mlp"))
         _choice("model.first_activation", self.first_activation, ("relu", "identity"))
-        check_int("model.depth", self.depth, 1)
-        check_int("model.hidden", self.hidden, 1)
-        check_int("model.seed", self.seed, 0)
-        _positive("model.init_std", self.init_std, allow_zero=True)
+        _canonical(self, ints=("seed",), optional_ints=("depth", "hidden", "width"), floats=("init_std",),
+                   flags=("bias", "bottleneck"))
+        for name in ("depth", "hidden"):
+            check_int(f"model.{name}", getattr(self, name), 1)
+        if self.width is not None and (self.width < 2 or self.width % 2):
+            raise ValueError(f"model.width must be an even integer >= 2 (the coupling layers split the stream in two "
+                             f"halves), got {self.width}")
+        if isinstance(self.mlp_hidden, (str, int)):
+            raise TypeError(f"model.mlp_hidden must be a tuple of layer widths, got {self.mlp_hidden!r}")
         object.__setattr__(self, "mlp_hidden", tuple(check_int("model.mlp_hidden", h, 1) for h in self.mlp_hidden))
 
     def build(self, in_features: int, num_classes: int, dtype: torch.dtype, device="cpu") -> torch.nn.Module:
@@ -119,14 +155,25 @@ class ModelSpec:
                       device=device, bottleneck=self.bottleneck)
 
 
+#: the fields of `OptimSpec` each optimiser reads, beyond its name and rate
+READS = {"gn": {"pinv"}, "gn-mp": {"mu", "output", "cg_rtol", "cg_maxiter", "solver"},
+         "sgd": {"momentum", "weight_decay", "decay"}, "adam": set()}
+#: the fields exact GN reads for each pseudo-inverse (`revgn.gn.Pinv`); the rank rule decides only exact steps
+PINV_READS = {"exact": {"rank_rule"}, "noise": {"noise", "rank_rule"}, "truncate": {"rtol", "atol"},
+              "damp": {"damping"}, "ridge": {"ridge", "ridge_relative"}}
+
+
 @dataclass(frozen=True)
 class OptimSpec:
     """An optimiser of `revgn.train`: "gn" (the layer-wise right inverse, with the pseudo-inverse `pinv` and its
-    parameters), "gn-mp" (the Moore-Penrose step, of the logits' Jacobian or, with output "body", of x_L's; by
+    parameters: rtol and atol of a truncation, damping the singular-value shift of "damp", ridge and
+    ridge_relative, noise), "gn-mp" (the Moore-Penrose step, Levenberg-Marquardt with mu > 0, of the logits'
+    Jacobian or, with output "body", of x_L's; by
     `solver` "cg", matrix-free CG to `cg_rtol` in at most `cg_maxiter` iterations (0: twice the unknowns), or
     "gram", J J^T of a RevMLP's logits formed from its factors and solved by Cholesky; either way a step whose
-    true relative residual exceeds 10 cg_rtol is refused), "sgd" or "adam". rank_rule: when exact GN refuses
-    features as rank-deficient (`revgn.gn.Pinv.rank_rule`: "matrix_rank", the default, or "rounding")."""
+    true relative residual exceeds 10 cg_rtol is refused), "sgd" (momentum, weight_decay, decay) or "adam".
+    rank_rule: when exact GN refuses features as rank-deficient (`revgn.gn.Pinv.rank_rule`: "matrix_rank", the
+    default, or "rounding"). Each optimiser reads only its own fields (`READS`): setting another is an error."""
 
     name: str = "adam"
     lr: float = 1e-3
@@ -145,35 +192,44 @@ class OptimSpec:
     cg_maxiter: int = 0
     solver: str = "cg"
     rank_rule: str = "matrix_rank"
+    mu: float = 0.0
 
     def __post_init__(self):
         from .gn import PINV_KINDS, RANK_RULES
 
-        _choice("optimizer.rank_rule", self.rank_rule, RANK_RULES)
-        if self.rank_rule != "matrix_rank" and self.name != "gn":
-            raise ValueError(f"optimizer.rank_rule is exact GN's (name 'gn'); {self.name!r} does not read it")
-
-        _choice("optimizer.name", self.name, ("gn", "gn-mp", "sgd", "adam"))
+        _choice("optimizer.name", self.name, READS)
+        _choice("optimizer.pinv", self.pinv, PINV_KINDS)
         _choice("optimizer.output", self.output, ("logits", "body"))
         _choice("optimizer.solver", self.solver, ("cg", "gram"))
-        if self.solver == "gram" and (self.name != "gn-mp" or self.output != "logits"):
-            raise ValueError("optimizer.solver='gram' is the Moore-Penrose step of the logits: it needs name 'gn-mp' "
-                             f"and output 'logits', got {self.name!r} and {self.output!r}")
-        object.__setattr__(self, "cg_rtol", _positive("optimizer.cg_rtol", self.cg_rtol))
-        check_int("optimizer.cg_maxiter", self.cg_maxiter, 0)
-        _choice("optimizer.pinv", self.pinv, PINV_KINDS)
+        _choice("optimizer.rank_rule", self.rank_rule, RANK_RULES)
         object.__setattr__(self, "lr", _positive("optimizer.lr", self.lr))
-        for name in ("rtol", "atol", "damping", "ridge", "noise", "momentum", "weight_decay", "decay"):
-            object.__setattr__(self, name, _positive(f"optimizer.{name}", getattr(self, name), allow_zero=True))
-        if not isinstance(self.ridge_relative, bool):
-            raise TypeError(f"optimizer.ridge_relative must be True or False, got {self.ridge_relative!r}")
+        object.__setattr__(self, "cg_rtol", _positive("optimizer.cg_rtol", self.cg_rtol))
+        _canonical(self, ints=("cg_maxiter",), flags=("ridge_relative",),
+                   floats=("rtol", "atol", "damping", "ridge", "noise", "momentum", "weight_decay", "decay", "mu"))
+        # A field the optimiser does not read would train exactly as without it, under another key: refused.
+        reads = self.reads()
+        for f in dataclasses.fields(self):
+            if f.name not in reads and getattr(self, f.name) != f.default:
+                raise ValueError(f"optimizer.{f.name}={getattr(self, f.name)!r} is not read by {self.describe_reader()}, "
+                                 f"which reads {sorted(reads - {'name', 'lr'}) or 'only its rate'}: drop it (the run "
+                                 f"would train exactly as without it)")
+        if self.solver == "gram" and self.output != "logits":
+            raise ValueError("optimizer.solver='gram' is the Moore-Penrose step of the logits: it needs output "
+                             f"'logits', got {self.output!r}")
+
+    def reads(self) -> set[str]:
+        """The fields this optimiser reads (`READS`; exact GN's also by its pseudo-inverse, `PINV_READS`)."""
+        return {"name", "lr"} | READS[self.name] | (PINV_READS[self.pinv] if self.name == "gn" else set())
+
+    def describe_reader(self) -> str:
+        return f"{self.name!r}" + (f" with pinv {self.pinv!r}" if self.name == "gn" else "")
 
     def build(self, seed: int):
         from .gn import Pinv
         from .train import SGD, Adam, GaussNewton, MoorePenroseGaussNewton
 
         if self.name == "gn-mp":
-            return MoorePenroseGaussNewton(self.lr, damping=self.damping, rtol=self.cg_rtol,
+            return MoorePenroseGaussNewton(self.lr, damping=self.mu, rtol=self.cg_rtol,
                                            maxiter=self.cg_maxiter or None, output=self.output, solver=self.solver)
         if self.name == "gn":
             pinv = Pinv(self.pinv, rtol=self.rtol, atol=self.atol, damping=self.damping, ridge=self.ridge,
@@ -209,7 +265,7 @@ class RunSpec:
     seed: int = 0
     eval_every: int = 1
     eval_train_size: int | None = 2000
-    evaluate: tuple[str, ...] = ("val", "test")
+    evaluate: tuple[str, ...] | None = None  # None: ("val", "test"), or ("test",) without a validation split
     track_batch_change: bool = False
     measure: tuple[str, ...] = ()
     kernel_inputs: int = 8
@@ -226,35 +282,27 @@ class RunSpec:
                 raise TypeError(f"RunSpec.{name} must be a {cls.__name__}, got {type(getattr(self, name)).__name__}")
         if self.then is not None and not isinstance(self.then, OptimSpec):
             raise TypeError(f"RunSpec.then must be an OptimSpec or None, got {type(self.then).__name__}")
-        check_int("switch_epoch", self.switch_epoch, 0)
+        _canonical(self, ints=("switch_epoch", "epochs", "seed", "patience"),
+                   optional_ints=("batch_size", "eval_train_size", "eval_every", "kernel_inputs", "cka_inputs",
+                                  "kappa_inputs"),
+                   floats=("until_train_loss",), flags=("track_batch_change",))
+        for name in ("eval_every", "kernel_inputs", "cka_inputs", "kappa_inputs"):
+            check_int(name, getattr(self, name), 1)
+        _choice("loss", self.loss, ("ce", "ce-exact", "mse"))
+        # No `evaluate` given: the validation split when there is one, and the test split (so RunSpec() is valid).
+        evaluate = self.evaluate if self.evaluate is not None else ("val", "test") if self.data.n_val else ("test",)
+        object.__setattr__(self, "evaluate", _names("evaluate", evaluate, ("val", "test")))
+        object.__setattr__(self, "measure", _names("measure", self.measure, MEASURES))
         if (self.then is None) != (self.switch_epoch == 0) or self.switch_epoch >= max(self.epochs, 1):
             raise ValueError(f"a switch of optimiser needs both `then` and 0 < switch_epoch < epochs={self.epochs}; "
                              f"got then={self.then!r}, switch_epoch={self.switch_epoch}")
-        for name in ("kernel_inputs", "cka_inputs", "kappa_inputs"):
-            check_int(name, getattr(self, name), 1)
-        check_int("patience", self.patience, 0)
-        object.__setattr__(self, "until_train_loss", _positive("until_train_loss", self.until_train_loss, True))
         if self.patience and ("val" not in self.evaluate or self.then is not None):
             raise ValueError("patience stops on the validation accuracy: it needs 'val' in evaluate, and no switch "
                              "of optimiser (then)")
-        object.__setattr__(self, "measure", tuple(self.measure))
-        for name in self.measure:
-            _choice("measure", name, MEASURES)
         if {"ntk_similarity", "cka", "weight_cosine"} & set(self.measure) and self.model.arch != "revmlp":
             raise ValueError("measure: ntk_similarity, cka and weight_cosine are defined for a RevMLP only")
         if "cka" in self.measure and "test" not in self.evaluate:
             raise ValueError("measure names 'cka', which is taken on test images: add 'test' to evaluate")
-        _choice("loss", self.loss, ("ce", "ce-exact", "mse"))
-        check_int("epochs", self.epochs, 0)
-        check_int("seed", self.seed, 0)
-        check_int("eval_every", self.eval_every, 1)
-        if self.batch_size is not None:
-            check_int("batch_size", self.batch_size, 1)
-        if self.eval_train_size is not None:
-            check_int("eval_train_size", self.eval_train_size, 1)
-        object.__setattr__(self, "evaluate", tuple(self.evaluate))
-        for split in self.evaluate:
-            _choice("evaluate", split, ("val", "test"))
         if "val" in self.evaluate and self.data.n_val == 0:
             raise ValueError("evaluate names 'val' but data.n_val is 0: draw a validation split or drop 'val'")
 
@@ -358,8 +406,43 @@ class Record:
         if spec.key != path.stem:
             raise ValueError(f"{path} holds the record of another run: its spec hashes to {spec.key[:16]}..., not to "
                              f"its file name; {fix}")
+        problem = _invalid(d)
+        if problem:
+            raise ValueError(f"{path} is not a valid run record: {problem}; {fix}")
         h = d["history"]
         return cls(spec, History(h["steps"], h["epochs"], h["config"]), d["metrics"], d["provenance"], d.get("failure"))
+
+
+def _invalid(d: dict) -> str | None:
+    """What is wrong with a record's content (None: nothing). A record holds exactly one of its final metrics
+    (a finished run: finite numbers) and a failure (a string, with empty metrics), and a history of per-step
+    and per-evaluation columns of equal lengths with the fields every run logs."""
+    metrics, failure, h = d["metrics"], d.get("failure"), d["history"]
+    if not isinstance(metrics, dict) or not all(isinstance(k, str) for k in metrics):
+        return f"metrics must be a mapping of names to numbers, got {type(metrics).__name__}"
+    if failure is not None and not isinstance(failure, str):
+        return f"failure must be a message or null, got {failure!r}"
+    if (failure is None) == (not metrics):
+        return "it must hold either final metrics (a finished run) or a failure, not both nor neither"
+    bad = [k for k, v in metrics.items() if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)]
+    if bad:
+        return f"metrics {bad[:3]} are not finite numbers"
+    if not (isinstance(h, dict) and {"steps", "epochs", "config"} <= set(h)) or \
+            not all(isinstance(h[t], dict) for t in ("steps", "epochs", "config")):
+        return "history must hold the mappings steps, epochs and config"
+    for table, required in (("steps", ("epoch", "loss")), ("epochs", ("epoch",))):
+        cols = h[table]
+        missing = [c for c in required if c not in cols]
+        if missing:
+            return f"history.{table} lacks {missing}"
+        lengths = {k: len(v) if isinstance(v, list) else None for k, v in cols.items()}
+        if None in lengths.values() or len(set(lengths.values())) > 1:
+            return f"history.{table} columns must be lists of one length, got {lengths}"
+    if failure is None and not h["epochs"]["epoch"]:
+        return "a finished run's history has no evaluation"
+    if not isinstance(d["provenance"], dict):
+        return "provenance must be a mapping"
+    return None
 
 
 def record_path(store: str | Path, spec: RunSpec) -> Path:
@@ -475,6 +558,8 @@ def _train(spec: RunSpec, path: Path | None, device, progress: bool) -> Record:
         _set_aside_other_code(scratch, code)
     phases = [(spec.optimizer, spec.switch_epoch or spec.epochs)] + \
              ([] if spec.then is None else [(spec.then, spec.epochs - spec.switch_epoch)])
+    for opt, _ in phases[1:]:  # every phase is checked before the first step (setup refuses what cannot run)
+        opt.build(spec.seed).setup(model, spec.batch_size or len(train_set))
     hist, failure = None, None
     try:
         for i, (opt, epochs) in enumerate(phases):  # a switch continues the same network and history
@@ -547,8 +632,15 @@ def provenance(recs: list[Record], where: str | Path = "") -> str:
     devices = sorted({m.get('device', '?') for m in meta})
     commits = sorted({m.get("commit", "?")[:10] for m in meta})
     head = f"{where}: " if where else ""
+    unknown = sum(r.fingerprint is None for r in recs)
+    stale = sum(r.stale for r in recs) - unknown
+    code = ("" if not stale + unknown else
+            " Computed by other code than this commit's and not shown to give the same numbers (stale, "
+            "`python -m revgn.fingerprint verify`): " + ", ".join(
+                x for x in (f"{stale} of them" if stale else "", f"{unknown} from trees with uncommitted changes"
+                            if unknown else "") if x) + ".")
     return (f"{head}{len(recs)} recorded runs, {dates[0]} to {dates[-1]}, on {', '.join(devices)}, "
-            f"at commit{'s' if len(commits) > 1 else ''} {', '.join(commits)}.")
+            f"at commit{'s' if len(commits) > 1 else ''} {', '.join(commits)}.{code}")
 
 
 class Runs:

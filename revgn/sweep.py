@@ -17,9 +17,12 @@ array, `--workers` jobs at a time) and "debug" (in this process, for tracebacks)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import inspect
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +91,30 @@ def _done(state: str) -> bool:
     return state in ("recorded", "stale", "unknown code")
 
 
+#: errors a rerun cannot cure: the same spec on the same code fails the same way (fix the spec or the code)
+DETERMINISTIC = ("ValueError", "TypeError", "KeyError", "AttributeError", "IndexError", "FileNotFoundError",
+                 "NotImplementedError", "AssertionError", "ZeroDivisionError", "ImportError", "ModuleNotFoundError",
+                 "StaleRecordError", "DataError")
+
+
+def explain(err: BaseException) -> tuple[str, bool]:
+    """A failed run's own error, "Type: message" (from the worker's traceback, which submitit wraps in its own
+    error ending in a log path), and whether running the sweep again can help: not for a deterministic error
+    (`DETERMINISTIC`), yes for an interruption, a killed or lost worker, a run another process holds."""
+    text = str(err).strip()
+    if "failed during processing with trace:" in text:  # submitit's FailedJobError: the worker's traceback inside
+        trace = text.split("----------------------")[1] if text.count("----------------------") >= 2 else text
+        lines = [ln for ln in trace.strip().splitlines() if ln.strip()]
+        heads = [i for i, ln in enumerate(lines) if not ln.startswith((" ", "Traceback", "During handling",
+                                                                       "The above exception"))]
+        line = " ".join(ln.strip() for ln in lines[heads[-1]:]) if heads else lines[-1]
+    else:  # raised in this process (debug executor), or submitit's own: the job was killed or never finished
+        first = text.splitlines()[0] if text else ""
+        line = f"{type(err).__name__}: {first}" if first else type(err).__name__
+    kind = line.split(":", 1)[0].strip().rsplit(".", 1)[-1]
+    return line, kind not in DETERMINISTIC
+
+
 def _run_one(spec: dict, store: str, device: str) -> str:
     """What a worker does: one run, recorded (the spec travels as plain JSON data)."""
     return run(RunSpec.from_dict(spec), store, device=device).spec.key
@@ -126,21 +153,58 @@ def dispatch(specs, store: str | Path, *, executor: str = "local", workers: int 
         pending = dict(jobs)
     else:  # local and debug: keep at most `workers` jobs running
         queue, pending = list(zip([s.key for s in todo], args)), {}
-    while pending or (executor != "slurm" and queue):
-        while executor != "slurm" and queue and len(pending) < workers:
-            key, a = queue.pop(0)
-            pending[key] = ex.submit(_run_one, *a)
-        for key, job in list(pending.items()):
-            if job.done():
-                try:
-                    job.result()
-                except Exception as err:  # a failed or killed run: reported, resumed next time
-                    failures[key] = err
-                del pending[key]
-                bar.update()
-        time.sleep(poll_s if pending else 0)
-    bar.close()
+    try:
+        with _signals_interrupt():
+            while pending or (executor != "slurm" and queue):
+                while executor != "slurm" and queue and len(pending) < workers:
+                    key, a = queue.pop(0)
+                    pending[key] = ex.submit(_run_one, *a)
+                for key, job in list(pending.items()):
+                    if job.done():
+                        try:
+                            job.result()
+                        except Exception as err:  # a failed or killed run: reported (`explain`)
+                            failures[key] = err
+                        del pending[key]
+                        bar.update()
+                time.sleep(poll_s if pending else 0)
+    except KeyboardInterrupt:  # SIGINT or SIGTERM to the driver: stop its workers too, keep their checkpoints
+        _stop(pending.values())
+        raise
+    finally:
+        bar.close()
     return failures
+
+
+@contextlib.contextmanager
+def _signals_interrupt():
+    """SIGTERM (a scheduler's, `kill`) is handled like SIGINT: as KeyboardInterrupt in the driver."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old = signal.signal(signal.SIGTERM, interrupt) if threading.current_thread() is threading.main_thread() else None
+    try:
+        yield
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+
+
+def _stop(jobs, grace_s: float = 20.0) -> None:
+    """Cancel running jobs (a local worker gets SIGINT and stops where it is; its last checkpoint stays) and,
+    for local workers still alive after `grace_s`, kill them: no worker outlives its driver."""
+    jobs = list(jobs)
+    for job in jobs:
+        with contextlib.suppress(Exception):
+            job.cancel(check=False)
+    deadline = time.monotonic() + grace_s
+    procs = [p for p in (getattr(job, "_process", None) for job in jobs) if p is not None]
+    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
 
 
 def collect(specs, store: str | Path) -> list[Record | None]:
@@ -170,6 +234,8 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     grid = load_grid(a.grid, a.store)
     store = Path(a.store) if a.store else grid.store
+    if a.store and not (store.is_dir() and any(store.glob("*.json")) or any(store.glob("*.partial"))):
+        print(f"note: {store} holds no records or checkpoints of any run (is --store right?)", file=sys.stderr)
     if a.list:
         states = status(grid.specs, store)
         for spec in grid.specs:
@@ -180,14 +246,23 @@ def main(argv=None) -> int:
         counts = _summary(grid, store)
         if sum(n for state, n in counts.items() if _done(state)) == len(grid.specs):
             return 0
-        failures = dispatch(grid.specs, store, executor=a.executor, workers=a.workers, folder=a.folder,
-                            device=a.device, partition=a.partition, timeout_min=a.timeout_min,
-                            gpus_per_node=a.gpus_per_node)
+        try:
+            failures = dispatch(grid.specs, store, executor=a.executor, workers=a.workers, folder=a.folder,
+                                device=a.device, partition=a.partition, timeout_min=a.timeout_min,
+                                gpus_per_node=a.gpus_per_node)
+        except KeyboardInterrupt:
+            print(f"{grid.topic}: stopped; its workers were stopped too and their checkpoints kept: run the same "
+                  f"command again to resume", file=sys.stderr)
+            return 130
+        retry = {}
         for key, err in failures.items():
-            last = str(err).strip().splitlines()[-1] if str(err).strip() else ""
-            print(f"FAILED {key[:12]}: {type(err).__name__}: {last}", file=sys.stderr)
+            line, retry[key] = explain(err)
+            advice = "interrupted or lost: run again to resume it" if retry[key] else \
+                "will fail the same way again: fix the spec or the code (not retried)"
+            print(f"FAILED {key[:12]}: {line}\n  -> {advice}", file=sys.stderr)
         if failures:
-            print(f"{grid.topic}: {len(failures)} failed (run again to resume)")
+            n = sum(retry.values())
+            print(f"{grid.topic}: {len(failures)} failed ({n} can resume on a rerun, {len(failures) - n} cannot)")
             return 1
         grid = load_grid(a.grid, a.store)
     raise RuntimeError(f"{a.grid} still grows after {MAX_ROUNDS} rounds: does its function converge?")
@@ -201,7 +276,8 @@ def _summary(grid: Grid, store: Path) -> dict[str, int]:
     states = list(status(grid.specs, store).values())
     counts = {s: states.count(s) for s in STATES}
     print(f"{grid.topic}: {len(grid.specs)} runs in {store}: "
-          + ", ".join(f"{n} {s}" for s, n in counts.items() if n or s in ("recorded", "missing")), flush=True)
+          + ", ".join(f"{n} {s}" for s, n in counts.items() if n or s in ("recorded", "interrupted", "missing")),
+          flush=True)
     return counts
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ import pytest
 
 import revgn.fingerprint as fpmod
 from revgn.fingerprint import code_tokens, combine, source_digests
-from revgn.runs import DataSpec, ModelSpec, OptimSpec, Record, Runs, RunSpec, StaleRecordError, record_path, run
+from revgn.runs import (DataSpec, ModelSpec, OptimSpec, Record, Runs, RunSpec, StaleRecordError, provenance,
+                        record_path, run)
 from revgn.sweep import dispatch, status
 
 HERE = Path(fpmod.__file__).resolve().parent
@@ -68,6 +69,8 @@ def test_a_record_of_other_code_is_stale_wherever_it_is_read(tmp_path, other_cod
         Runs(tmp_path, progress=False, stale="refuse")(spec)
     with pytest.raises(ValueError, match="stale"):
         Runs(tmp_path, stale="ignore")
+    line = provenance([loaded], "results/x")
+    assert line.startswith("results/x: 1 recorded runs") and "(stale" in line and "1 of them" in line
 
 
 @needs_mnist

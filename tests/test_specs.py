@@ -45,11 +45,16 @@ OTHER = {
     "measure": ("ntk_distance",), "kernel_inputs": 4, "cka_inputs": 100, "kappa_inputs": 10,
     "then": OptimSpec("sgd", 0.1), "switch_epoch": 2, "patience": 2,
     "until_train_loss": 0.5, "optimizer.output": "body", "optimizer.cg_rtol": 1e-8, "optimizer.cg_maxiter": 50,
-    "optimizer.solver": "gram", "optimizer.rank_rule": "rounding",
+    "optimizer.solver": "gram", "optimizer.rank_rule": "rounding", "optimizer.mu": 0.1,
 }
 # Fields that are only valid together with another change: a switch of optimiser needs both of its fields.
+# An optimiser field comes with the optimiser (or pseudo-inverse) that reads it (`revgn.runs.READS`).
 COMPANION = {"then": {"switch_epoch": 1, "epochs": 3}, "switch_epoch": {"then": OptimSpec("sgd", 0.1), "epochs": 3},
-             "optimizer.solver": {"optimizer.name": "gn-mp"}}
+             **{f"optimizer.{f}": {"optimizer.name": "gn-mp"} for f in ("solver", "output", "cg_rtol", "cg_maxiter", "mu")},
+             **{f"optimizer.{f}": {"optimizer.name": "sgd"} for f in ("momentum", "weight_decay", "decay")},
+             "optimizer.rtol": {"optimizer.pinv": "truncate"}, "optimizer.atol": {"optimizer.pinv": "truncate"},
+             "optimizer.damping": {"optimizer.pinv": "damp"}, "optimizer.ridge": {"optimizer.pinv": "ridge"},
+             "optimizer.ridge_relative": {"optimizer.pinv": "ridge"}, "optimizer.noise": {"optimizer.pinv": "noise"}}
 
 
 def leaf_fields(spec: RunSpec) -> list[str]:
@@ -76,7 +81,7 @@ def test_every_field_of_a_spec_is_part_of_its_key():
     assert '"patience"' not in base.canonical() and '"patience":2' in base.replace(patience=2).canonical()
     mp = base.replace(**{"optimizer.name": "gn-mp"})  # the solver alone changes the key
     assert mp.key != mp.replace(**{"optimizer.solver": "gram"}).key and '"solver"' not in mp.canonical()
-    assert '"cg_rtol"' not in base.canonical() and '"output":"body"' in base.replace(**{"optimizer.output": "body"}).canonical()
+    assert '"cg_rtol"' not in mp.canonical() and '"output":"body"' in mp.replace(**{"optimizer.output": "body"}).canonical()
 
 
 @pytest.mark.parametrize("field", ["data.subset_seed", "data.normalize", "data.dtype", "model.seed", "model.init_std",
@@ -185,3 +190,73 @@ def test_dispatch_runs_the_missing_specs_on_the_local_executor(tmp_path):
     assert set(status(grid.specs, tmp_path).values()) == {"recorded"}
     with pytest.raises(ValueError, match="partition"):
         dispatch([tiny(seed=2)], tmp_path, executor="slurm")
+
+
+# ---------------------------------------------------------------------------- specs that mean what they say
+def test_an_optimiser_field_the_optimiser_does_not_read_is_refused_by_name():
+    for name, field, value in (("adam", "weight_decay", 1e-4), ("adam", "momentum", 0.9), ("adam", "decay", 0.1),
+                               ("gn", "momentum", 0.9), ("gn-mp", "pinv", "truncate"), ("gn-mp", "ridge", 0.1),
+                               ("sgd", "pinv", "ridge"), ("sgd", "noise", 0.1), ("gn-mp", "damping", 0.1),
+                               ("gn", "rtol", 1e-2), ("adam", "mu", 0.1)):
+        with pytest.raises(ValueError, match=rf"optimizer\.{field}=.* is not read by '{name}'"):
+            OptimSpec(name, 0.1, **{field: value})
+    # what each reads is accepted; damping is exact GN's singular-value shift, mu the Moore-Penrose step's LM term
+    OptimSpec("sgd", 0.1, momentum=0.9, weight_decay=1e-4, decay=1e-3)
+    OptimSpec("gn", 0.1, pinv="damp", damping=0.01)
+    OptimSpec("gn", 0.1, pinv="truncate", rtol=1e-2, atol=1e-5)
+    assert OptimSpec("gn-mp", 1.0, mu=0.1).build(0).damping == 0.1
+
+
+def test_one_value_one_key_and_types_checked_at_construction():
+    import numpy as np
+
+    base = tiny()
+    assert base.replace(**{"model.init_std": 1}).key == base.replace(**{"model.init_std": 1.0}).key
+    assert base.replace(epochs=np.int64(2)).key == base.key and isinstance(base.replace(epochs=np.int64(2)).epochs, int)
+    assert base.replace(**{"optimizer.lr": np.float32(0.5)}).key == base.key
+    for field, value, error in (("model.width", -3, ValueError), ("model.width", 3.5, TypeError),
+                                ("model.width", 7, ValueError), ("model.bias", "yes", TypeError),
+                                ("model.bottleneck", 1, TypeError), ("track_batch_change", 1, TypeError),
+                                ("evaluate", "val", TypeError), ("measure", "cka", TypeError),
+                                ("batch_size", 0, ValueError), ("model.mlp_hidden", 64, TypeError)):
+        with pytest.raises(error, match=field.split(".")[-1]):
+            base.replace(**{field: value})
+    assert RunSpec().evaluate == ("test",) and RunSpec(DataSpec(n_val=10)).evaluate == ("val", "test")
+
+
+def test_every_phase_of_a_switched_run_is_checked_before_the_first_step(tmp_path):
+    """A switch to exact GN with a batch larger than the width used to fail after the first phase, leaving a
+    checkpoint behind; now it fails before anything trains and the store stays empty."""
+    spec = tiny(optimizer=OptimSpec("adam", 1e-3), then=OptimSpec("gn", 0.5), switch_epoch=1, epochs=2,
+                batch_size=64)  # h = 48 < n = 64
+    with pytest.raises(ValueError, match="batch size n <= bottleneck width h"):
+        run(spec, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_every_committed_record_loads_valid_under_its_key():
+    """Every record under results/ is valid and its spec still hashes to its file name: no change of the spec
+    checks or of the key's canonical form moved an earlier record."""
+    paths = [p for p in (ROOT / "results").rglob("*.json") if not {"benchmarks", "flow"} & set(p.parts)
+             and p.name != "fingerprints.json"]
+    assert len(paths) > 700
+    for p in paths:
+        assert Record.load(p).spec.key == p.stem
+
+
+@pytest.mark.parametrize("corrupt, message", [
+    (lambda d: d["metrics"].update(train_loss=float("nan")), "not finite"),
+    (lambda d: d.update(metrics=[1, 2]), "metrics must be a mapping"),
+    (lambda d: d.update(failure="NonFiniteLossError: x"), "not both nor neither"),
+    (lambda d: d["history"].pop("config"), "history must hold"),
+    (lambda d: d["history"]["epochs"]["train_loss"].pop(), "one length"),
+    (lambda d: d["history"]["steps"].pop("loss"), "lacks"),
+])
+def test_a_record_with_invalid_content_is_an_error_naming_its_file(tmp_path, corrupt, message):
+    rec = run(tiny(epochs=1), tmp_path)
+    path = record_path(tmp_path, rec.spec)
+    d = json.loads(path.read_text())
+    corrupt(d)
+    path.write_text(json.dumps(d))
+    with pytest.raises(ValueError, match=rf"{path.name}.*{message}"):
+        Record.load(path)

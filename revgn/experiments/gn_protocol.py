@@ -1,9 +1,14 @@
 """The protocol the exact-GN chapters share (Buffelli et al. 2024, Sec. 5), on records of `revgn.runs.run`.
 
 A learning rate is chosen from a grid of run specs by a criterion read from their records: the final
-validation accuracy (mini-batch runs, the validation split held out from the training images) or the final
+validation accuracy (mini-batch runs, the validation split held out from the training images), the peak of
+each run's whole validation curve (fixed-horizon runs: a choice that no stopping epoch decides), or the final
 training loss (full-batch runs, a question of optimisation). The test set is never used to choose. A run
 that failed (diverged, or features GN cannot invert) ranks below every run that finished.
+
+A finished run is scored at one of two endpoints (`ENDPOINTS`): "end", its last evaluation (the paper's: where
+100 epochs of training end), or "best_val", the evaluation where its validation accuracy first peaked (a
+checkpoint choice made on validation data, not a stop: the run trained on to its end).
 """
 from __future__ import annotations
 
@@ -14,7 +19,8 @@ import numpy as np
 from ..runs import Record, RunSpec
 from ..stats import Paired, paired
 
-CRITERIA = ("val_acc", "train_loss")
+CRITERIA = ("val_acc", "peak_val_acc", "train_loss")
+ENDPOINTS = ("end", "best_val")
 
 
 def rate_grid(spec: RunSpec, lrs) -> list[RunSpec]:
@@ -34,8 +40,26 @@ def score(rec: Record, criterion: str) -> float:
         raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
     if not rec.ok:
         return -np.inf
-    value = rec.metrics[criterion] if criterion == "val_acc" else -rec.metrics["train_loss"]
+    value = (rec.metrics["val_acc"] if criterion == "val_acc" else max(rec.history.epochs["val_acc"])
+             if criterion == "peak_val_acc" else -rec.metrics["train_loss"])
     return value if np.isfinite(value) else -np.inf
+
+
+def best_val_index(rec: Record) -> int:
+    """The evaluation (index into `history.epochs`) where validation accuracy first reached its peak."""
+    if "val_acc" not in rec.history.epochs:
+        raise ValueError(f"run {rec.spec.key[:12]} evaluated no validation split: no best validation epoch")
+    acc = rec.history.epochs["val_acc"]
+    return max(range(len(acc)), key=lambda i: (acc[i], -i))
+
+
+def at_endpoint(rec: Record, key: str, endpoint: str = "end") -> float:
+    """A finished run's metric `key` at an endpoint of `ENDPOINTS`."""
+    if endpoint not in ENDPOINTS:
+        raise ValueError(f"endpoint must be one of {ENDPOINTS}, got {endpoint!r}")
+    if not rec.ok:
+        raise ValueError(f"run {rec.spec.key[:12]} failed ({rec.failure}): it has no endpoint")
+    return rec.metrics[key] if endpoint == "end" else rec.history.epochs[key][best_val_index(rec)]
 
 
 @dataclass
@@ -105,14 +129,15 @@ def saturation(rec: Record, last: int = 3) -> float:
     return (loss[-1 - last] - loss[-1]) / loss[-1 - last]
 
 
-def compare(a: list[Record], b: list[Record], key: str = "test_acc") -> Paired:
-    """The paired comparison of metric `key` between two lists of records that share their seeds, a - b."""
+def compare(a: list[Record], b: list[Record], key: str = "test_acc", endpoint: str = "end") -> Paired:
+    """The paired comparison of metric `key` at `endpoint` between two lists of records that share their
+    seeds, a - b (each run scored at its own endpoint: with "best_val", at its own validation peak)."""
     sa, sb = [r.spec.seed for r in a], [r.spec.seed for r in b]
     if sa != sb:
         raise ValueError(f"paired records must share their seeds in order: {sa} vs {sb}")
     if not all(r.ok for r in a + b):
         raise ValueError("a compared run failed: there is no value to pair")
-    return paired([r.metrics[key] for r in a], [r.metrics[key] for r in b])
+    return paired([at_endpoint(r, key, endpoint) for r in a], [at_endpoint(r, key, endpoint) for r in b])
 
 
 def tuning(spec: RunSpec, lrs, criterion: str, records_of, *, cap: float | None = None,

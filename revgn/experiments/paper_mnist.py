@@ -14,6 +14,11 @@ update. The three methods share the data, the initial weights and the batch orde
 
 Records land under results/paper_mnist/paper_rates/. The grid lists seeds in order (every method at seed 0,
 then seed 1, ...), so a sweep that is stopped part-way has complete paired seeds first.
+
+`tuned` is the same protocol at h = 2048 with each method's rate chosen rather than the paper's: GN and Adam
+each from a bracketed grid on seed 0, by the peak of each run's whole validation curve (never a stopping
+epoch), then seeds 1-4 at the chosen rate; where GN's choice is its cap of 2, one seed-0 run at 3 shows
+whether the cap binds (results/paper_mnist/tuned/).
 """
 from __future__ import annotations
 
@@ -53,6 +58,36 @@ def spec(method: str, seed: int, base: RunSpec = BASE) -> RunSpec:
 def refused_by_matrix_rank() -> RunSpec:
     """GN seed 0 under the default rank rule: recorded as refused at epoch 1 (kept as the finding it is)."""
     return gp.at_seeds(BASE, [0])[0]
+
+
+#: the tuned tier: starting grids (bracketed by `gn_protocol.tuning`), GN's cap, the rate that probes it
+TUNED_HIDDEN = 2048
+TUNED_LRS = {"gn": (0.3, 1.0), "adam": (1e-4, 3e-4, 1e-3)}
+CAP, BEYOND_CAP = {"gn": 2.0}, 3.0
+
+
+def tuned_walk(records_of) -> tuple[list[RunSpec], dict[str, list]]:
+    """The tuned tier's specs needed so far, and per method its per-seed `Selection`s (None while missing).
+    records_of(specs) -> records or None, as in `gn_protocol.tuning`."""
+    base = BASE.replace(**{"model.hidden": TUNED_HIDDEN})
+    needed, chosen = [], {}
+    for method in ("gn", "adam"):
+        seeds = [spec(method, s, base) for s in SEEDS]
+        specs, sels = gp.at_chosen_rates(seeds, TUNED_LRS[method], "peak_val_acc", records_of, each_seed=False,
+                                         cap=CAP.get(method))
+        needed += specs
+        if sels[0] is not None and sels[0].capped:  # does the cap bind? one run past it, on seed 0
+            needed += gp.rate_grid(seeds[0], [BEYOND_CAP])
+        chosen[method] = sels
+    return needed, chosen
+
+
+def tuned(store=None) -> Grid:
+    """The tuned tier's runs that its records ask for next (the grid grows as rates are chosen)."""
+    from ..sweep import collect
+
+    store = store or store_of("tuned")
+    return Grid("paper_mnist/tuned", tuple(dict.fromkeys(tuned_walk(lambda specs: collect(specs, store))[0])))
 
 
 def store_of(name: str = "paper_rates"):
