@@ -198,8 +198,8 @@ def verify(folders, sample: int = 2, max_cost: float = 10.0, path: Path | None =
                 rec = Record.load(p)
             except ValueError:
                 continue  # not a run record
-            fp = (rec.fingerprint or {}).get("fingerprint")
-            if fp and rec.ok and not same_numbers(fp, now, classes):
+            fp = (rec.fingerprint or {}).get("fingerprint", "unknown code")
+            if rec.ok and not same_numbers(fp, now, classes):
                 groups.setdefault(fp, []).append(rec)
     out = {}
     threads = torch.get_num_threads()
@@ -217,6 +217,10 @@ def verify(folders, sample: int = 2, max_cost: float = 10.0, path: Path | None =
             same = _reproduces(rec.history, again.history)
             log(f"{fp} {rec.spec.key[:12]}: {'bit-identical' if same else 'DIFFERS'}")
             agree &= same
+        if fp == "unknown code":  # from trees with uncommitted changes: a sample is evidence, not a fingerprint
+            out[fp] = (f"{len(chosen)} of {len(recs)} records from dirty trees recomputed: "
+                       + ("the same numbers" if agree else "they differ") + " (they stay of unknown code)")
+            continue
         if not agree:
             out[fp] = f"differs: its records are stale ({len(recs)} records)"
             continue
