@@ -2,7 +2,8 @@
 
 Datasets: ``"mnist"`` (the four official IDX files), ``"cifar10"`` (the official *binary* archive, never the
 pickled one) and ``"cifar10-subset"`` (the first 4,000 training and 1,000 test images of CIFAR-10, in the same
-binary record format; it has no public URL and must be copied into the cache).
+binary record format: records 0-3,999 of ``data_batch_1.bin`` and 0-999 of ``test_batch.bin``; a missing copy is
+rebuilt from the official archive, then checked against its own SHA-256).
 
 Files live in a cache folder, ``$REVGN_DATA`` if set, else ``$XDG_CACHE_HOME/revgn`` (``~/.cache/revgn``):
 
@@ -55,6 +56,9 @@ class Resource:
     sha256: str
     urls: tuple[str, ...] = ()
     md5: str | None = None  # the digest the authors publish, checked in addition where known
+    #: (member of the official CIFAR-10 binary archive, leading records): a file without a URL of its own that
+    #: is rebuilt from the archive when missing (then checked against `sha256` like any download)
+    derived_from: tuple[str, int] | None = None
 
 
 _MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
@@ -78,10 +82,13 @@ RESOURCES: dict[str, Resource] = {
                                 "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd",
                                 ("https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",),
                                 md5="c32a1d4ab5d03f1284b67883e8d87530"),
+    # records 0-3,999 of data_batch_1.bin and 0-999 of test_batch.bin of the official binary archive
     "cifar10-subset/train": Resource("cifar-10-subset/train_subset.bin",
-                                     "0993cf8b8e43bc207603aef9787006995746513f5e3fa5a52e06d1b069926330"),
+                                     "0993cf8b8e43bc207603aef9787006995746513f5e3fa5a52e06d1b069926330",
+                                     derived_from=("data_batch_1.bin", 4000)),
     "cifar10-subset/test": Resource("cifar-10-subset/test_subset.bin",
-                                    "8314c96d7cd65618193bab23acdd5d4c4af15bf6dd00a1781d55beedf3be1ef5"),
+                                    "8314c96d7cd65618193bab23acdd5d4c4af15bf6dd00a1781d55beedf3be1ef5",
+                                    derived_from=("test_batch.bin", 1000)),
 }
 
 # Members of the CIFAR-10 binary archive we read, with the SHA-1 the authors publish for each.
@@ -118,7 +125,10 @@ def file_digest(path: Path, algorithm: str = "sha256") -> str:
 
 
 def _how_to_fill(res: Resource, root: Path) -> str:
-    if res.urls:
+    if res.derived_from:
+        src = (f"let the loader rebuild it from the official CIFAR-10 binary archive (records 0-"
+               f"{res.derived_from[1] - 1} of {res.derived_from[0]}; download=True), or copy it")
+    elif res.urls:
         src = f"download it from {res.urls[0]}"
     else:
         src = "copy it from a checked copy of the dataset (e.g. ../shared/data/" + res.relpath + ")"
@@ -217,12 +227,47 @@ def fetch(key: str, *, download: bool = True, deadline_s: float | None = None, s
     res, root = RESOURCES[key], cache_dir()
     path = root / res.relpath
     if not path.exists():
-        if not (download and res.urls):
-            why = "downloading is off" if res.urls else "it has no public download URL"
+        if download and res.derived_from:
+            _derive(res, path, root)
+        elif not (download and res.urls):
+            why = "downloading is off" if res.urls or res.derived_from else "it has no public download URL"
             raise DataError(f"{res.relpath} is missing: looked for {path} ({why}). " + _how_to_fill(res, root))
-        _download(res, path, root, deadline_s, stall_s)
+        else:
+            _download(res, path, root, deadline_s, stall_s)
     _check(path, res, root)
     return path
+
+
+CIFAR_RECORD = 1 + 3 * 32 * 32  # bytes per record of the CIFAR-10 binary format: a label, then R, G, B planes
+
+
+def _derive(res: Resource, path: Path, root: Path) -> None:
+    """Rebuild a file that is a prefix of a CIFAR-10 archive member (`Resource.derived_from`): the archive is
+    downloaded and its members verified as for "cifar10", the leading records are checked against the file's
+    SHA-256 before anything is written, and the file appears atomically."""
+    member, records = res.derived_from
+    try:
+        source = cifar10_members(download=True) / member
+    except DataError as err:
+        raise DataError(f"{res.relpath} is missing: looked for {path}, then tried to rebuild it from the official "
+                        f"CIFAR-10 archive, which failed: {err}\n" + _how_to_fill(res, root)) from err
+    with open(source, "rb") as fh:
+        payload = fh.read(records * CIFAR_RECORD)
+    if len(payload) != records * CIFAR_RECORD:
+        raise DataError(f"{source} holds {len(payload) // CIFAR_RECORD} records, fewer than the {records} that "
+                        f"{res.relpath} takes from it")
+    if hashlib.sha256(payload).hexdigest() != res.sha256:
+        raise DataError(f"the first {records} records of {source} do not hash to {res.sha256}, the SHA-256 of "
+                        f"{res.relpath}; nothing was written. " + _how_to_fill(res, root))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(path)
+    tmp = temporary_sibling(path)
+    try:
+        with removed_on_signal(tmp):
+            tmp.write_bytes(payload)
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def safe_extract(archive: Path, dest: Path, members: dict[str, str] | None = None) -> None:
@@ -340,12 +385,17 @@ def _raw_mnist(split: str, download: bool) -> tuple[np.ndarray, np.ndarray]:
     return images[:, None], labels
 
 
-def _raw_cifar10(split: str, download: bool) -> tuple[np.ndarray, np.ndarray]:
-    root = cache_dir()
-    folder = root / CIFAR10_DIR
+def cifar10_members(download: bool) -> Path:
+    """The folder of the official binary archive's members, extracted (and verified) if not yet there."""
+    folder = cache_dir() / CIFAR10_DIR
     if not all((folder / m).exists() for m in CIFAR10_MEMBERS):
         archive = fetch("cifar10/archive", download=download)
         safe_extract(archive, folder, CIFAR10_MEMBERS)
+    return folder
+
+
+def _raw_cifar10(split: str, download: bool) -> tuple[np.ndarray, np.ndarray]:
+    folder = cifar10_members(download)
     names = [f"data_batch_{i}.bin" for i in range(1, 6)] if split == "train" else ["test_batch.bin"]
     parts = []
     for name in names:

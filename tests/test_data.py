@@ -269,3 +269,40 @@ def test_teacher_student_data():
     assert torch.allclose(ts.teacher.norm(dim=1), torch.ones(3, dtype=torch.float64))
     assert torch.allclose(y[:, 0], torch.relu(x @ ts.teacher.T) @ ts.signs)
     assert torch.equal(data.teacher_student(5, 3, 40, 10, seed=2).train[0], x)
+
+
+def test_a_missing_cifar10_subset_is_rebuilt_from_the_official_archive(cache, monkeypatch):
+    """A machine without ../shared/data: the subset (a prefix of two archive members) is rebuilt from a served
+    archive, checked against the subset's own SHA-256 before anything is written, and read like a copy."""
+    root, remote = cache
+    archive, sha1, recs = cifar_archive()
+    serve(monkeypatch, remote, "cifar10/archive", "cifar-10/cifar-10-binary.tar.gz", archive)
+    monkeypatch.setattr(data, "CIFAR10_MEMBERS", sha1)
+    payload, _, _ = cifar_bytes(4, seed=0)  # data_batch_1.bin of the fake archive
+    prefix = payload[: 3 * data.CIFAR_RECORD]
+    sub = data.Resource("cifar-10-subset/train_subset.bin", sha256(prefix), derived_from=("data_batch_1.bin", 3))
+    monkeypatch.setitem(data.RESOURCES, "cifar10-subset/train", sub)
+    with pytest.raises(data.DataError, match="downloading is off.*rebuild it from the official CIFAR-10"):
+        data.load("cifar10-subset", "train", download=False)
+    train = data.load("cifar10-subset", "train", flatten=False, normalize=False, dtype=torch.float64)
+    images, labels = recs["data_batch_1.bin"]
+    assert (root / sub.relpath).read_bytes() == prefix and train.x.shape == (3, 3, 32, 32)
+    assert torch.equal(train.y, torch.from_numpy(labels[:3].astype(np.int64)))
+    assert torch.equal((train.x * 255).round().to(torch.uint8), torch.from_numpy(images[:3]))
+    # a prefix that does not hash as published is refused, and nothing is written
+    (root / sub.relpath).unlink()
+    monkeypatch.setitem(data.RESOURCES, "cifar10-subset/train", data.Resource(sub.relpath, "0" * 64,
+                                                                            derived_from=("data_batch_1.bin", 3)))
+    with pytest.raises(data.DataError, match="do not hash to"):
+        data.load("cifar10-subset", "train")
+    assert not (root / sub.relpath).exists() and not list(root.rglob("*.partial"))
+
+
+def test_the_real_subset_is_a_prefix_of_the_archive_members_it_names():
+    """The shipped subset's SHA-256 is what _derive checks: its resources name the members and record counts
+    of the README's description (4,000 of data_batch_1, 1,000 of test_batch)."""
+    assert data.RESOURCES["cifar10-subset/train"].derived_from == ("data_batch_1.bin", 4000)
+    assert data.RESOURCES["cifar10-subset/test"].derived_from == ("test_batch.bin", 1000)
+    train = SHARED / "cifar-10-subset" / "train_subset.bin"
+    if train.exists():
+        assert train.stat().st_size == 4000 * data.CIFAR_RECORD
