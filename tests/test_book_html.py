@@ -176,28 +176,18 @@ def _visit(context, path: Path, refused: list[str], sync_api) -> dict:
             "screenshot": None, "shot": lambda where: Path(where).write_bytes(shot_png)}
 
 
+#: what a page may not show: (key of the page's report, how to say it, how many examples)
+FAULTS = (("refused", "requested the network (offline, refused)", 5),
+          ("untypeset", "math elements not typeset", 3), ("tex_errors", "TeX errors", 3),
+          ("raw_tex", "raw TeX in the visible text", 3), ("raw_markup", "raw Markdown or TeX in the visible text", 8),
+          ("clipped_math", "display equations clipped (wider than their box, no scroll)", 3),
+          ("broken_images", "images that did not load", 5), ("errors", "JavaScript errors", 5))
+
+
 def problems(r: dict) -> list[str]:
     """What is wrong with one visited page (empty: nothing)."""
-    out = []
-    if r["refused"]:
-        out.append(f"requested the network (offline, refused): {r['refused'][:5]}")
-    if r["math"] and r["mathjax"] != "typeset":
-        out.append(f"{r['math']} math elements, but {r['mathjax']}")
-    if r["untypeset"]:
-        out.append(f"{len(r['untypeset'])} math elements not typeset, e.g. {r['untypeset'][:3]}")
-    if r["tex_errors"]:
-        out.append(f"TeX errors: {r['tex_errors'][:3]}")
-    if r["raw_tex"]:
-        out.append(f"raw TeX in the visible text: {r['raw_tex'][:3]}")
-    if r["raw_markup"]:
-        out.append(f"raw Markdown or TeX in the visible text: {r['raw_markup'][:8]}")
-    if r["clipped_math"]:
-        out.append(f"display equations clipped (wider than their box, no scroll): {r['clipped_math'][:3]}")
-    if r["broken_images"]:
-        out.append(f"images that did not load: {r['broken_images'][:5]}")
-    if r["errors"]:
-        out.append(f"JavaScript errors: {r['errors'][:5]}")
-    return out
+    out = [f"{r['math']} math elements, but {r['mathjax']}"] if r["math"] and r["mathjax"] != "typeset" else []
+    return out + [f"{what} ({len(r[key])}): {r[key][:most]}" for key, what, most in FAULTS if r[key]]
 
 
 def _resolve(page_url: str, href: str) -> tuple[Path, str]:

@@ -1,0 +1,76 @@
+"""What the book has found, computed from its records: the README's findings block.
+
+    python -m revgn.findings            # print the block
+    python -m revgn.findings --write    # rewrite it in README.md, between its two markers
+
+The block is regenerated from the committed records, never typed; `tests/test_findings.py` fails when the
+README's copy differs from what the records say (rerun `--write` after a sweep lands).
+"""
+from __future__ import annotations
+
+import sys
+from collections import Counter
+
+from .experiments import paper_mnist as pm
+from .experiments import regime_map as rm
+from .sweep import collect
+from .utils import REPO_ROOT
+
+README = REPO_ROOT / "README.md"
+START, END = "<!-- findings:start (python -m revgn.findings --write) -->", "<!-- findings:end -->"
+
+
+def _tier(tier: str) -> dict[str, list[dict]]:
+    s, store = rm.SETTINGS[tier], rm.store_of(tier)
+    return {label: rm.walk(reg, s, lambda specs: collect(specs, store))[1] for label, reg in s.regimes().items()}
+
+
+def block() -> str:
+    """The findings, as Markdown: the regime map's verdicts (the full-MNIST tier cell by cell, the book tier
+    counted), and how far the paper's own MNIST experiment has been recorded."""
+    full, book = _tier("full"), _tier("book")
+    lines = ["**Exact GN against a tuned Adam** (test accuracy, GN minus Adam, paired over 5 seeds, 95% "
+             "Student-t interval; chapter 07). Full MNIST and the CIFAR-10 subset, runs stopped when validation "
+             "accuracy stopped rising (patience 3) and scored there, which is not the paper's protocol:", ""]
+    for label, summ in full.items():
+        text, word = rm.gap_verdict(summ, len(rm.SETTINGS["full"].seeds))
+        lines.append(f"- {label}: {text}; **{word}** (GN rate {rm.rates(summ, 'gn')}, Adam {rm.rates(summ, 'adam')})")
+    counts = Counter(rm.gap_verdict(summ, len(rm.SETTINGS["book"].seeds))[1] for summ in book.values())
+    lines += ["", f"Book tier ({len(book)} regimes around 2,000 MNIST images, h = 512, n = 128, 6 epochs: a grid of "
+              "batch sizes and widths, single-factor changes, the CIFAR-10 subset; 'no comparison': GN refused at "
+              "every rate): " + ", ".join(f"{n} {word}" for word, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+              + ". Chapter 07 gives each regime with its rates, and says where GN's rate sits at its cap of 2."]
+    paper = collect(pm.paper_rates().specs, pm.store_of())
+    done = Counter(r.spec.optimizer.name for r, s in zip(paper, pm.paper_rates().specs)
+                   if r is not None and s != pm.refused_by_matrix_rank())
+    refused = paper[pm.paper_rates().specs.index(pm.refused_by_matrix_rank())]
+    lines += ["", "**The paper's own MNIST experiment** (h = 8000, n = 1024, 100 epochs, paper rates, 5 seeds; "
+              "`revgn.experiments.paper_mnist`): recorded so far "
+              + ", ".join(f"{m.upper() if m != 'adam' else 'Adam'} {done.get(m, 0)} of {len(pm.SEEDS)}"
+                          for m in pm.METHODS) + " runs; no verdict yet."
+              + (" Under the default rank rule exact GN refused the paper's features at epoch 1 "
+                 "(s_min/s_max below max(n, h) eps), so its GN arm uses the rule 'rounding'."
+                 if refused is not None and not refused.ok else "")]
+    return "\n".join(lines)
+
+
+def in_readme(text: str | None = None) -> str:
+    """The block as the README holds it (between the markers)."""
+    text = README.read_text() if text is None else text
+    if START not in text or END not in text:
+        raise ValueError(f"{README} has no findings block: add the lines {START!r} and {END!r}")
+    return text.split(START, 1)[1].split(END, 1)[0].strip()
+
+
+def write() -> None:
+    text = README.read_text()
+    in_readme(text)
+    head, rest = text.split(START, 1)
+    README.write_text(head + START + "\n" + block() + "\n" + END + rest.split(END, 1)[1])
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--write"]:
+        write()
+    else:
+        print(block())
