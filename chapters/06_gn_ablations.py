@@ -56,7 +56,7 @@ import revgn
 from revgn import data
 from revgn.book import markdown, table
 from revgn.experiments import ablations as ab
-from revgn.runs import Runs, provenance
+from revgn.runs import Runs, provenance, staleness
 from revgn.stats import TEST, paired, verdict
 from revgn.sweep import collect
 
@@ -230,4 +230,7 @@ else:
 # run above is recorded under `results/gn_ablations/paper/`. What is recorded for this page's scale:
 
 # %% tags=["nbval-check-output"]
-print(provenance([r for rs in recs.values() for r in rs], f"results/gn_ablations/{run.scale}"))
+print(provenance([r for rs in recs.values() for r in rs], f"results/gn_ablations/{run.scale}", code=False))
+
+# %%
+print(staleness([r for rs in recs.values() for r in rs]))

@@ -80,7 +80,7 @@ import revgn
 from revgn.book import markdown, table
 from revgn.experiments import gn_protocol as gp
 from revgn.experiments import right_inverse as ri
-from revgn.runs import RESULTS, Runs, provenance, splits_of
+from revgn.runs import RESULTS, Runs, provenance, staleness, splits_of
 from revgn.stats import TEST, verdict
 from revgn.sweep import collect
 
@@ -376,9 +376,12 @@ if ri.complete(done_c, lw) and all(label in cost_c for label in ri.GN_METHODS):
 
 # %% tags=["nbval-check-output"]
 asked = [r for setting, (needed, _) in walked.items() for r in collect(needed, ri.store_of(setting)) if r is not None]
-print(provenance(asked, "results/right_inverse"))
+print(provenance(asked, "results/right_inverse", code=False))
 for name, (flow, recs) in flows.items():
     if recs:
         print(f"flow {name}: {len(recs)} seeds, commit(s) {sorted({r['provenance']['commit'][:12] for r in recs})}")
 if costs:
     print(f"step costs: {costs['meta']['date'][:10]}, {costs['meta']['device']}, commit {costs['meta']['commit'][:12]}")
+
+# %%
+print(staleness(asked))

@@ -623,8 +623,9 @@ def records(store: str | Path) -> list[Record]:
     return [Record.load(p) for p in sorted(store.glob("*.json"))] if store.is_dir() else []
 
 
-def provenance(recs: list[Record], where: str | Path = "") -> str:
-    """One line on a set of records: how many, when, on which devices and CPUs, at which commits."""
+def provenance(recs: list[Record], where: str | Path = "", code: bool = True) -> str:
+    """One line on a set of records: how many, when, on which devices and CPUs, at which commits, and (code=True)
+    how many are stale (`staleness`; False in a chapter's checked cells, since it depends on the kernels)."""
     if not recs:
         return f"{where}: nothing recorded." if where else "nothing recorded."
     meta = [r.provenance for r in recs]
@@ -632,15 +633,20 @@ def provenance(recs: list[Record], where: str | Path = "") -> str:
     devices = sorted({m.get('device', '?') for m in meta})
     commits = sorted({m.get("commit", "?")[:10] for m in meta})
     head = f"{where}: " if where else ""
+    return (f"{head}{len(recs)} recorded runs, {dates[0]} to {dates[-1]}, on {', '.join(devices)}, "
+            f"at commit{'s' if len(commits) > 1 else ''} {', '.join(commits)}." + (" " + staleness(recs) if code else ""))
+
+
+def staleness(recs: list[Record]) -> str:
+    """How many of some records other code computed (`Record.stale`), in a sentence. It depends on the code and
+    the CPU kernels that run now, so a chapter prints it outside its checked cells."""
     unknown = sum(r.fingerprint is None for r in recs)
     stale = sum(r.stale for r in recs) - unknown
-    code = ("" if not stale + unknown else
-            " Computed by other code than this commit's and not shown to give the same numbers (stale, "
-            "`python -m revgn.fingerprint verify`): " + ", ".join(
-                x for x in (f"{stale} of them" if stale else "", f"{unknown} from trees with uncommitted changes"
-                            if unknown else "") if x) + ".")
-    return (f"{head}{len(recs)} recorded runs, {dates[0]} to {dates[-1]}, on {', '.join(devices)}, "
-            f"at commit{'s' if len(commits) > 1 else ''} {', '.join(commits)}.{code}")
+    if not stale + unknown:
+        return f"All {len(recs)} were computed by this code, or by code shown to give the same numbers."
+    parts = [f"{stale} computed by other code than this commit's and not shown to give the same numbers"] * bool(stale) \
+        + [f"{unknown} computed from trees with uncommitted changes (code unknown)"] * bool(unknown)
+    return f"Of these {len(recs)}: " + "; ".join(parts) + " (stale; `python -m revgn.fingerprint verify` checks them)."
 
 
 class Runs:

@@ -288,9 +288,27 @@ def gap_verdict(summaries: list[dict], seeds: int | None = None) -> tuple[str, s
     return c.text(), verdict(c, above="claim fails: GN better", below="claim holds: GN worse")
 
 
-def gap(summaries: list[dict]):
-    """GN minus Adam test accuracy over a regime's seeds, paired (`revgn.stats.paired`; every seed must have run)."""
-    return paired([r["gn"]["test_acc"] for r in summaries], [r["adam"]["test_acc"] for r in summaries])
+def gap(summaries: list[dict], endpoint: str = "end"):
+    """GN minus Adam test accuracy over a regime's seeds, paired (`revgn.stats.paired`; every seed must have run),
+    each run scored at `endpoint` (`gn_protocol.ENDPOINTS`: its last evaluation, or its own validation peak)."""
+    if endpoint == "end":
+        return paired([r["gn"]["test_acc"] for r in summaries], [r["adam"]["test_acc"] for r in summaries])
+    return paired(*([gp.at_endpoint(r[o]["record"], "test_acc", endpoint) for r in summaries] for o in OPTIMISERS))
+
+
+def endpoint_table(regimes: dict[str, list[dict]]) -> str:
+    """A Markdown table: each complete regime's gap and verdict scored at the stop (its last evaluation) and at
+    each run's own validation peak, and whether the verdict depends on which."""
+    rows = []
+    for label, summ in regimes.items():
+        if not summ or any(r["gap"] is None for r in summ):
+            continue
+        at = {e: gap(summ, e) for e in gp.ENDPOINTS}
+        words = {e: verdict(c, above="claim fails: GN better", below="claim holds: GN worse") for e, c in at.items()}
+        rows.append([label, at["end"].text(), words["end"], at["best_val"].text(), words["best_val"],
+                     "yes" if words["end"] != words["best_val"] else "no"])
+    return (table(["regime", "gap at the stop", "verdict", "gap at each run's validation peak", "verdict",
+                   "depends on the endpoint"], rows) + f"\n\nTest: {TEST}.")
 
 
 def rates(summaries: list[dict], o: str) -> str:
