@@ -70,7 +70,8 @@ def test_a_record_of_other_code_is_stale_wherever_it_is_read(tmp_path, other_cod
     with pytest.raises(ValueError, match="stale"):
         Runs(tmp_path, stale="ignore")
     line = provenance([loaded], "results/x")
-    assert line.startswith("results/x: 1 recorded runs") and "(stale" in line and "1 of them" in line
+    assert line.startswith("results/x: 1 recorded runs") and "Of these 1: 1 computed by other code" in line
+    assert "stale" not in provenance([loaded], "results/x", code=False)
 
 
 @needs_mnist
