@@ -5,7 +5,7 @@ pickled one) and ``"cifar10-subset"`` (the first 4,000 training and 1,000 test i
 binary record format: records 0-3,999 of ``data_batch_1.bin`` and 0-999 of ``test_batch.bin``; a missing copy is
 rebuilt from the official archive, then checked against its own SHA-256).
 
-Files live in a cache folder, ``$REVGN_DATA`` if set, else ``$XDG_CACHE_HOME/revgn`` (``~/.cache/revgn``):
+Files live in a cache folder, ``$REVGN_DATA`` if set, else ``$XDG_CACHE_HOME/revgn`` (``~/.cache/revgn``)::
 
     <cache>/mnist/train-images-idx3-ubyte.gz ...
     <cache>/cifar-10/cifar-10-binary.tar.gz, <cache>/cifar-10/cifar-10-batches-bin/*.bin

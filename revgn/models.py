@@ -176,7 +176,7 @@ class RevMLP(nn.Module):
         return x_last @ self.readout
 
     def forward_with_features(self, x: torch.Tensor):
-        """Logits (n x C), x_L (n x d) and each block's two `HalfLayerCache`s, for the GN step."""
+        """Logits (n x C), x_L (n x d) and each block's two `HalfLayerCache` objects, for the GN step."""
         u = self.embed(x)
         caches = []
         for block in self.blocks:

@@ -1,5 +1,7 @@
 """Runs as data: one frozen description of a training run, one way to run it, one shape of its result.
 
+For example::
+
     spec = RunSpec(DataSpec("mnist", n_train=4000, n_val=1000), ModelSpec(hidden=512), OptimSpec("gn", 0.3),
                    batch_size=128, epochs=6)
     rec = run(spec, RESULTS / "my_topic")      # trains, or loads results/my_topic/<spec.key>.json

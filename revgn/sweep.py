@@ -1,4 +1,6 @@
-"""Sweeps: a grid is a list of `RunSpec`s; the ones not yet recorded are dispatched through submitit.
+"""Sweeps: a grid is a list of run specs; the ones not yet recorded are dispatched through submitit.
+
+For example::
 
     python -m revgn.sweep revgn.experiments.regime_map:book --list          # what is recorded, what is missing
     python -m revgn.sweep revgn.experiments.regime_map:book --workers 2     # run the rest here, 2 processes

@@ -165,7 +165,7 @@ def apply_step(model: nn.Module, direction: dict[str, torch.Tensor], lr: float) 
 
 
 class GaussNewton(Optimizer):
-    """The exact, tractable GN step of `revgn.gn` for a `RevMLP`: theta <- theta - lr * J^{-|} eps (eq-stack).
+    """The exact, tractable GN step of `revgn.gn` for a `RevMLP`: ``theta <- theta - lr * J^{-|} eps`` (eq-stack).
 
     lr = 1 moves the logits by -eps to first order (for the square loss: onto the targets).
     """
@@ -230,8 +230,8 @@ class MoorePenroseGaussNewton(Optimizer):
     """
 
     REFUSE = 10.0  # slack over rtol for the true residual (CG stops on its recursive one)
-    #: rtol when none is given, by the model's dtype: CG in float32 cannot reach float64's 1e-6 (its true
-    #: residual stalls near 1e-5), so a float32 model gets 1e-5 and a step is refused above 1e-4
+    #: The rtol used when none is given, chosen by the model's dtype. CG in float32 cannot reach float64's 1e-6
+    #: (its true residual stalls near 1e-5), so a float32 model gets 1e-5 and a step is refused above 1e-4.
     RTOL = {torch.float64: 1e-6, torch.float32: 1e-5}
 
     def __init__(self, lr: float = 1.0, damping: float = 0.0, rtol: float | None = None, maxiter: int | None = None,

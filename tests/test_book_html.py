@@ -53,7 +53,7 @@ async ([delims, markup]) => {
   out.untypeset = maths.filter(m => !m.querySelector('mjx-container')).map(m => m.textContent.slice(0, 80));
   out.tex_errors = [...document.querySelectorAll('mjx-merror')].map(e => e.textContent.slice(0, 80));
   // Visible text outside code and outside MathJax's hidden copy of each formula.
-  const skip = 'pre, code, script, style, mjx-assistive-mml, .highlight, textarea';
+  const skip = 'pre, code, script, style, mjx-assistive-mml, .highlight, textarea, .sig';  // .sig: API signatures
   const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
   out.raw_tex = [];
   for (let node = walker.nextNode(); node; node = walker.nextNode()) {
