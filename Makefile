@@ -49,13 +49,16 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 > /dev/null
 	touch $@
 
-# papermill has no jupytext support: write the .ipynb from the .py source, then execute it in place.
+# papermill has no jupytext support: write the .ipynb from the .py source, then execute it in place. At any
+# scale but the book's the executed notebooks go to chapters/<scale>/ (never over the committed book pages).
+OUTDIR := $(if $(filter-out book,$(or $(SCALE),book)),chapters/$(SCALE),chapters)
 execute: $(STAMP)
-	@set -e; for ch in $(CHAPTERS); do \
-	  echo "== executing $$ch"; \
-	  $(BIN)/jupytext --quiet --to ipynb $$ch.py; \
-	  $(BIN)/papermill --log-level WARNING -k python3 --cwd chapters $(PARAMS) $$ch.ipynb $$ch.ipynb \
-	    || { echo "FAILED: $$ch (the failing cell's traceback is above and in $$ch.ipynb)"; exit 1; }; \
+	@set -e; mkdir -p $(OUTDIR); for ch in $(CHAPTERS); do \
+	  out=$(OUTDIR)/$$(basename $$ch).ipynb; \
+	  echo "== executing $$ch -> $$out"; \
+	  $(BIN)/jupytext --quiet --to ipynb -o $$out $$ch.py; \
+	  $(BIN)/papermill --log-level WARNING -k python3 --cwd chapters $(PARAMS) $$out $$out \
+	    || { echo "FAILED: $$ch (the failing cell's traceback is above and in $$out)"; exit 1; }; \
 	done
 
 # After a Markdown-only edit: copy the sources' text into the notebooks, keeping the stored outputs.
