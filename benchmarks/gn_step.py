@@ -12,10 +12,13 @@ import argparse
 
 import torch
 
-from revgn.bench import Shape, compare, jacobian_bytes
+from revgn.bench import Shape, compare, jacobian_bytes, route_row
 from revgn.utils import atomic_write_json, resolve_device, run_metadata
 
 MAIN = [Shape(784, 2048, 2, 256), Shape(784, 4096, 2, 512), Shape(3072, 2048, 2, 256)]
+#: exact GN's Gram routes, on random inputs at MAIN's shapes and the paper's MNIST shape, and on MNIST images
+PAPER = Shape(784, 8000, 2, 1024)
+ROUTES = [(s, "random") for s in MAIN + [PAPER]] + [(Shape(784, 2048, 2, 256), "mnist"), (PAPER, "mnist")]
 # Shapes for the explicit-Jacobian comparison, largest first; the first whose Jacobian fits the budget is used.
 EXPLICIT = [Shape(784, 1024, 2, 128), Shape(784, 512, 2, 64), Shape(784, 256, 2, 32)]
 BASE = Shape(784, 2048, 2, 256)
@@ -34,6 +37,10 @@ def fmt(v, col: str) -> str:
         return "-"
     if "/" in col:
         return f"{v:.2f}x"
+    if col.endswith("_share"):
+        return f"{v:.0%}"
+    if "residual" in col:
+        return f"{v:.1e}"
     if col.endswith("_bytes"):
         return f"{v / 2**20:.0f} MiB"
     if col.endswith("_s"):
@@ -48,6 +55,7 @@ def main() -> None:
     ap.add_argument("--cg-iterations", type=int, default=10, help="CG iterations per matrix-free GN step")
     ap.add_argument("--explicit-budget-gb", type=float, default=2.0, help="largest explicit Jacobian to form")
     ap.add_argument("--no-scaling", action="store_true")
+    ap.add_argument("--routes-only", action="store_true", help="only the table of exact GN's Gram routes")
     ap.add_argument("--json", help="also write the results (with date, device, commit) to this file")
     args = ap.parse_args()
     device = resolve_device(args.device)
@@ -55,6 +63,23 @@ def main() -> None:
     print(f"# GN step benchmark: {meta['date']}, {meta['device']}, commit {meta['commit']}, "
           f"torch {meta['torch']}, {meta['threads']} threads, float32, cross-entropy, C=10\n")
     out = {"meta": meta, "args": vars(args)}
+
+    rows = [route_row(s, args.repeats, device, data) for s, data in ROUTES]
+    print("## Exact GN's Gram routes: float64 (the default) and refined (float32 Gram, refined against the "
+          "features)\n")
+    print(table(rows, ["shape", "data", "gn_s", "gn-refined_s", "sgd_s", "adam_s", "gn/sgd", "gn-refined/sgd",
+                       "gn/adam", "gn-refined/adam", "gn_pinv_share", "gn-refined_pinv_share"]))
+    print("\n_pinv_share: the part of the step spent in the pseudo-inverses (Gram, factorisation, solve, "
+          "refinement).\n\nJ Delta = eps, relative residual of each route (float32: the benchmarked model; "
+          "float64: the same weights and batch in float64)\n")
+    print(table(rows, ["shape", "data", "gn_residual_f32", "gn-refined_residual_f32", "gn_residual_f64",
+                       "gn-refined_residual_f64"]))
+    out["routes"] = rows
+    if args.routes_only:
+        if args.json:
+            atomic_write_json(args.json, out)
+            print(f"\nwrote {args.json}")
+        return
 
     main_rows = [compare(s, ["gn", "gn-f32gram", "sgd", "adam", "gn-cg"], args.repeats, device, ("gn", "sgd"), args.cg_iterations)
                  for s in MAIN]

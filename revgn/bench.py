@@ -70,6 +70,7 @@ class _Explicit(Optimizer):
 
 def make_optimizer(name: str, cg_iterations: int = 10) -> Optimizer:
     return {"gn": lambda: GaussNewton(1.0), "gn-f32gram": lambda: GaussNewton(1.0, Pinv(gram_dtype=torch.float32)),
+            "gn-refined": lambda: GaussNewton(1.0, Pinv(gram="refined")),
             "sgd": lambda: SGD(0.01), "adam": lambda: Adam(1e-4),
             "gn-cg": lambda: _CG(cg_iterations), "gn-explicit": _Explicit}[name]()
 
@@ -151,6 +152,89 @@ def step_peak_bytes(shape: Shape, method: str, device="cpu") -> int:
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS":
                                                                               str(torch.get_num_threads())})
     return int(out.stdout.strip().splitlines()[-1])
+
+
+def mnist_problem(shape: Shape, device="cpu", dtype=torch.float32, seed: int = 0):
+    """`make_problem` with the first n MNIST training images and labels (d = 784): real features, whose
+    conditioning decides how much work route "refined" does (`revgn.gn.refined_features_pinv`)."""
+    from .data import load
+
+    if shape.d != 784:
+        raise ValueError(f"MNIST images have d = 784, not {shape.d}")
+    ds = load("mnist", "train", n=shape.n)
+    model = RevMLP(shape.d, shape.classes, depth=shape.depth, hidden=shape.h, seed=seed, dtype=dtype, device=device)
+    return model, ds.x.to(device, dtype), ds.y.to(device)
+
+
+def gn_residual(model: RevMLP, x: torch.Tensor, y: torch.Tensor, pinv: Pinv) -> float:
+    """||J Delta - eps|| / ||eps|| of exact GN's direction Delta (eq-stack) on the batch, with J Delta the
+    logits' directional derivative (one jvp) in the model's dtype."""
+    from torch.func import functional_call, jvp
+
+    from .gn import gn_direction
+
+    with torch.no_grad():
+        eps = CrossEntropy().error(model(x), y)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    direction = gn_direction(model, x, eps, pinv)
+    tangent = {k: direction.get(k, torch.zeros_like(v)) for k, v in params.items()}
+    _, moved = jvp(lambda p: functional_call(model, p, (x,)), (params,), (tangent,))
+    return ((moved - eps).norm() / eps.norm()).item()
+
+
+def pinv_seconds(model: RevMLP, x: torch.Tensor, y: torch.Tensor, opt: Optimizer, repeats: int = 3) -> tuple[float, float]:
+    """Median seconds of a step of `opt` and of the part of it spent in exact GN's pseudo-inverses
+    (`revgn.gn.features_pinv`: the Gram matrix, its factorisation, the solve, any refinement), timed by
+    wrapping that function for the duration."""
+    from . import gn
+
+    spent, inner, steps = [0.0], gn.features_pinv, []
+
+    def timed(*args, **kwargs):
+        t0 = time.perf_counter()
+        out = inner(*args, **kwargs)
+        spent[0] += time.perf_counter() - t0
+        return out
+
+    net, loss = copy.deepcopy(model), CrossEntropy()
+    opt.setup(net, len(x))
+    opt.step(net, x, y, loss)
+    shares = []
+    gn.features_pinv = timed
+    try:
+        for _ in range(repeats):
+            spent[0] = 0.0
+            t0 = time.perf_counter()
+            opt.step(net, x, y, loss)
+            steps.append(time.perf_counter() - t0)
+            shares.append(spent[0])
+    finally:
+        gn.features_pinv = inner
+    return statistics.median(steps), statistics.median(shares)
+
+
+def route_row(shape: Shape, repeats: int = 5, device="cpu", data: str = "random") -> dict:
+    """Exact GN's Gram routes ("float64", "refined") side by side with SGD and Adam on one problem: median
+    step seconds from interleaved rounds, the ratios, each route's share of its step in the pseudo-inverses,
+    and J Delta = eps's relative residual of each route in float32 (the benchmarked model) and in float64 (the
+    same problem built in float64 from the same seed)."""
+    make = mnist_problem if data == "mnist" else make_problem
+    model, x, y = make(shape, device)
+    routes = {"gn": Pinv(), "gn-refined": Pinv(gram="refined")}
+    opts = {"gn": GaussNewton(1.0, routes["gn"]), "gn-refined": GaussNewton(1.0, routes["gn-refined"]),
+            "sgd": SGD(0.01), "adam": Adam(1e-4)}
+    times = time_optimizers(model, x, y, CrossEntropy(), opts, repeats, device)
+    row = {"shape": str(shape), "data": data, **{f"{m}_s": median(t) for m, t in times.items()}}
+    for m in ("gn", "gn-refined"):
+        for other in ("sgd", "adam"):
+            row[f"{m}/{other}"] = row[f"{m}_s"] / row[f"{other}_s"]
+        step, inner = pinv_seconds(model, x, y, GaussNewton(1.0, routes[m]), max(1, repeats // 2))
+        row[f"{m}_pinv_share"] = inner / step
+        row[f"{m}_residual_f32"] = gn_residual(model, x, y, routes[m])
+    model64, x64, y64 = make(shape, device, dtype=torch.float64)  # the same seed, initialised in float64
+    for m in ("gn", "gn-refined"):
+        row[f"{m}_residual_f64"] = gn_residual(model64, x64, y64, routes[m])
+    return row
 
 
 def median(xs: list[float]) -> float:

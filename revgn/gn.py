@@ -18,7 +18,7 @@ Gram matrix (eq-gram).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -27,6 +27,12 @@ from .models import HalfLayerCache, RevMLP
 PINV_KINDS = ("exact", "truncate", "damp", "ridge", "noise")
 #: when exact GN calls features rank-deficient (`Pinv.rank_rule`)
 RANK_RULES = ("matrix_rank", "rounding")
+#: how exact GN forms and solves the Gram matrix (`Pinv.gram`)
+GRAM_ROUTES = ("float64", "refined")
+#: route "refined": the relative residual ||A Delta^T - T|| / ||T|| a step must reach, by the features' dtype
+REFINED_RTOL = {torch.float32: 1e-5, torch.float64: 1e-10}
+#: route "refined": correction steps tried before the float64 route is asked instead
+REFINE_STEPS = 2
 
 
 class RankDeficientError(ValueError):
@@ -54,6 +60,11 @@ class Pinv:
     s_min <= max(n, h) eps s_max (numpy's and LAPACK's default rule, a worst case over algorithms), or
     "rounding", s_min <= 10 eps ||A||_F: within twenty times what rounding the features to their dtype can move
     a singular value (Weyl), the features' own precision (`rounding_threshold`).
+    gram: how the exact kinds form and solve the Gram matrix. "float64" (the default): G in `gram_dtype`,
+    Cholesky. "refined" (`refined_features_pinv`): G in the features' own dtype by a symmetric product,
+    factored in float64, the solution refined against the features themselves until A Delta^T = T to
+    `REFINED_RTOL`; where that Gram cannot settle the rank rule or the residual, the "float64" route decides,
+    so "refined" refuses exactly what "float64" refuses.
     """
 
     kind: str = "exact"
@@ -65,12 +76,15 @@ class Pinv:
     ridge_relative: bool = False
     gram_dtype: torch.dtype = torch.float64
     rank_rule: str = "matrix_rank"
+    gram: str = "float64"
 
     def __post_init__(self):
         if self.kind not in PINV_KINDS:
             raise ValueError(f"Pinv kind must be one of {PINV_KINDS}, got {self.kind!r}")
         if self.rank_rule not in RANK_RULES:
             raise ValueError(f"Pinv.rank_rule must be one of {RANK_RULES}, got {self.rank_rule!r}")
+        if self.gram not in GRAM_ROUTES:
+            raise ValueError(f"Pinv.gram must be one of {GRAM_ROUTES}, got {self.gram!r}")
         for name in ("rtol", "atol", "damping", "ridge", "noise"):
             if getattr(self, name) < 0:
                 raise ValueError(f"Pinv.{name} must be >= 0, got {getattr(self, name)}")
@@ -147,6 +161,82 @@ def rounding_threshold(A: torch.Tensor, lam_max: float, gram_dtype: torch.dtype)
     return gram, f"sqrt(10 n eps) s_max = {gram:.3g}, what the {str(gram_dtype).replace('torch.', '')} Gram resolves"
 
 
+def _rank_floor(A: torch.Tensor, lam_max: float, pinv: Pinv) -> tuple[float, Callable[[float], str]]:
+    """The rank rule of `pinv` for the n x m features A whose Gram matrix has largest eigenvalue lam_max: the
+    floor on the smallest eigenvalue (features with lam_min at or below it are refused) and the refusal's
+    detail as a function of lam_min."""
+    n, m = A.shape
+    dtype = str(A.dtype).replace("torch.", "")
+    if pinv.rank_rule == "matrix_rank":  # today's message, word for word: records quote it
+        tol = _exact_tolerance(n, m, A.dtype, pinv.gram_dtype)
+
+        def detail(lam_min: float) -> str:
+            ratio = (max(lam_min, 0.0) / lam_max) ** 0.5 if lam_max > 0 else 0.0
+            return f"smallest/largest singular value <= {ratio:.3g}, below the tolerance {tol:.3g} for {dtype} features"
+
+        return (tol ** 2) * lam_max, detail
+    floor, rule = rounding_threshold(A, lam_max, pinv.gram_dtype)
+    return floor ** 2, lambda lam_min: (f"smallest singular value <= {max(lam_min, 0.0) ** 0.5:.3g}, not above "
+                                        f"{rule} ({dtype} features)")
+
+
+def symmetric_gram(A: torch.Tensor, blocks: int = 4) -> torch.Tensor:
+    """G = A A^T (n x n) in A's dtype from the row blocks on and above the diagonal only, the lower ones
+    mirrored: (blocks + 1) / (2 blocks) of the full product's work (BLAS's syrk, which torch does not expose)."""
+    n = A.shape[0]
+    edges = [n * i // blocks for i in range(blocks + 1)]
+    G = A.new_empty(n, n)
+    for a, b in zip(edges, edges[1:]):
+        G[a:b, a:] = A[a:b] @ A[a:].T
+        G[b:, a:b] = G[a:b, b:].T
+    return G
+
+
+def _gram_times(A: torch.Tensor, W: torch.Tensor, rows: int = 128) -> torch.Tensor:
+    """A A^T W in float64 (W: n x k, k small), casting A a few rows at a time: a float64 copy of all of A would
+    cost more than the float32 Gram it checks."""
+    AtW = sum(A[a:a + rows].to(torch.float64).T @ W[a:a + rows] for a in range(0, len(A), rows))
+    return torch.cat([A[a:a + rows].to(torch.float64) @ AtW for a in range(0, len(A), rows)])
+
+
+@torch.no_grad()
+def refined_features_pinv(A: torch.Tensor, T: torch.Tensor, pinv: Pinv = Pinv(), probes: int = 4) -> torch.Tensor | None:
+    """(A^+ T)^T for exact GN by route "refined", or None where only the float64 route can decide.
+
+    The n x n Gram G = A A^T is formed in A's dtype (`symmetric_gram`) and factored in float64. Its rounding
+    error E = fl(G) - A A^T is measured against the features in float64 on `probes` Gaussian directions W
+    (E[||E W||_F^2] = probes ||E||_F^2 >= probes ||E||_2^2; the estimate is doubled): by Weyl's inequality
+    every eigenvalue of fl(G) is then within that of the features' own, so the rank rule of `pinv` is applied
+    to the certain side only (features it would refuse, or cannot place, go to the float64 route). The
+    solution is then refined against the features themselves, z <- z + G^{-1}(T - A A^T z) (iterative
+    refinement, the residual formed from A, not from fl(G)), until ||A Delta^T - T|| <= REFINED_RTOL ||T||;
+    after REFINE_STEPS corrections without it, None. Cost: (blocks + 1)/(2 blocks) of the Gram in A's
+    dtype, one n x m product per refinement, and probes-column products in float64.
+    """
+    if A.dtype not in REFINED_RTOL:
+        return None
+    n = A.shape[0]
+    G = symmetric_gram(A, min(4, n)).to(torch.float64)
+    chol, info = torch.linalg.cholesky_ex(G)
+    if info.item() != 0:
+        return None
+    lam_min, lam_max = _extreme_eigenvalues(G, chol)
+    W = torch.randn(n, probes, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(A.device)
+    rounding = 2 * (torch.linalg.matrix_norm(G @ W - _gram_times(A, W)) / probes ** 0.5).item()
+    floor, _ = _rank_floor(A, lam_max, pinv)
+    if lam_max <= 0 or lam_min - rounding <= floor:
+        return None
+    target, rtol = T.norm().item(), REFINED_RTOL[A.dtype]
+    step = torch.cholesky_solve(T.to(torch.float64), chol).to(A.dtype).T @ A
+    for i in range(REFINE_STEPS + 1):
+        residual = T - A @ step.T
+        if residual.norm().item() <= rtol * target:
+            return step
+        if i < REFINE_STEPS:
+            step = step + torch.cholesky_solve(residual.to(torch.float64), chol).to(A.dtype).T @ A
+    return None
+
+
 def _rank_error(where: str, n: int, m: int, detail: str) -> RankDeficientError:
     return RankDeficientError(
         f"{where}: the n x h features (n={n}, h={m}) are rank-deficient: {detail}. Exact GN needs linearly "
@@ -174,6 +264,10 @@ def features_pinv(A: torch.Tensor, T: torch.Tensor, pinv: Pinv = Pinv(), *, wher
             f"matrix with h < n cannot have independent columns, so no step moves the outputs by exactly the "
             f"error. Use a batch of at most {m} examples, a wider bottleneck, or a regularised pseudo-inverse "
             f"(Pinv.truncated / damped / ridged), which gives an inexact step.")
+    if pinv.is_exact and pinv.gram == "refined":
+        step = refined_features_pinv(A, T, pinv)
+        if step is not None:
+            return step  # else the float64 route below decides, exactly as route "float64" would
     Ag = A.to(pinv.gram_dtype)
     G = Ag @ Ag.T
     Tg = T.to(pinv.gram_dtype)
@@ -182,17 +276,9 @@ def features_pinv(A: torch.Tensor, T: torch.Tensor, pinv: Pinv = Pinv(), *, wher
         if info.item() != 0:
             raise _rank_error(where, n, m, "the Gram matrix is not numerically positive definite")
         lam_min, lam_max = _extreme_eigenvalues(G, chol)
-        if pinv.rank_rule == "matrix_rank":  # today's message, word for word: records quote it
-            tol = _exact_tolerance(n, m, A.dtype, pinv.gram_dtype)
-            if lam_max <= 0 or lam_min <= (tol ** 2) * lam_max:
-                ratio = (max(lam_min, 0.0) / lam_max) ** 0.5 if lam_max > 0 else 0.0
-                raise _rank_error(where, n, m, f"smallest/largest singular value <= {ratio:.3g}, below the "
-                                               f"tolerance {tol:.3g} for {str(A.dtype).replace('torch.', '')} features")
-        else:
-            floor, rule = rounding_threshold(A, lam_max, pinv.gram_dtype)
-            if lam_max <= 0 or lam_min <= floor ** 2:
-                raise _rank_error(where, n, m, f"smallest singular value <= {max(lam_min, 0.0) ** 0.5:.3g}, not "
-                                               f"above {rule} ({str(A.dtype).replace('torch.', '')} features)")
+        floor, detail = _rank_floor(A, lam_max, pinv)
+        if lam_max <= 0 or lam_min <= floor:
+            raise _rank_error(where, n, m, detail(lam_min))
         coef = torch.cholesky_solve(Tg, chol)  # G^{-1} T
     else:
         lam, U = torch.linalg.eigh(G)

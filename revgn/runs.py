@@ -43,7 +43,7 @@ SCHEMA = 2  # part of every key: bump it when the meaning of a field changes
 ADDED = {"patience": 0, "until_train_loss": 0.0,
          **{f"{part}.{k}": v for part in ("optimizer", "then") for k, v in
             {"output": "logits", "cg_rtol": 1e-6, "cg_maxiter": 0, "solver": "cg", "rank_rule": "matrix_rank",
-             "mu": 0.0}.items()}}
+             "mu": 0.0, "gram": "float64"}.items()}}
 
 #: what `RunSpec.measure` can name: distances of the network from its initialisation (`revgn.kernels`),
 #: recorded at init and at every evaluation like the losses
@@ -161,7 +161,7 @@ class ModelSpec:
 READS = {"gn": {"pinv"}, "gn-mp": {"mu", "output", "cg_rtol", "cg_maxiter", "solver"},
          "sgd": {"momentum", "weight_decay", "decay"}, "adam": set()}
 #: the fields exact GN reads for each pseudo-inverse (`revgn.gn.Pinv`); the rank rule decides only exact steps
-PINV_READS = {"exact": {"rank_rule"}, "noise": {"noise", "rank_rule"}, "truncate": {"rtol", "atol"},
+PINV_READS = {"exact": {"rank_rule", "gram"}, "noise": {"noise", "rank_rule", "gram"}, "truncate": {"rtol", "atol"},
               "damp": {"damping"}, "ridge": {"ridge", "ridge_relative"}}
 
 
@@ -175,7 +175,9 @@ class OptimSpec:
     "gram", J J^T of a RevMLP's logits formed from its factors and solved by Cholesky; either way a step whose
     true relative residual exceeds 10 cg_rtol is refused), "sgd" (momentum, weight_decay, decay) or "adam".
     rank_rule: when exact GN refuses features as rank-deficient (`revgn.gn.Pinv.rank_rule`: "matrix_rank", the
-    default, or "rounding"). Each optimiser reads only its own fields (`READS`): setting another is an error."""
+    default, or "rounding"); gram: how it forms and solves the Gram matrix (`revgn.gn.Pinv.gram`: "float64", the
+    default, or "refined", the same exact step by a float32 Gram refined against the features). Each optimiser
+    reads only its own fields (`READS`): setting another is an error."""
 
     name: str = "adam"
     lr: float = 1e-3
@@ -195,15 +197,17 @@ class OptimSpec:
     solver: str = "cg"
     rank_rule: str = "matrix_rank"
     mu: float = 0.0
+    gram: str = "float64"
 
     def __post_init__(self):
-        from .gn import PINV_KINDS, RANK_RULES
+        from .gn import GRAM_ROUTES, PINV_KINDS, RANK_RULES
 
         _choice("optimizer.name", self.name, READS)
         _choice("optimizer.pinv", self.pinv, PINV_KINDS)
         _choice("optimizer.output", self.output, ("logits", "body"))
         _choice("optimizer.solver", self.solver, ("cg", "gram"))
         _choice("optimizer.rank_rule", self.rank_rule, RANK_RULES)
+        _choice("optimizer.gram", self.gram, GRAM_ROUTES)
         object.__setattr__(self, "lr", _positive("optimizer.lr", self.lr))
         object.__setattr__(self, "cg_rtol", _positive("optimizer.cg_rtol", self.cg_rtol))
         _canonical(self, ints=("cg_maxiter",), flags=("ridge_relative",),
@@ -235,7 +239,7 @@ class OptimSpec:
                                            maxiter=self.cg_maxiter or None, output=self.output, solver=self.solver)
         if self.name == "gn":
             pinv = Pinv(self.pinv, rtol=self.rtol, atol=self.atol, damping=self.damping, ridge=self.ridge,
-                        noise=self.noise, ridge_relative=self.ridge_relative, rank_rule=self.rank_rule)
+                        noise=self.noise, ridge_relative=self.ridge_relative, rank_rule=self.rank_rule, gram=self.gram)
             return GaussNewton(self.lr, pinv, seed=seed)
         if self.name == "sgd":
             return SGD(self.lr, momentum=self.momentum, weight_decay=self.weight_decay, decay=self.decay)

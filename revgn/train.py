@@ -204,6 +204,7 @@ class GaussNewton(Optimizer):
 
     def describe(self) -> dict[str, Any]:
         rule = {} if self.pinv.rank_rule == "matrix_rank" else {"rank_rule": self.pinv.rank_rule}  # as before
+        rule |= {} if self.pinv.gram == "float64" else {"gram": self.pinv.gram}
         return {"name": self.name, "lr": self.lr, "pinv": self.pinv.kind, "rtol": self.pinv.rtol,
                 "atol": self.pinv.atol, "damping": self.pinv.damping, "ridge": self.pinv.ridge,
                 "noise": self.pinv.noise, **rule}

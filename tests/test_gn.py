@@ -44,10 +44,11 @@ def jvp_residual(model, x, direction, eps, **kw):
     return function_space_residual(model, x, direction, eps, **kw)
 
 
+@pytest.mark.parametrize("gram", ["float64", "refined"])
 @pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
-def test_step_moves_the_outputs_by_exactly_the_error(cfg):
+def test_step_moves_the_outputs_by_exactly_the_error(cfg, gram):
     model, x, _, eps = problem(*cfg)
-    assert jvp_residual(model, x, gn_direction(model, x, eps), eps) <= 1e-10
+    assert jvp_residual(model, x, gn_direction(model, x, eps, Pinv(gram=gram)), eps) <= 1e-10
 
 
 def test_square_features_are_exact_to_the_accuracy_of_the_gram_route():
@@ -293,3 +294,75 @@ def test_the_rank_rule_is_a_spec_field_that_leaves_old_keys_alone():
         OptimSpec("adam", 1e-3, rank_rule="rounding")
     with pytest.raises(ValueError, match="rank_rule"):
         Pinv(rank_rule="loose")
+
+
+@pytest.mark.parametrize("dtype, rtol", [(torch.float32, 1e-5), (F64, 1e-10)])
+def test_the_refined_gram_route_solves_against_the_features_themselves(dtype, rtol):
+    """Features with s_min/s_max = 1e-3 (as MNIST's at h = 8000, n = 1024): the Gram formed in the features'
+    own dtype is refined until A Delta^T = T to REFINED_RTOL, it is the pseudo-inverse of the stored features,
+    and it was not handed to the float64 route (refined_features_pinv answered)."""
+    from revgn.gn import refined_features_pinv
+
+    A, T = _conditioned_features(smallest=1e-3)
+    A, T = A.to(dtype), T.to(dtype)
+    for rule in ("matrix_rank", "rounding"):
+        D = refined_features_pinv(A, T, Pinv(rank_rule=rule, gram="refined"))
+        assert D is not None and D.dtype == dtype
+        A64, T64 = A.double(), T.double()
+        assert ((A64 @ D.double().T - T64).norm() / T64.norm()).item() <= rtol
+        ref = (torch.linalg.pinv(A64) @ T64).T
+        assert ((D.double() - ref).norm() / ref.norm()).item() <= 100 * rtol
+        assert torch.equal(features_pinv(A, T, Pinv(rank_rule=rule, gram="refined")), D)
+
+
+def test_the_symmetric_gram_is_the_gram():
+    from revgn.gn import symmetric_gram
+
+    A = torch.randn(37, 50, generator=torch.Generator().manual_seed(0), dtype=F64)
+    for blocks in (1, 2, 4, 37):
+        assert torch.allclose(symmetric_gram(A, blocks), A @ A.T, rtol=0, atol=1e-12)
+
+
+def test_the_refined_route_hands_what_its_gram_cannot_settle_to_the_float64_route():
+    """s_min/s_max = 1e-4 at h = 2000 in float32: the float32 Gram's rounding (~1e-7 of lambda_max) exceeds
+    lambda_min (1e-8 of it), so refined_features_pinv cannot place the features against the rank rule and
+    answers None; features_pinv then takes the float64 route: the same refusal under "matrix_rank", the same
+    step, bit for bit, under "rounding" (a step float64 accepts is never refused by "refined")."""
+    from revgn.gn import refined_features_pinv
+
+    A, T = _conditioned_features(smallest=1e-4)
+    assert refined_features_pinv(A, T, Pinv(rank_rule="rounding", gram="refined")) is None
+    assert torch.equal(features_pinv(A, T, Pinv(rank_rule="rounding", gram="refined")),
+                       features_pinv(A, T, Pinv(rank_rule="rounding")))
+    with pytest.raises(RankDeficientError, match="below the tolerance 0.000238"):
+        features_pinv(A, T, Pinv(gram="refined"))
+
+
+def test_the_refined_route_refuses_rank_deficient_features_before_anything_moves():
+    A, T = _conditioned_features(smallest=1e-3)
+    for rule in ("matrix_rank", "rounding"):
+        with pytest.raises(RankDeficientError, match="rank-deficient"):
+            features_pinv(torch.cat([A[:8], A[:1]]), torch.cat([T[:8], T[:1] + 1]), Pinv(rank_rule=rule, gram="refined"))
+    model, x, y, _ = problem(2, 32, 10, False, "mse", init_std=0.2)
+    model = model.float()
+    x = torch.cat([x, x[:1]]).float()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    from revgn.train import GaussNewton
+    with pytest.raises(RankDeficientError):
+        GaussNewton(0.5, Pinv(gram="refined")).step(model, x, torch.cat([y, y[:1]]), SquareLoss())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_the_gram_route_is_a_spec_field_that_leaves_old_keys_alone():
+    from revgn.runs import OptimSpec, RunSpec
+    base = RunSpec(optimizer=OptimSpec("gn", 0.1), evaluate=("test",))
+    assert base.replace(**{"optimizer.gram": "float64"}).key == base.key
+    refined = base.replace(**{"optimizer.gram": "refined"})
+    assert refined.key != base.key and refined.optimizer.build(0).pinv.gram == "refined"
+    assert refined.optimizer.build(0).describe()["gram"] == "refined"
+    with pytest.raises(ValueError, match="gram='refined' is not read by 'sgd'"):
+        OptimSpec("sgd", 0.1, gram="refined")
+    with pytest.raises(ValueError, match="gram"):
+        OptimSpec("gn", 0.1, gram="float16")
+    with pytest.raises(ValueError, match="Pinv.gram"):
+        Pinv(gram="float32")

@@ -46,6 +46,7 @@ OTHER = {
     "then": OptimSpec("sgd", 0.1), "switch_epoch": 2, "patience": 2,
     "until_train_loss": 0.5, "optimizer.output": "body", "optimizer.cg_rtol": 1e-8, "optimizer.cg_maxiter": 50,
     "optimizer.solver": "gram", "optimizer.rank_rule": "rounding", "optimizer.mu": 0.1,
+    "optimizer.gram": "refined",
 }
 # Fields that are only valid together with another change: a switch of optimiser needs both of its fields.
 # An optimiser field comes with the optimiser (or pseudo-inverse) that reads it (`revgn.runs.READS`).
