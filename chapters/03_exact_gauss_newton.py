@@ -143,7 +143,8 @@
 # The checks use small float64 models, for which the Jacobian can be formed explicitly.
 
 # %% tags=["parameters"]
-scale = "book"  # "book": minutes on a 2-core CPU; "paper": the benchmark's shapes, for a GPU
+# "book": minutes on a 2-core CPU; "paper": the benchmark's shapes, for a GPU
+scale = "book"
 device = "auto"
 seed = 0
 
@@ -165,10 +166,22 @@ run = revgn.book.setup(scale, device, seed)
 F64 = torch.float64
 
 
-def small_problem(depth, hidden, n, bias=False, loss=SquareLoss(), init_std=0.2, seed=0):
-    """A float64 RevMLP (13 inputs, 4 classes), a batch and its GN error, as in the tests."""
+def small_problem(
+    depth, hidden, n, bias=False, loss=SquareLoss(), init_std=0.2, seed=0
+):
+    """A float64 RevMLP (13 inputs, 4 classes), a batch and its GN error, as in the
+    tests."""
     g = torch.Generator().manual_seed(seed)
-    model = RevMLP(13, 4, depth=depth, hidden=hidden, bias=bias, init_std=init_std, seed=seed, dtype=F64)
+    model = RevMLP(
+        13,
+        4,
+        depth=depth,
+        hidden=hidden,
+        bias=bias,
+        init_std=init_std,
+        seed=seed,
+        dtype=F64,
+    )
     x = torch.randn(n, 13, generator=g, dtype=F64)
     y = torch.randint(0, 4, (n,), generator=g)
     return model, x, y, loss.error(model(x), y)
@@ -180,14 +193,23 @@ def small_problem(depth, hidden, n, bias=False, loss=SquareLoss(), init_std=0.2,
 # $\mathrm{pinv}(J_\ell)\,\varepsilon R^\top$ of that block's Jacobian:
 
 # %% tags=["nbval-check-output"]
-configs = [(1, 40, 16, True, SquareLoss()), (2, 32, 20, False, CrossEntropy()),
-           (3, 48, 12, True, CrossEntropy("exact")), (4, 36, 18, False, SquareLoss())]
+configs = [
+    (1, 40, 16, True, SquareLoss()),
+    (2, 32, 20, False, CrossEntropy()),
+    (3, 48, 12, True, CrossEntropy("exact")),
+    (4, 36, 18, False, SquareLoss()),
+]
 for depth, hidden, n, bias, loss in configs:
     model, x, y, eps = small_problem(depth, hidden, n, bias, loss)
-    residual = verify.function_space_residual(model, x, gn_direction(model, x, eps), eps)
+    residual = verify.function_space_residual(
+        model, x, gn_direction(model, x, eps), eps
+    )
     block_gap = max(verify.block_moore_penrose_errors(model, x, eps))
-    print(f"L={depth} h={hidden} n={n} bias={bias!s:5} {type(loss).__name__:12s}"
-          f" residual <= 1e-12: {residual <= 1e-12}   block step = pinv(J_l) eps to 1e-10: {block_gap <= 1e-10}")
+    print(
+        f"L={depth} h={hidden} n={n} bias={bias!s:5} {type(loss).__name__:12s} residual"
+        f" <= 1e-12: {residual <= 1e-12}   block step = pinv(J_l) eps to 1e-10:"
+        f" {block_gap <= 1e-10}"
+    )
 
 # %% [markdown]
 # The residuals themselves (not checked by nbval: the last digits depend on the machine's BLAS):
@@ -195,7 +217,10 @@ for depth, hidden, n, bias, loss in configs:
 # %%
 for depth, hidden, n, bias, loss in configs:
     model, x, y, eps = small_problem(depth, hidden, n, bias, loss)
-    print(f"L={depth}: residual {verify.function_space_residual(model, x, gn_direction(model, x, eps), eps):.1e}")
+    residual = verify.function_space_residual(
+        model, x, gn_direction(model, x, eps), eps
+    )
+    print(f"L={depth}: residual {residual:.1e}")
 
 # %% [markdown]
 # **Three routes, one function-space step, different parameter steps.** The explicit Moore-Penrose step
@@ -206,9 +231,14 @@ for depth, hidden, n, bias, loss in configs:
 # %% tags=["nbval-check-output"]
 model, x, y, eps = small_problem(2, 32, 20, False, CrossEntropy())
 routes = verify.compare_routes(model, x, eps)
-print("function-space residual <= 1e-9 for all three routes:",
-      all(routes[k] <= 1e-9 for k in ("tractable", "explicit", "matrix_free")))
-print(f"matrix-free vs explicit parameter step agree to 1e-8: {routes['matrix_free_vs_explicit'] <= 1e-8}")
+print(
+    "function-space residual <= 1e-9 for all three routes:",
+    all(routes[k] <= 1e-9 for k in ("tractable", "explicit", "matrix_free")),
+)
+print(
+    "matrix-free vs explicit parameter step agree to 1e-8:"
+    f" {routes['matrix_free_vs_explicit'] <= 1e-8}"
+)
 print(f"||tractable step|| / ||J^+ eps|| = {routes['norm_ratio']:.2f}")
 print(f"||tractable step - J^+ eps|| / ||J^+ eps|| = {routes['step_gap']:.2f}")
 
@@ -231,14 +261,18 @@ print(f"||tractable step - J^+ eps|| / ||J^+ eps|| = {routes['step_gap']:.2f}")
 for depth in (1, 2, 4):
     model, x, _, _ = small_problem(depth, 32, 16, True)
     u = model.embed(x)
-    print(f"L={depth}: max |inverse(forward(u)) - u| <= 1e-12: "
-          f"{(model.inverse_body(model.body(u)) - u).abs().max().item() <= 1e-12}")
+    print(
+        f"L={depth}: max |inverse(forward(u)) - u| <= 1e-12: "
+        f"{(model.inverse_body(model.body(u)) - u).abs().max().item() <= 1e-12}"
+    )
 
 # %% [markdown]
 # **One step fits the batch, to first order.** With learning rate 1 and the square loss, the step moves the
 # outputs onto targets placed at distance $s$ from them, up to a second-order remainder. So the loss should
 # fall from $O(s^2)$ to $O(s^4)$: a slope of 4 on a log-log plot. The figure measures it at the paper's init
 # scale ($W$ entries with sd $10^{-3}$).
+#
+# {numref}`fig-gn-fit` shows the two slopes.
 
 # %% tags=["nbval-check-output"]
 model, x, _, _ = small_problem(2, 64, 16, init_std=1e-3)
@@ -246,15 +280,21 @@ scales = np.logspace(-3, 0, 7)
 before, after = verify.one_step_losses(model, x, scales)
 slope = np.polyfit(np.log10(scales[:4]), np.log10(after[:4]), 1)[0]
 print(f"log-log slope of the loss after one step, s <= 0.1: {slope:.1f}")
-print(f"loss after / before at s = 0.01: {after[2] / before[2]:.0e};  at s = 1: {after[-1] / before[-1]:.2f}")
+print(
+    f"loss after / before at s = 0.01: {after[2] / before[2]:.0e};  at s = 1:"
+    f" {after[-1] / before[-1]:.2f}"
+)
 
-# %%
+# %% mystnb={"figure": {"caption": "Square loss on the batch before and after one exact GN step with learning rate 1, against the distance $s$ of the targets from the outputs (log-log). After the step the loss falls like $s^4$ (dotted: slope 4), the second-order remainder.", "name": "fig-gn-fit"}}
 fig, ax = plt.subplots(figsize=(5, 3.4))
 ax.loglog(scales, before, "o-", label="before the step")
 ax.loglog(scales, after, "s-", label="after one GN step (lr 1)")
 ax.loglog(scales, after[0] * (scales / scales[0]) ** 4, "k:", lw=1, label="slope 4")
-ax.set(xlabel="distance $s$ of the targets from the outputs", ylabel="square loss on the batch",
-       title="A GN step fits the batch to first order")
+ax.set(
+    xlabel="distance $s$ of the targets from the outputs",
+    ylabel="square loss on the batch",
+    title="A GN step fits the batch to first order",
+)
 ax.legend()
 plt.show()
 
@@ -268,13 +308,20 @@ plt.show()
 # code's linear first block when $n>d/2$, both make the features rank-deficient:
 
 # %% tags=["nbval-check-output"]
-cases = {"h = 12 < n = 16": (RevMLP(13, 4, hidden=12, dtype=F64), 16),
-         "identity first block, n = 10 > d/2 = 7": (RevMLP(13, 4, hidden=64, dtype=F64, first_activation="identity"), 10)}
+cases = {
+    "h = 12 < n = 16": (RevMLP(13, 4, hidden=12, dtype=F64), 16),
+    "identity first block, n = 10 > d/2 = 7": (
+        RevMLP(13, 4, hidden=64, dtype=F64, first_activation="identity"),
+        10,
+    ),
+}
 for name, (model, n) in cases.items():
     x = torch.randn(n, 13, dtype=F64)
     try:
         gn_direction(model, x, torch.randn(n, 4, dtype=F64))
-    except RankDeficientError as err:  # where, and why; the numbers after the reason depend on the last digits
+    except (
+        RankDeficientError
+    ) as err:  # where, and why; the numbers after the reason depend on the last digits
         where, _, why = str(err).partition(": ")
         print(f"{name}: refused at {where}: {why.split(': ')[0].split('. ')[0]}")
 
@@ -293,24 +340,41 @@ for name, (model, n) in cases.items():
 # $n\times n$ factorisation. At book scale:
 
 # %%
-shapes = run.pick(book=[Shape(784, 1024, 2, 128), Shape(784, 2048, 2, 256)],
-                  paper=[Shape(784, 2048, 2, 256), Shape(784, 4096, 2, 512), Shape(3072, 2048, 2, 256)])
+shapes = run.pick(
+    book=[Shape(784, 1024, 2, 128), Shape(784, 2048, 2, 256)],
+    paper=[
+        Shape(784, 2048, 2, 256),
+        Shape(784, 4096, 2, 512),
+        Shape(3072, 2048, 2, 256),
+    ],
+)
 rows = [compare(s, ["gn", "sgd", "adam"], repeats=5, device=run.device) for s in shapes]
 for r in rows:
-    print(f"{r['shape']:28s} GN {r['gn_s'] * 1e3:6.1f} ms   SGD {r['sgd_s'] * 1e3:6.1f} ms   "
-          f"Adam {r['adam_s'] * 1e3:6.1f} ms   GN/SGD {r['gn/sgd']:.2f}x")
+    print(
+        f"{r['shape']:28s} GN {r['gn_s'] * 1e3:6.1f} ms   SGD {r['sgd_s'] * 1e3:6.1f}"
+        f" ms   Adam {r['adam_s'] * 1e3:6.1f} ms   GN/SGD {r['gn/sgd']:.2f}x"
+    )
 
 # %% [markdown]
 # How the GN step's cost grows with the batch size $n$, next to SGD's. The Gram matrix ($n^2h$) and its
 # factorisation ($n^3$) make GN's cost grow faster than linearly in $n$, while SGD's stays linear:
+#
+# {numref}`fig-gn-cost` shows the timings.
 
-# %%
+# %% mystnb={"figure": {"caption": "Median time of one exact GN step and one SGD step on this machine against the batch size $n$ ($d=784$, $h=2048$, $L=2$), measured side by side.", "name": "fig-gn-cost"}}
 ns = run.pick(book=[32, 64, 128, 256, 512], paper=[64, 128, 256, 512, 1024, 2048])
-scaling = [compare(Shape(784, 2048, 2, n), ["gn", "sgd"], repeats=3, device=run.device) for n in ns]
+scaling = [
+    compare(Shape(784, 2048, 2, n), ["gn", "sgd"], repeats=3, device=run.device)
+    for n in ns
+]
 fig, ax = plt.subplots(figsize=(5, 3.4))
 ax.loglog(ns, [r["gn_s"] * 1e3 for r in scaling], "o-", label="exact GN step")
 ax.loglog(ns, [r["sgd_s"] * 1e3 for r in scaling], "s-", label="SGD step")
-ax.set(xlabel="batch size $n$", ylabel="time per step (ms)", title="Cost of a step, d=784, h=2048, L=2")
+ax.set(
+    xlabel="batch size $n$",
+    ylabel="time per step (ms)",
+    title="Cost of a step, d=784, h=2048, L=2",
+)
 ax.set_xticks(ns, [str(n) for n in ns])
 ax.tick_params(which="minor", labelbottom=False)
 ax.legend()
@@ -321,22 +385,43 @@ plt.show()
 # machine and commit in `results/benchmarks/gn_step-cpu.json` (and summarised in `benchmarks/README.md`).
 # What it measured, side by side in one run:
 
-# %%
-bench = read_json(REPO_ROOT / "results" / "benchmarks" / "gn_step-cpu.json", "benchmark record")
+# %% tags=["hide-input"]
+bench = read_json(
+    REPO_ROOT / "results" / "benchmarks" / "gn_step-cpu.json", "benchmark record"
+)
 main, explicit = bench["main"], bench["explicit"]
 span = lambda xs: f"{min(xs):.2f} to {max(xs):.2f}"
 ratios = [m["gn/sgd"] for m in main]
 tractable = max(ratios) < 3
-markdown("\n".join([
-    f"On {bench['meta']['device']} with {bench['meta']['threads']} threads ({bench['meta']['date'][:10]}, commit "
-    f"{bench['meta']['commit'][:10]}), for the shapes " + ", ".join(m["shape"] for m in main) + ":",
-    f"- an exact GN step costs {span(ratios)} SGD steps, and {span([m['gn/sgd'] / m['gn/gn-f32gram'] for m in main])} "
-    f"with the Gram matrix in float32 (the float64 Gram is kept because real features need it for the step to be "
-    f"certifiably exact);",
-    f"- its peak memory is {span([m['gn/sgd_memory'] for m in main])} times that of an SGD step;",
-    f"- it is {explicit['speedup']:,.0f} times faster than forming and pseudo-inverting the explicit Jacobian, at the "
-    f"largest shape where that Jacobian fits in {bench['args']['explicit_budget_gb']:g} GB ({explicit['shape']}).",
-    "",
-    f"Tractable, by the chapter's criterion (a GN step within three SGD steps on every paper-like shape): "
-    f"{'yes' if tractable else 'no'}. The ratio grows with the batch size, as the $n^2h$ Gram matrix and its "
-    f"$n^3$ factorisation predict (the figure above)."]))
+markdown(
+    "\n".join([
+        f"On {bench['meta']['device']} with {bench['meta']['threads']} threads"
+        f" ({bench['meta']['date'][:10]}, commit {bench['meta']['commit'][:10]}), for"
+        " the shapes "
+        + ", ".join(m["shape"] for m in main)
+        + ":",
+        (
+            f"- an exact GN step costs {span(ratios)} SGD steps, and"
+            f" {span([m['gn/sgd'] / m['gn/gn-f32gram'] for m in main])} with the Gram"
+            " matrix in float32 (the float64 Gram is kept because real features need"
+            " it for the step to be certifiably exact);"
+        ),
+        (
+            f"- its peak memory is {span([m['gn/sgd_memory'] for m in main])} times"
+            " that of an SGD step;"
+        ),
+        (
+            f"- it is {explicit['speedup']:,.0f} times faster than forming and"
+            " pseudo-inverting the explicit Jacobian, at the largest shape where that"
+            f" Jacobian fits in {bench['args']['explicit_budget_gb']:g} GB"
+            f" ({explicit['shape']})."
+        ),
+        "",
+        (
+            "Tractable, by the chapter's criterion (a GN step within three SGD steps"
+            f" on every paper-like shape): {'yes' if tractable else 'no'}. The ratio"
+            " grows with the batch size, as the $n^2h$ Gram matrix and its $n^3$"
+            " factorisation predict (the figure above)."
+        ),
+    ])
+)

@@ -38,9 +38,12 @@
 # about the paper's runs). Paper scale: $h=8000$, $n=1024$, 100 epochs. Five seeds; at a seed the three
 # optimisers share the training subset, the initial weights and the batch order, and every comparison
 # below is paired over the seeds with a 95% Student-t interval (`revgn.stats`).
+#
+# {numref}`fig-lazy-measures` follows the four measures along training.
 
 # %% tags=["parameters"]
-scale = "book"  # "book": minutes on a 2-core CPU; "paper": the paper's settings, for a GPU
+# "book": minutes on a 2-core CPU; "paper": the paper's settings, for a GPU
+scale = "book"
 device = "auto"
 seed = 0
 
@@ -51,19 +54,48 @@ import numpy as np
 import revgn
 from revgn.book import claim, markdown, table
 from revgn.experiments import gn_protocol as gp
-from revgn.runs import RESULTS, DataSpec, ModelSpec, OptimSpec, Runs, RunSpec, provenance, records
+from revgn.runs import (
+    RESULTS,
+    DataSpec,
+    ModelSpec,
+    OptimSpec,
+    Runs,
+    RunSpec,
+    provenance,
+    records,
+)
 from revgn.stats import TEST, paired, verdict
 
 run = revgn.book.setup(scale, device, seed)
-BASE = RunSpec(DataSpec("mnist", n_train=run.pick(4000, 60000), n_test=1000), ModelSpec(depth=2, hidden=run.pick(512, 8000)),
-               loss="ce", batch_size=run.pick(128, 1024), epochs=run.pick(6, 100), eval_every=run.pick(2, 10),
-               eval_train_size=1000, evaluate=("test",),
-               measure=("ntk_similarity", "ntk_distance", "cka", "weight_cosine", "kappa"), kernel_inputs=4,
-               cka_inputs=500, kappa_inputs=20)
-OPTIMISERS = {"gn": OptimSpec("gn", 0.1), "sgd": OptimSpec("sgd", 0.1), "adam": OptimSpec("adam", 1e-4)}  # the paper's
+BASE = RunSpec(
+    DataSpec("mnist", n_train=run.pick(4000, 60000), n_test=1000),
+    ModelSpec(depth=2, hidden=run.pick(512, 8000)),
+    loss="ce",
+    batch_size=run.pick(128, 1024),
+    epochs=run.pick(6, 100),
+    eval_every=run.pick(2, 10),
+    eval_train_size=1000,
+    evaluate=("test",),
+    measure=("ntk_similarity", "ntk_distance", "cka", "weight_cosine", "kappa"),
+    kernel_inputs=4,
+    cka_inputs=500,
+    kappa_inputs=20,
+)
+OPTIMISERS = {
+    "gn": OptimSpec("gn", 0.1),
+    "sgd": OptimSpec("sgd", 0.1),
+    "adam": OptimSpec("adam", 1e-4),
+}  # the paper's
 SEEDS = tuple(range(run.seed, run.seed + 5))
-runs = Runs(run.pick(None, RESULTS / "gn_lazy_regime" / "paper"), run.device, progress=run.scale == "paper")
-recs = {o: runs.all(gp.at_seeds(BASE.replace(optimizer=opt), SEEDS), desc=o) for o, opt in OPTIMISERS.items()}
+runs = Runs(
+    run.pick(None, RESULTS / "gn_lazy_regime" / "paper"),
+    run.device,
+    progress=run.scale == "paper",
+)
+recs = {
+    o: runs.all(gp.at_seeds(BASE.replace(optimizer=opt), SEEDS), desc=o)
+    for o, opt in OPTIMISERS.items()
+}
 print(BASE)
 
 # %%
@@ -71,35 +103,61 @@ end = lambda o, key: [r.metrics[key] for r in recs[o]]
 start = lambda o, key: [r.history.epochs[key][0] for r in recs[o]]
 for o in recs:
     m = lambda key: np.mean(end(o, key))
-    print(f"{o:4s} test acc {m('test_acc'):.3f} | end of training, mean over {len(SEEDS)} seeds: NTK similarity "
-          f"{m('ntk_similarity'):.3f}, kernel distance {m('ntk_distance'):.3f}, CKA block 1 {m('cka_block1'):.3f}, "
-          f"block 2 {m('cka_block2'):.3f}, weight cosine {m('weight_cosine'):.2f}, "
-          f"kappa {np.mean(start(o, 'kappa')):.3g} -> {m('kappa'):.3g} (residual {np.mean(start(o, 'kappa_residual')):.3g} -> "
-          f"{m('kappa_residual'):.3g}, ||Dh|| {np.mean(start(o, 'kappa_first')):.3g} -> {m('kappa_first'):.3g}, "
-          f"||D2h|| {np.mean(start(o, 'kappa_second')):.3g} -> {m('kappa_second'):.3g})")
+    print(
+        f"{o:4s} test acc {m('test_acc'):.3f} | end of training, mean over {len(SEEDS)}"
+        f" seeds: NTK similarity {m('ntk_similarity'):.3f}, kernel distance"
+        f" {m('ntk_distance'):.3f}, CKA block 1 {m('cka_block1'):.3f}, block 2"
+        f" {m('cka_block2'):.3f}, weight cosine {m('weight_cosine'):.2f}, kappa"
+        f" {np.mean(start(o, 'kappa')):.3g} -> {m('kappa'):.3g} (residual"
+        f" {np.mean(start(o, 'kappa_residual')):.3g} -> {m('kappa_residual'):.3g},"
+        f" ||Dh|| {np.mean(start(o, 'kappa_first')):.3g} -> {m('kappa_first'):.3g},"
+        f" ||D2h|| {np.mean(start(o, 'kappa_second')):.3g} -> {m('kappa_second'):.3g})"
+    )
 
 # %% tags=["nbval-check-output"]
-claim("the paper's NTK similarity stays above 0.95 for all three optimisers at every seed",
-      min(min(end(o, "ntk_similarity")) for o in recs) > 0.95)
-claim("the full kernel distance stays below 0.05 for all three at every seed",
-      max(max(end(o, "ntk_distance")) for o in recs) < 0.05)
-claim("GN leaves block 2's representation closest to init (highest CKA) at every seed",
-      all(np.argmax([end(o, "cka_block2")[i] for o in recs]) == 0 for i in range(len(SEEDS))))
-claim("kappa falls during GN training and rises under SGD and Adam, at every seed",
-      all(e < s for s, e in zip(start("gn", "kappa"), end("gn", "kappa")))
-      and all(e > s for o in ("sgd", "adam") for s, e in zip(start(o, "kappa"), end(o, "kappa"))))
+claim(
+    "the paper's NTK similarity stays above 0.95 for all three optimisers at every"
+    " seed",
+    min(min(end(o, "ntk_similarity")) for o in recs) > 0.95,
+)
+claim(
+    "the full kernel distance stays below 0.05 for all three at every seed",
+    max(max(end(o, "ntk_distance")) for o in recs) < 0.05,
+)
+claim(
+    "GN leaves block 2's representation closest to init (highest CKA) at every seed",
+    all(
+        np.argmax([end(o, "cka_block2")[i] for o in recs]) == 0
+        for i in range(len(SEEDS))
+    ),
+)
+claim(
+    "kappa falls during GN training and rises under SGD and Adam, at every seed",
+    all(e < s for s, e in zip(start("gn", "kappa"), end("gn", "kappa")))
+    and all(
+        e > s
+        for o in ("sgd", "adam")
+        for s, e in zip(start(o, "kappa"), end(o, "kappa"))
+    ),
+)
 
-# %%
-panels = [("ntk_similarity", "NTK similarity (paper's probe)"), ("ntk_distance", "NTK kernel distance"),
-          ("cka_block2", "CKA of block 2's output"), ("weight_cosine", "weight cosine (min over half-layers)")]
-fig, axes = plt.subplots(1, 4, figsize=(13, 3.2))
-for ax, (key, title) in zip(axes, panels):
+# %% mystnb={"figure": {"caption": "Four distances from init along training, at the paper's learning rates: the paper's NTK probe similarity, the empirical NTK's kernel distance, the CKA of block 2's output with its output at init, and the smallest weight cosine to init (lines: mean over the seeds; bands: their range). Higher similarity, CKA and cosine, and lower distance, mean lazier.", "name": "fig-lazy-measures"}}
+panels = [
+    ("ntk_similarity", "NTK similarity (paper's probe)"),
+    ("ntk_distance", "NTK kernel distance"),
+    ("cka_block2", "CKA of block 2's output"),
+    ("weight_cosine", "weight cosine (min over half-layers)"),
+]
+fig, axes = plt.subplots(2, 2, figsize=(6.8, 5.4))
+for ax, (key, title) in zip(axes.flat, panels):
     for o, rs in recs.items():
         vals = np.array([r.history.epochs[key] for r in rs])
         ax.plot(rs[0].history.epochs["epoch"], vals.mean(0), "o-", label=o)
-        ax.fill_between(rs[0].history.epochs["epoch"], vals.min(0), vals.max(0), alpha=0.2)
-    ax.set(xlabel="epoch", title=title)
-axes[0].legend()
+        ax.fill_between(
+            rs[0].history.epochs["epoch"], vals.min(0), vals.max(0), alpha=0.2
+        )
+    ax.set(xlabel="epoch", ylabel=title.split(" (")[0], title=title)
+axes[0, 0].legend()
 plt.show()
 
 # %% [markdown]
@@ -107,23 +165,54 @@ plt.show()
 #
 # Each row compares two optimisers, or the end of training with its start, paired over the seeds.
 
-# %%
+# %% tags=["hide-input"]
 kappa_change = {o: paired(end(o, "kappa"), start(o, "kappa")) for o in recs}
 rows = []
-for key, label in (("ntk_similarity", "paper's NTK similarity"), ("ntk_distance", "kernel distance"),
-                   ("cka_block2", "CKA of block 2"), ("weight_cosine", "weight cosine")):
+for key, label in (
+    ("ntk_similarity", "paper's NTK similarity"),
+    ("ntk_distance", "kernel distance"),
+    ("cka_block2", "CKA of block 2"),
+    ("weight_cosine", "weight cosine"),
+):
     for other in ("sgd", "adam"):
         c = paired(end("gn", key), end(other, key))
-        lazier = "higher" if key != "ntk_distance" else "lower"  # lazier: closer to init
-        rows.append([label, f"GN - {other}", c.text(1, ""),
-                     verdict(c, above=f"GN {'lazier' if lazier == 'higher' else 'less lazy'}",
-                             below=f"GN {'less lazy' if lazier == 'higher' else 'lazier'}")])
+        # lazier: closer to init
+        lazier = "higher" if key != "ntk_distance" else "lower"
+        rows.append([
+            label,
+            f"GN - {other}",
+            c.text(1, ""),
+            verdict(
+                c,
+                above=f"GN {'lazier' if lazier == 'higher' else 'less lazy'}",
+                below=f"GN {'less lazy' if lazier == 'higher' else 'lazier'}",
+            ),
+        ])
 for o, c in kappa_change.items():
-    rows.append(["kappa", f"{o}: end - init", c.text(1, ""), verdict(c, above="rises", below="falls")])
-    for factor, label in (("residual", "its residual ||h - y*||"), ("first", "its ||Dh||"), ("second", "its ||D2h||")):
-        f = paired(np.log(end(o, f"kappa_{factor}")), np.log(start(o, f"kappa_{factor}")))
-        rows.append([f"kappa: {label}", f"{o}: log(end / init)", f.text(1, ""), verdict(f, above="rises", below="falls")])
-markdown(table(["measure", "comparison", "mean difference [95% interval]", "verdict"], rows) + f"\n\nTest: {TEST}.")
+    rows.append([
+        "kappa",
+        f"{o}: end - init",
+        c.text(1, ""),
+        verdict(c, above="rises", below="falls"),
+    ])
+    for factor, label in (
+        ("residual", "its residual ||h - y*||"),
+        ("first", "its ||Dh||"),
+        ("second", "its ||D2h||"),
+    ):
+        f = paired(
+            np.log(end(o, f"kappa_{factor}")), np.log(start(o, f"kappa_{factor}"))
+        )
+        rows.append([
+            f"kappa: {label}",
+            f"{o}: log(end / init)",
+            f.text(1, ""),
+            verdict(f, above="rises", below="falls"),
+        ])
+markdown(
+    table(["measure", "comparison", "mean difference [95% interval]", "verdict"], rows)
+    + f"\n\nTest: {TEST}."
+)
 
 # %% [markdown]
 # How to read the table against the paper's claim. The claim is that GN (and SGD) keep the network lazy
@@ -135,6 +224,43 @@ markdown(table(["measure", "comparison", "mean difference [95% interval]", "verd
 # A fall of $\kappa$ can also come from its residual $\|h-y^*\|$ alone, as the fit improves, with the
 # curvature relative to the Jacobian unchanged: the three factor rows of the table say which of them moved.
 #
+# The rule, applied to the table measure by measure:
+
+# %% tags=["hide-input"]
+said = {(r[0], r[1]): r[3] for r in rows}
+
+
+def reading(label: str) -> str:
+    """The reading rule on one measure: GN lazier than Adam, SGD no less lazy."""
+    vs_adam, vs_sgd = said[label, "GN - adam"], said[label, "GN - sgd"]
+    if vs_adam.startswith("no verdict") or vs_sgd.startswith("no verdict"):
+        return f"no verdict ({vs_adam}; {vs_sgd})"
+    if vs_adam == "GN lazier" and vs_sgd != "GN lazier":
+        return "supports the claim"
+    if vs_adam == "GN less lazy" or vs_sgd == "GN lazier":
+        why = "GN is less lazy than Adam" if vs_adam == "GN less lazy" else ""
+        why += (" and " if why and vs_sgd == "GN lazier" else "") + (
+            "SGD is less lazy than GN" if vs_sgd == "GN lazier" else ""
+        )
+        return f"contradicts it ({why})"
+    return f"undecided (GN vs Adam: {vs_adam}; GN vs SGD: {vs_sgd})"
+
+
+measures = [
+    "paper's NTK similarity",
+    "kernel distance",
+    "CKA of block 2",
+    "weight cosine",
+]
+outcome = {m: reading(m) for m in measures}
+supports = sum(o == "supports the claim" for o in outcome.values())
+markdown(
+    "; ".join(f"**{m}**: {o}" for m, o in outcome.items())
+    + ". The claim that GN keeps the network lazy while Adam moves it is supported"
+    f" in {supports} of {len(measures)} measures at this scale."
+)
+
+# %% [markdown]
 # Weight cosines fall for every optimiser whatever the verdict: the trained weights start at sd $10^{-3}$, so
 # any update soon dominates them, and the cosine says more about the tiny init than about laziness.
 #
@@ -146,4 +272,8 @@ markdown(table(["measure", "comparison", "mean difference [95% interval]", "verd
 # when the chapter is executed again). What is recorded there:
 
 # %%
-print(provenance(records(RESULTS / "gn_lazy_regime" / "paper"), "results/gn_lazy_regime/paper"))
+print(
+    provenance(
+        records(RESULTS / "gn_lazy_regime" / "paper"), "results/gn_lazy_regime/paper"
+    )
+)

@@ -94,7 +94,8 @@
 # On a SLURM cluster, the paper grid runs with `--executor slurm --partition <name>`.
 
 # %% tags=["parameters"]
-scale = "book"  # "book": minutes on a 2-core CPU; "paper": the paper's settings, for a GPU
+# "book": minutes on a 2-core CPU; "paper": the paper's settings, for a GPU
+scale = "book"
 device = "auto"
 seed = 0
 
@@ -113,16 +114,21 @@ from revgn.sweep import collect
 
 run = revgn.book.setup(scale, device, seed)
 S = rm.SETTINGS[run.scale]  # the regimes of this tier, as data
-GRID = rm.grid(run.scale)  # what its records ask for: the bracketed rate grids at every seed
+# what its records ask for: the bracketed rate grids at every seed
+GRID = rm.grid(run.scale)
 runs = Runs(GRID.store, run.device, progress=run.scale == "paper")
 runs.all(GRID.specs, desc="regime map")  # loads what is recorded, runs the rest
 summ = {label: rm.summaries(reg, S, runs.all) for label, reg in S.regimes().items()}
-cell = rm.mean_over_seeds  # the mean over seeds of value(summary); NaN where some seed failed
+# the mean over seeds of value(summary); NaN where some seed failed
+cell = rm.mean_over_seeds
 grid = {nr: summ[f"n = {nr[0]}, h/n = {nr[1]}"] for nr in S.grid_regimes()}
-point = lambda images: 100 / images  # what one test image is worth, in points of accuracy
+# what one test image is worth, in points of accuracy
+point = lambda images: 100 / images
 n_test = {d: len(data.load(d, "test", n=n)) for d, n in S.n_test.items()}
-print(f"{len(GRID.specs)} runs; base point {S.base}; starting rates {S.lrs}, cap {S.cap}; seeds {S.seeds}; "
-      f"validation images {S.n_val}; test images {n_test}")
+print(
+    f"{len(GRID.specs)} runs; base point {S.base}; starting rates {S.lrs}, cap {S.cap};"
+    f" seeds {S.seeds}; validation images {S.n_val}; test images {n_test}"
+)
 
 # %% [markdown]
 # ## 1. Width against batch size
@@ -130,29 +136,44 @@ print(f"{len(GRID.specs)} runs; base point {S.base}; starting rates {S.lrs}, cap
 # The main grid varies the batch size $n$ and the ratio $h/n$ (and with it the constraint ratio
 # {eq}`eq-constraint-ratio`, $n/(Lh)=1/(2\,h/n)$ here). Everything else stays at the base point. Rates are
 # chosen at every seed (the rate columns list the choices over the seeds).
+#
+# {numref}`fig-map-grid` maps the gap and the kernels' movement over the grid.
 
 # %% tags=["nbval-check-output"]
-print(f"{'n':>5s} {'h/n':>4s} {'GN lr':>13s} {'Adam lr':>18s}  {'GN acc':>6s} {'Adam acc':>8s} {'gap':>7s}  "
-      f"{'GN sat.':>7s} {'GN NTK d':>8s} {'Adam NTK d':>10s} {'batch drop GN/Adam':>18s}")
+print(
+    f"{'n':>5s} {'h/n':>4s} {'GN lr':>13s} {'Adam lr':>18s}  {'GN acc':>6s}"
+    f" {'Adam acc':>8s} {'gap':>7s}  {'GN sat.':>7s} {'GN NTK d':>8s}"
+    f" {'Adam NTK d':>10s} {'batch drop GN/Adam':>18s}"
+)
 for (n, r), recs in grid.items():
-    print(f"{n:5d} {r:4d} {rm.rates(recs, 'gn'):>13s} {rm.rates(recs, 'adam'):>18s}  "
-          f"{cell(recs, lambda x: x['gn'].get('test_acc')):6.3f} {cell(recs, lambda x: x['adam'].get('test_acc')):8.3f} "
-          f"{cell(recs, lambda x: x['gap']):+7.3f}  {cell(recs, lambda x: x['gn'].get('saturation')):7.0%} "
-          f"{cell(recs, lambda x: x['gn'].get('ntk_distance')):8.3f} {cell(recs, lambda x: x['adam'].get('ntk_distance')):10.3f} "
-          f"{cell(recs, lambda x: x['gn'].get('drop_last')):8.0f}% /{cell(recs, lambda x: x['adam'].get('drop_last')):3.0f}%")
+    print(
+        f"{n:5d} {r:4d} {rm.rates(recs, 'gn'):>13s} {rm.rates(recs, 'adam'):>18s} "
+        f" {cell(recs, lambda x: x['gn'].get('test_acc')):6.3f}"
+        f" {cell(recs, lambda x: x['adam'].get('test_acc')):8.3f}"
+        f" {cell(recs, lambda x: x['gap']):+7.3f} "
+        f" {cell(recs, lambda x: x['gn'].get('saturation')):7.0%}"
+        f" {cell(recs, lambda x: x['gn'].get('ntk_distance')):8.3f}"
+        f" {cell(recs, lambda x: x['adam'].get('ntk_distance')):10.3f}"
+        f" {cell(recs, lambda x: x['gn'].get('drop_last')):8.0f}%"
+        f" /{cell(recs, lambda x: x['adam'].get('drop_last')):3.0f}%"
+    )
 every = [r for recs in summ.values() for r in recs]
 print("chosen rates over every regime and seed:", rm.bracketing(every))
 
-# %%
+# %% mystnb={"figure": {"caption": "The main grid, batch size $n$ against $h/n$: GN's test accuracy minus Adam's in points (left; mean over the seeds, negative: GN worse) and each method's NTK distance from init (middle, right). Hatched cells: GN refused at every rate.", "name": "fig-map-grid"}}
 values = lambda value: [[cell(grid[n, r], value) for r in S.ratios] for n in S.batches]
-fig, axes = plt.subplots(1, 3, figsize=(12, 3.3))
+fig, axes = plt.subplot_mosaic([["gap", "gap"], ["gn", "adam"]], figsize=(6.8, 5.4))
 kw = dict(rows=S.batches, cols=S.ratios, xlabel="h / n", ylabel="batch size n")
-heatmap(axes[0], values(lambda x: x["gap"]), title="test accuracy: GN - Adam", **kw)
-heatmap(axes[1], values(lambda x: x["gn"].get("ntk_distance")), fmt="{:.3f}", cmap="viridis", center=None,
-        title="GN: NTK distance from init", **kw)
-heatmap(axes[2], values(lambda x: x["adam"].get("ntk_distance")), fmt="{:.3f}", cmap="viridis", center=None,
-        title="Adam: NTK distance from init", **kw)
-plt.tight_layout()
+points = lambda x: None if x["gap"] is None else 100 * x["gap"]
+heatmap(
+    axes["gap"], values(points), fmt="{:+.1f}", title="GN - Adam", unit="points", **kw
+)
+kernel = {o: values(lambda x, o=o: x[o].get("ntk_distance")) for o in ("gn", "adam")}
+both = [v for o in kernel for row in kernel[o] for v in row if v is not None and v == v]
+style = dict(fmt="{:.2f}", cmap="viridis", limits=(min(both), max(both)), **kw)
+heatmap(axes["gn"], kernel["gn"], title="GN: NTK distance", **style)
+im = heatmap(axes["adam"], kernel["adam"], title="Adam: NTK distance", **style)
+fig.colorbar(im, ax=[axes["gn"], axes["adam"]], label="NTK distance from init")
 plt.show()
 
 # %% [markdown]
@@ -161,32 +182,51 @@ plt.show()
 # Around the base point, each change below alters one setting, at five paired seeds, with the rates chosen on
 # seed 0. The truncated pseudo-inverse changes GN alone: its Adam runs are the base point's (the same run
 # specs). The first-block comparison needs $n>d/2=392$, so it has its own pair of points.
+#
+# {numref}`fig-map-single` shows every change with its interval.
 
 # %%
 single = {label: summ[label] for label in S.factor_regimes()}
 long_run = f"{3 * S.base.epochs} epochs"
-gaps = {label: rm.gap(recs) for label, recs in single.items() if all(r["gap"] is not None for r in recs)}
+gaps = {
+    label: rm.gap(recs)
+    for label, recs in single.items()
+    if all(r["gap"] is not None for r in recs)
+}
 
 # %% tags=["nbval-check-output"]
-print(f"{'change':28s} {'GN lr':>9s} {'Adam lr':>7s} {'GN acc':>6s} {'Adam acc':>8s} {'gap':>7s} {'GN sat.':>7s} "
-      f"{'Adam sat.':>9s} {'GN NTK d':>8s} {'drop 1st->last':>15s}")
+print(
+    f"{'change':28s} {'GN lr':>9s} {'Adam lr':>7s} {'GN acc':>6s} {'Adam acc':>8s}"
+    f" {'gap':>7s} {'GN sat.':>7s} {'Adam sat.':>9s} {'GN NTK d':>8s}"
+    f" {'drop 1st->last':>15s}"
+)
 for label, recs in single.items():
     m = lambda o, k: cell(recs, lambda x: x[o].get(k))
-    print(f"{label:28s} {rm.rates(recs, 'gn'):>9s} {rm.rates(recs, 'adam'):>7s} {m('gn', 'test_acc'):6.3f} "
-          f"{m('adam', 'test_acc'):8.3f} {cell(recs, lambda x: x['gap']):+7.3f} {m('gn', 'saturation'):7.0%} "
-          f"{m('adam', 'saturation'):9.0%} {m('gn', 'ntk_distance'):8.3f} {m('gn', 'drop_first'):6.0f}% -> "
-          f"{m('gn', 'drop_last'):3.0f}%")
+    print(
+        f"{label:28s} {rm.rates(recs, 'gn'):>9s} {rm.rates(recs, 'adam'):>7s}"
+        f" {m('gn', 'test_acc'):6.3f} {m('adam', 'test_acc'):8.3f}"
+        f" {cell(recs, lambda x: x['gap']):+7.3f} {m('gn', 'saturation'):7.0%}"
+        f" {m('adam', 'saturation'):9.0%} {m('gn', 'ntk_distance'):8.3f}"
+        f" {m('gn', 'drop_first'):6.0f}% -> {m('gn', 'drop_last'):3.0f}%"
+    )
 
-# %%
+# %% mystnb={"figure": {"caption": "Each single-factor change around the base point: GN's test accuracy minus Adam's in points, mean and 95% paired interval over the seeds (negative: GN generalises worse).", "name": "fig-map-single"}}
 labels = list(gaps)
 mean = np.array([gaps[k].mean for k in labels]) * 100
-err = np.array([[gaps[k].mean - gaps[k].lo, gaps[k].hi - gaps[k].mean] for k in labels]).T * 100
-fig, ax = plt.subplots(figsize=(7, 3.6))
-ax.barh(labels, mean, xerr=err, color=["C3" if g < 0 else "C0" for g in mean], capsize=3)
+err = (
+    np.array([[gaps[k].mean - gaps[k].lo, gaps[k].hi - gaps[k].mean] for k in labels]).T
+    * 100
+)
+fig, ax = plt.subplots(figsize=(6.8, 3.6))
+ax.barh(
+    labels, mean, xerr=err, color=["C3" if g < 0 else "C0" for g in mean], capsize=3
+)
 ax.axvline(0, color="k", lw=0.8)
 ax.invert_yaxis()
-ax.set(xlabel="test accuracy, GN - Adam (points; mean and 95% interval over 5 seeds)",
-       title="One factor at a time (negative: GN generalises worse)")
+ax.set(
+    xlabel="test accuracy, GN - Adam (points; mean and 95% interval over 5 seeds)",
+    title="One factor at a time (negative: GN generalises worse)",
+)
 plt.show()
 
 # %% [markdown]
@@ -194,14 +234,18 @@ plt.show()
 #
 # Test accuracy along training at the grid's two extremes where GN runs (the smallest $h/n$ at the smallest
 # batch, the largest $h/n$ at the largest batch) and for the longest run, seed 0.
+#
+# {numref}`fig-map-corners` shows the three runs.
 
-# %%
+# %% mystnb={"figure": {"caption": "Test accuracy along training at the grid's two extreme cells where GN runs and at the longest run, seed 0, each method at its chosen rate (legend).", "name": "fig-map-corners"}}
 n_small = S.batches[0]
 r_small = next(r for r in S.ratios if grid[n_small, r][0]["gn"]["lr"] is not None)
-corners = {f"h/n = {r_small}, n = {n_small}": grid[n_small, r_small][0],
-           f"h/n = {S.ratios[-1]}, n = {S.batches[-1]}": grid[S.batches[-1], S.ratios[-1]][0],
-           f"{long_run} (base point)": single[long_run][0]}
-fig, axes = plt.subplots(1, 3, figsize=(12, 3.2), sharey=True)
+corners = {
+    f"h/n = {r_small}, n = {n_small}": grid[n_small, r_small][0],
+    f"h/n = {S.ratios[-1]}, n = {S.batches[-1]}": grid[S.batches[-1], S.ratios[-1]][0],
+    f"{long_run} (base point)": single[long_run][0],
+}
+fig, axes = plt.subplots(1, 3, figsize=(6.8, 3.0), sharey=True)
 for ax, (label, r) in zip(axes, corners.items()):
     for o in ("gn", "adam"):
         if r[o]["lr"] is not None:
@@ -210,7 +254,6 @@ for ax, (label, r) in zip(axes, corners.items()):
     ax.set(title=label, xlabel="epoch", ylim=(run.pick(0.8, 0.9), 1.0))
     ax.legend()
 axes[0].set_ylabel("test accuracy (MNIST)")
-plt.tight_layout()
 plt.show()
 
 # %% [markdown]
@@ -222,12 +265,14 @@ plt.show()
 # well as Adam and loses from train to test. The alternative is that GN, nearly lazy, *fits less*: its
 # frozen random features cannot express what Adam learns. The test gap splits into the two,
 # test gap = training-accuracy gap - (GN's generalisation gap - Adam's), each paired over the seeds.
+#
+# {numref}`fig-map-cifar` shows the split along training.
 
-# %%
+# %% mystnb={"figure": {"caption": "The CIFAR-10 cell: training (solid) and test (dashed) loss and accuracy, and the NTK's distance from init, per epoch (means over the seeds). Compare GN's training accuracy with Adam's: a GN that overfits each batch would fit the training set at least as well.", "name": "fig-map-cifar"}}
 cifar_label = next(iter(S.cifar_regimes()))
 cifar = summ[cifar_label]
 split = rm.fit_or_generalise(cifar)
-fig, axes = plt.subplots(1, 3, figsize=(12, 3.3))
+fig, axes = plt.subplots(1, 3, figsize=(6.8, 3.0))
 for o, color in (("gn", "C0"), ("adam", "C1")):
     hist = [r[o]["record"].history.epochs for r in cifar]
     mean = lambda k: np.mean([h[k] for h in hist], axis=0)
@@ -237,19 +282,21 @@ for o, color in (("gn", "C0"), ("adam", "C1")):
     axes[1].plot(ep, mean("train_acc"), color=color, label=f"{o}: train")
     axes[1].plot(ep, mean("test_acc"), color=color, ls="--", label=f"{o}: test")
     axes[2].plot(ep, mean("ntk_distance"), color=color, label=o)
-axes[0].set(xlabel="epoch", title="loss (mean over 5 seeds)")
-axes[1].set(xlabel="epoch", title="accuracy (mean over 5 seeds)")
-axes[2].set(xlabel="epoch", title="NTK distance from init")
-for ax in axes:
-    ax.legend(fontsize=7)
-plt.tight_layout()
+axes[0].set(xlabel="epoch", ylabel="loss", title="loss")
+axes[1].set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+axes[2].set(xlabel="epoch", ylabel="NTK distance from init", title="kernel")
+fig.legend(*axes[1].get_legend_handles_labels(), loc="outside lower center", ncol=4)
 plt.show()
 
-# %%
-markdown(f"On the CIFAR-10 subset, GN's test accuracy is {split['test'].text()} from Adam's. Its training "
-         f"accuracy is {split['train'].text()} from Adam's, and its generalisation gap (train minus test accuracy) "
-         f"differs from Adam's by {split['generalisation'].text()}. **Verdict: GN's deficit is {split['which']}** "
-         f"(paired t-tests over the seeds; training accuracy on the {S.base.n_train} training images).")
+# %% tags=["hide-input"]
+markdown(
+    f"On the CIFAR-10 subset, GN's test accuracy is {split['test'].text()} from Adam's."
+    f" Its training accuracy is {split['train'].text()} from Adam's, and its"
+    " generalisation gap (train minus test accuracy) differs from Adam's by"
+    f" {split['generalisation'].text()}. **Verdict: GN's deficit is {split['which']}**"
+    f" (paired t-tests over the seeds; training accuracy on the {S.base.n_train}"
+    " training images)."
+)
 
 # %% [markdown]
 # ## 5. The full-MNIST tier
@@ -265,22 +312,37 @@ markdown(f"On the CIFAR-10 subset, GN's test accuracy is {split['test'].text()} 
 # recorded so far, read without recomputing anything. The figure after the table follows test accuracy along
 # training, at seed 0 of each regime whose rates are chosen, to the epoch where early stopping ended each run.
 
-# %%
+# %% tags=["hide-input"]
 F = rm.SETTINGS["full"]
 full_store = rm.store_of("full")
-walks = {label: rm.walk(reg, F, lambda specs: collect(specs, full_store)) for label, reg in F.regimes().items()}
+walks = {
+    label: rm.walk(reg, F, lambda specs: collect(specs, full_store))
+    for label, reg in F.regimes().items()
+}
 full = {label: summ for label, (_, summ) in walks.items()}
-# Runs recorded of those the walk asks for so far (it asks for more as bracketing and chosen rates require).
-sweeping = {label: (sum(r is not None for r in collect(needed, full_store)), len(needed))
-            for label, (needed, summ) in walks.items() if len(summ) < len(F.seeds)}
+# Runs recorded of those the walk asks for so far (it asks for more as bracketing and
+# chosen rates require).
+sweeping = {
+    label: (sum(r is not None for r in collect(needed, full_store)), len(needed))
+    for label, (needed, summ) in walks.items()
+    if len(summ) < len(F.seeds)
+}
 full_recs = [r for r in collect(rm.grid("full").specs, full_store) if r is not None]
 full_test = {d: len(data.load(d, "test", n=n)) for d, n in F.n_test.items()}
-markdown(rm.verdict_table(full, seeds=len(F.seeds)) + f"\n\nOne test image is {point(full_test['mnist']):.2f} points "
-         f"(MNIST) and {point(full_test['cifar10-subset']):.1f} points (CIFAR-10 subset). "
-         + provenance(full_recs, "results/regime_map/full")
-         + ("\n\nStill being swept (runs recorded of those asked for so far; the count grows as grids are bracketed "
-            "and seeds freed): " + "; ".join(f"{label}: {k} of {m}" for label, (k, m) in sweeping.items()) + "."
-            if sweeping else ""))
+markdown(
+    rm.verdict_table(full, seeds=len(F.seeds))
+    + f"\n\nOne test image is {point(full_test['mnist']):.2f} points "
+    f"(MNIST) and {point(full_test['cifar10-subset']):.1f} points (CIFAR-10 subset). "
+    + provenance(full_recs, "results/regime_map/full")
+    + (
+        "\n\nStill being swept (runs recorded of those asked for so far; the count"
+        " grows as grids are bracketed and seeds freed): "
+        + "; ".join(f"{label}: {k} of {m}" for label, (k, m) in sweeping.items())
+        + "."
+        if sweeping
+        else ""
+    )
+)
 
 # %% [markdown]
 # The rates are chosen on seed 0 and reused for the other four seeds, so a choice made by a few validation images
@@ -289,7 +351,7 @@ markdown(rm.verdict_table(full, seeds=len(F.seeds)) + f"\n\nOne test image is {p
 # runner-up, and seed 0's test gap had either method trained at its runner-up instead (one seed: an indication,
 # not an interval).
 
-# %%
+# %% tags=["hide-input"]
 markdown(rm.margins(full, lambda specs: collect(specs, full_store)))
 
 # %% [markdown]
@@ -297,7 +359,7 @@ markdown(rm.margins(full, lambda specs: collect(specs, full_store)))
 # same records scored at each run's own validation peak (a checkpoint chosen on validation data; the rates stay
 # those chosen above) say which verdicts depend on that choice of endpoint:
 
-# %%
+# %% tags=["hide-input"]
 markdown(rm.endpoint_table(full))
 
 # %% [markdown]
@@ -305,27 +367,46 @@ markdown(rm.endpoint_table(full))
 # stopping; that fixed-horizon protocol is the one that answers the paper, and it is being recorded at the
 # paper's own scale ($h=8000$, $n=1024$, `revgn.experiments.paper_mnist`). The full tier answers a different
 # question: which method is better when each is stopped on validation accuracy.
+#
+# {numref}`fig-map-full` shows where each run stopped.
 
-# %%
-shown = {label: recs[0] for label, recs in full.items() if recs}  # seed 0 of each regime with rates chosen
-if shown:  # test accuracy along training, each method at its chosen rate, until early stopping ended it
-    cols = min(3, len(shown))
-    fig, axes = plt.subplots(-(-len(shown) // cols), cols, figsize=(3.6 * cols, 3.0 * -(-len(shown) // cols)),
-                             squeeze=False)
+# %% mystnb={"figure": {"caption": "The full tier: test accuracy along training of each regime at seed 0, each method at its chosen rate, until validation accuracy stopped rising (legend: rate and stopping epoch).", "name": "fig-map-full"}}
+shown = {
+    label: recs[0] for label, recs in full.items() if recs
+}  # seed 0 of each regime with rates chosen
+# test accuracy along training, each method at its chosen rate, until early stopping
+# ended it
+if shown:
+    cols = min(2, len(shown))
+    fig, axes = plt.subplots(
+        -(-len(shown) // cols),
+        cols,
+        figsize=(6.8, 3.0 * -(-len(shown) // cols)),
+        squeeze=False,
+    )
     for ax, (label, s0) in zip(axes.flat, shown.items()):
         for o in ("gn", "adam"):
             if s0[o]["lr"] is not None:
                 h = s0[o]["record"].history.epochs
-                ax.plot(h["epoch"], h["test_acc"], label=f"{o} (lr {s0[o]['lr']:.3g}, stopped at {h['epoch'][-1]})")
-        after_first = [a for line in ax.lines for a in line.get_ydata()[1:]]  # the initial 10% would flatten the rest
-        ax.set(title=label, xlabel="epoch", ylim=(min(after_first) - 0.005, max(after_first) + 0.003))
-        ax.legend(fontsize=7)
-    for ax in axes.flat[len(shown):]:
+                ax.plot(
+                    h["epoch"],
+                    h["test_acc"],
+                    label=f"{o} (lr {s0[o]['lr']:.3g}, stopped at {h['epoch'][-1]})",
+                )
+        after_first = [
+            a for line in ax.lines for a in line.get_ydata()[1:]
+        ]  # the initial 10% would flatten the rest
+        ax.set(
+            title=label,
+            xlabel="epoch",
+            ylim=(min(after_first) - 0.005, max(after_first) + 0.003),
+        )
+        ax.legend()
+    for ax in axes.flat[len(shown) :]:
         ax.set_axis_off()
     for row in axes:
         row[0].set_ylabel("test accuracy (seed 0)")
     fig.suptitle("Full tier: test accuracy until validation accuracy stopped rising")
-    plt.tight_layout()
     plt.show()
 
 # %% [markdown]
@@ -343,53 +424,104 @@ print(staleness(list(runs.records.values())))
 # Each regime's gap (GN minus Adam test accuracy, in points, paired over five seeds) and the verdict of the
 # book's rule, computed from the records of the book tier (the full tier's table is in section 5):
 
-# %%
+# %% tags=["hide-input"]
 regimes = {label: recs for label, recs in summ.items() if label != "base"}
-markdown(rm.verdict_table(regimes) + f" One test image is {point(n_test['mnist']):.2f} points on MNIST and "
-         f"{point(n_test['cifar10-subset']):.1f} on the CIFAR-10 subset.")
+markdown(
+    rm.verdict_table(regimes)
+    + f" One test image is {point(n_test['mnist']):.2f} points on MNIST and "
+    f"{point(n_test['cifar10-subset']):.1f} on the CIFAR-10 subset."
+)
 
 # %% [markdown]
 # What the measurements say about why, each sentence computed from the records:
 
-# %%
+# %% tags=["hide-input"]
 verdicts = {label: rm.gap_verdict(recs)[1] for label, recs in regimes.items()}
 said = lambda word: [label for label, v in verdicts.items() if v.startswith(word)]
 ran = [r for recs in grid.values() for r in recs if r["gap"] is not None]
-refused = [f"n = {n}" for (n, ratio), recs in grid.items() if all(r["gn"]["lr"] is None for r in recs)]
+refused = [
+    f"n = {n}"
+    for (n, ratio), recs in grid.items()
+    if all(r["gn"]["lr"] is None for r in recs)
+]
 sat = [r["gn"]["saturation"] for r in every if r["gn"]["lr"] is not None]
 ratio = [r["adam"]["ntk_distance"] / r["gn"]["ntk_distance"] for r in ran + cifar]
-ident, relu = (gaps.get(f"n = {S.n_big}, {k}") for k in ("identity, truncated", "ReLU, exact"))
+ident, relu = (
+    gaps.get(f"n = {S.n_big}, {k}") for k in ("identity, truncated", "ReLU, exact")
+)
 counts = rm.bracketing(every)
 full_done = [label for label, recs in full.items() if len(recs) == len(F.seeds)]
 cifar_full = "CIFAR-10"
 fit_full = rm.fit_or_generalise(full[cifar_full]) if cifar_full in full_done else None
 lines = [
-    f"* **Where the claim holds, fails, or is undecided (book tier).** GN is worse in "
-    f"{'; '.join(said('claim holds')) or 'no regime'}; GN is better in {'; '.join(said('claim fails')) or 'no regime'}; "
-    f"no detectable difference in {'; '.join(said('no detectable')) or 'no regime'}"
-    + (f"; exact GN cannot run in {'; '.join(said('no comparison'))}" if said("no comparison") else "") + ".",
-    f"* **Near $h=n$ (the Marchenko-Pastur edge above).** Exact GN was refused at every rate at h/n = 1 for "
-    f"{', '.join(refused) or 'no batch size'}: the ReLU features' smallest singular value is below the default rank "
-    f"rule's tolerance (max(n, h) eps of the largest; the rule 'rounding', used at the paper's scale, is not run here).",
-    f"* **The first block.** With n = {S.n_big} > d/2, the public code's setting (an identity first block with the "
-    f"truncated pseudo-inverse) gives a gap of {ident.text()}, against {relu.text()} with ReLU and the exact step.",
-    f"* **Saturation.** {sum(s < 0.10 for s in sat)} of {len(sat)} chosen GN runs saturate by our test; GN's training "
-    f"loss still falls by {min(sat):.0%} to {max(sat):.0%} over the last half of training. Tripling the epochs at the "
-    f"base point gives a gap of {gaps[long_run].text()} (base: {gaps['base'].text()}).",
-    f"* **Laziness (book tier).** Adam's tangent kernel moved farther from its initial value than GN's in "
-    f"{sum(x > 1 for x in ratio)} of {len(ratio)} seed-regimes of the grid and CIFAR-10, and less far in "
-    f"{sum(x <= 1 for x in ratio)} (Adam's distance over GN's: {min(ratio):.1f} to {max(ratio):.1f}).",
-    (f"* **Fitting or generalising (full tier, CIFAR-10).** GN minus Adam: test accuracy "
-     f"{fit_full['test'].text()}, training accuracy {fit_full['train'].text()}, generalisation gap (training minus "
-     f"test accuracy) {fit_full['generalisation'].text()}; the deficit is {fit_full['which']}"
-     + {"in fitting": ": GN underfits there; it does not overfit.",
-        "in generalising": ": GN's generalisation gap is the larger one."}.get(fit_full["which"], ".")) if fit_full else
-    "* **Fitting or generalising (full tier, CIFAR-10).** Not all five seeds are recorded yet.",
-    f"* **GN's rate.** Of the chosen GN rates over every regime and seed, {counts['gn interior']} are inside their "
-    f"grid, {counts['gn at the cap']} at the cap of 2 and {counts['gn at an edge']} at an uncapped edge; for Adam, "
-    f"{counts['adam interior']} inside and {counts['adam at an edge']} at an edge. The paper uses GN at 0.1.",
-    f"* **The full tier** (section 5). {len(full_done)} of {len(full)} regimes have all {len(F.seeds)} seeds recorded"
-    + (f" ({'; '.join(f'{k}: {rm.gap_verdict(full[k])[1]}' for k in full_done)})" if full_done else "")
+    "* **Where the claim holds, fails, or is undecided (book tier).** GN is worse in"
+    f" {'; '.join(said('claim holds')) or 'no regime'}; GN is better in"
+    f" {'; '.join(said('claim fails')) or 'no regime'}; no detectable difference in"
+    f" {'; '.join(said('no detectable')) or 'no regime'}"
+    + (
+        f"; exact GN cannot run in {'; '.join(said('no comparison'))}"
+        if said("no comparison")
+        else ""
+    )
+    + ".",
+    (
+        "* **Near $h=n$ (the Marchenko-Pastur edge above).** Exact GN was refused at"
+        f" every rate at h/n = 1 for {', '.join(refused) or 'no batch size'}: the ReLU"
+        " features' smallest singular value is below the default rank rule's tolerance"
+        " (max(n, h) eps of the largest; the rule 'rounding', used at the paper's"
+        " scale, is not run here)."
+    ),
+    (
+        f"* **The first block.** With n = {S.n_big} > d/2, the public code's setting"
+        " (an identity first block with the truncated pseudo-inverse) gives a gap of"
+        f" {ident.text()}, against {relu.text()} with ReLU and the exact step."
+    ),
+    (
+        f"* **Saturation.** {sum(s < 0.10 for s in sat)} of {len(sat)} chosen GN runs"
+        f" saturate by our test; GN's training loss still falls by {min(sat):.0%} to"
+        f" {max(sat):.0%} over the last half of training. Tripling the epochs at the"
+        f" base point gives a gap of {gaps[long_run].text()} (base:"
+        f" {gaps['base'].text()})."
+    ),
+    (
+        "* **Laziness (book tier).** Adam's tangent kernel moved farther from its"
+        f" initial value than GN's in {sum(x > 1 for x in ratio)} of {len(ratio)}"
+        " seed-regimes of the grid and CIFAR-10, and less far in"
+        f" {sum(x <= 1 for x in ratio)} (Adam's distance over GN's: {min(ratio):.1f} to"
+        f" {max(ratio):.1f})."
+    ),
+    (
+        (
+            "* **Fitting or generalising (full tier, CIFAR-10).** GN minus Adam: test"
+            f" accuracy {fit_full['test'].text()}, training accuracy"
+            f" {fit_full['train'].text()}, generalisation gap (training minus test"
+            f" accuracy) {fit_full['generalisation'].text()}; the deficit is"
+            f" {fit_full['which']}"
+            + {
+                "in fitting": ": GN underfits there; it does not overfit.",
+                "in generalising": ": GN's generalisation gap is the larger one.",
+            }.get(fit_full["which"], ".")
+        )
+        if fit_full
+        else (
+            "* **Fitting or generalising (full tier, CIFAR-10).** Not all five seeds"
+            " are recorded yet."
+        )
+    ),
+    (
+        "* **GN's rate.** Of the chosen GN rates over every regime and seed,"
+        f" {counts['gn interior']} are inside their grid, {counts['gn at the cap']} at"
+        f" the cap of 2 and {counts['gn at an edge']} at an uncapped edge; for Adam,"
+        f" {counts['adam interior']} inside and {counts['adam at an edge']} at an edge."
+        " The paper uses GN at 0.1."
+    ),
+    f"* **The full tier** (section 5). {len(full_done)} of {len(full)} regimes have all"
+    f" {len(F.seeds)} seeds recorded"
+    + (
+        f" ({'; '.join(f'{k}: {rm.gap_verdict(full[k])[1]}' for k in full_done)})"
+        if full_done
+        else ""
+    )
     + ("; the others give no verdict yet." if len(full_done) < len(full) else "."),
 ]
 markdown("\n".join(lines))
@@ -398,15 +530,24 @@ markdown("\n".join(lines))
 # **What the map concludes, and what it does not.** At the end of training, the full tier's verdicts are these
 # (computed from its records; a regime is named under the verdict its five paired seeds give):
 
-# %%
+# %% tags=["hide-input"]
 by_word = {}
 for label in full_done:
     text, word = rm.gap_verdict(full[label])
     by_word.setdefault(word, []).append(f"{label}, {text}")
-largest = max((abs(rm.gap(full[k]).mean) for k in full_done if k.startswith("n = ")), default=None)
-markdown("\n".join(f"* **{word}**: {'; '.join(items)}" for word, items in by_word.items())
-         + (f"\n\nOn MNIST no full-tier gap exceeds {largest * 100:.1f} points ({largest * full_test['mnist']:.0f} of "
-            f"{full_test['mnist']:,} test images) either way." if largest is not None else ""))
+largest = max(
+    (abs(rm.gap(full[k]).mean) for k in full_done if k.startswith("n = ")), default=None
+)
+markdown(
+    "\n".join(f"* **{word}**: {'; '.join(items)}" for word, items in by_word.items())
+    + (
+        f"\n\nOn MNIST no full-tier gap exceeds {largest * 100:.1f} points"
+        f" ({largest * full_test['mnist']:.0f} of {full_test['mnist']:,} test images)"
+        " either way."
+        if largest is not None
+        else ""
+    )
+)
 
 # %% [markdown]
 # The verdicts above say where exact GN costs accuracy against a tuned Adam and where it does not; the list

@@ -66,7 +66,9 @@
 # lives there.
 
 # %% tags=["parameters"]
-scale = "book"  # "book": reads the recorded runs (minutes on a 2-core CPU to record); "paper": trains what is missing
+# "book": reads the recorded runs (minutes on a 2-core CPU to record); "paper": trains
+# what is missing
+scale = "book"
 device = "auto"
 seed = 0
 
@@ -85,17 +87,24 @@ from revgn.stats import TEST, verdict
 from revgn.sweep import collect
 
 run = revgn.book.setup(scale, device, seed)
-# Both scales read the recorded sweep (`python -m revgn.sweep revgn.experiments.right_inverse:mnist` records it);
-# "paper" trains what is missing, through the same records.
+# Both scales read the recorded sweep (recorded by
+# `python -m revgn.sweep revgn.experiments.right_inverse:mnist`); "paper" trains what is
+# missing, through the same records.
 walked = {}
 for setting in ri.SETTINGS:
     store = ri.store_of(setting)
     runs = Runs(store, run.device, progress=True)
-    walked[setting] = ri.walk(setting, runs.all if run.scale == "paper" else lambda specs: collect(specs, store))
+    walked[setting] = ri.walk(
+        setting,
+        runs.all if run.scale == "paper" else lambda specs: collect(specs, store),
+    )
     needed, done = walked[setting]
-    print(f"{setting}: {len(done)} of {len(ri.METHODS)} methods recorded at all {len(ri.SEEDS)} seeds; "
-          f"runs not recorded yet of those asked for so far: {sum(r is None for r in collect(needed, store))} "
-          "(seed 0 chooses a method's rate before its other seeds are asked for)")
+    print(
+        f"{setting}: {len(done)} of {len(ri.METHODS)} methods recorded at all"
+        f" {len(ri.SEEDS)} seeds; runs not recorded yet of those asked for so far:"
+        f" {sum(r is None for r in collect(needed, store))} (seed 0 chooses a method's"
+        " rate before its other seeds are asked for)"
+    )
 flows = {name: (flow, ri.load_flow(flow)) for name, flow in ri.FLOWS.items()}
 for name, (flow, recs) in flows.items():
     print(f"flow {name}: {len(recs)} of {len(flow.seeds)} seeds recorded")
@@ -112,72 +121,121 @@ costs = json.loads(COSTS.read_text()) if COSTS.exists() else None
 # $\|\mathbf z_A-\mathbf z_B\|_F/\|\mathbf z_{\mathrm{lw}}-\mathbf z_0\|_F$. The exponent $s$ of distance $\propto\alpha^{s}$ is fitted per seed
 # (least squares in log-log) and given with a 95% t-interval over five seeds. Theorem 4.3 predicts $s=1$ on the
 # batch.
+#
+# {numref}`fig-ri-flow` shows the distances against $\alpha$.
 
 # %% tags=["nbval-check-output"]
-slopes = {name: ri.flow_summary(flow, recs) for name, (flow, recs) in flows.items() if recs}
+slopes = {
+    name: ri.flow_summary(flow, recs) for name, (flow, recs) in flows.items() if recs
+}
 NAMES = {"mnist": "MNIST", "cifar10-subset": "CIFAR-10 subset"}
 for name, by_where in slopes.items():
     for where, by_pair in by_where.items():
         for pair, s in by_pair.items():
-            print(f"{name:14s} {where:9s} {pair:52s} s = {s.interval.text(1, '')}; between the two smallest rates "
-                  f"{s.tail.text(1, '')}; distance at alpha = {flows[name][0].alphas[-1]:g}: {s.at_smallest:.2g}")
+            print(
+                f"{name:14s} {where:9s} {pair:52s} s = {s.interval.text(1, '')};"
+                f" between the two smallest rates {s.tail.text(1, '')}; distance at"
+                f" alpha = {flows[name][0].alphas[-1]:g}: {s.at_smallest:.2g}"
+            )
 
-# %%
+# %% mystnb={"figure": {"caption": "Distance between the logits reached by each pair of right inverses after total time $\\alpha k=1$, as a fraction of the layer-wise step's move, against the rate $\\alpha$: on the batch (solid) and on held-out images (dashed), means over the seeds; dotted: slope 1. Theorem 4.3 predicts the on-batch distances to vanish like $\\alpha$.", "name": "fig-ri-flow"}}
 if slopes:
-    fig, axes = plt.subplots(1, len(slopes), figsize=(6.4 * len(slopes), 3.8), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(
+        1, len(slopes), figsize=(6.8, 4.2), squeeze=False, sharey=True
+    )
     for ax, name in zip(axes[0], slopes):
         flow, recs = flows[name]
         alphas = np.array(flow.alphas)
         for k, pair in enumerate(" vs ".join(p) for p in ri.PAIRS):
             for where, style in (("batch", "o-"), ("held-out", "s--")):
                 d = np.array([r["distance"][where][pair] for r in recs])
-                ax.loglog(alphas, d.mean(0), style, color=f"C{k}",
-                          label=f"{pair.replace('Moore-Penrose', 'MP')} ({where})")
-        d0 = np.mean([r["distance"]["batch"][" vs ".join(ri.PAIRS[0])][0] for r in recs])
-        ax.loglog(alphas, d0 * alphas / alphas[0], "k:", lw=1, label=r"slope 1 ($O(\alpha)$)")
-        ax.set(xlabel=r"rate $\alpha$ (time $\alpha k = 1$ fixed)", title=f"{NAMES[name]} ({len(recs)} seeds)")
+                ax.loglog(
+                    alphas,
+                    d.mean(0),
+                    style,
+                    color=f"C{k}",
+                    label=f"{pair.replace('Moore-Penrose', 'MP')} ({where})",
+                )
+        d0 = np.mean(
+            [r["distance"]["batch"][" vs ".join(ri.PAIRS[0])][0] for r in recs]
+        )
+        ax.loglog(
+            alphas, d0 * alphas / alphas[0], "k:", lw=1, label=r"slope 1 ($O(\alpha)$)"
+        )
+        ax.set(
+            xlabel=r"rate $\alpha$ (time $\alpha k = 1$ fixed)",
+            title=f"{NAMES[name]} ({len(recs)} seeds)",
+        )
     axes[0, 0].set_ylabel("distance of logits / layer-wise move")
-    fig.legend(*axes[0, 0].get_legend_handles_labels(), fontsize=7, ncol=3, loc="lower center")
+    fig.legend(
+        *axes[0, 0].get_legend_handles_labels(), ncol=2, loc="outside lower center"
+    )
     fig.suptitle("Right inverses agree on the batch, not off it")
-    plt.tight_layout(rect=(0, 0.17, 1, 1))
     plt.show()
 
-# %%
+
+# %% tags=["hide-input"]
 def shrinks(by_pair) -> str:
-    """The rule's word for a set of pairs: all shrink, none does, or undecided (mixed, or an interval on 1/2)."""
+    """The rule's word for a set of pairs: all shrink, none does, or undecided (mixed,
+    or an interval on 1/2)."""
     words = {s.vanishes for s in by_pair.values()}
     return {True: "shrinks with the rate", False: "does not shrink with the rate"}.get(
-        words.pop() if len(words) == 1 else None, "is undecided")
+        words.pop() if len(words) == 1 else None, "is undecided"
+    )
 
 
 def flow_verdict(name: str) -> str:
-    """The flow comparison of one dataset in words, from its records (no verdict before all its seeds are in)."""
+    """The flow comparison of one dataset in words, from its records (no verdict before
+    all its seeds are in)."""
     flow, recs = flows[name]
     if len(recs) < len(flow.seeds):
-        return (f"**{NAMES[name]}.** The flow comparison is recorded for {len(recs)} of {len(flow.seeds)} seeds "
-                f"(`python -m revgn.experiments.right_inverse flow {name}` records the rest): no verdict.")
+        return (
+            f"**{NAMES[name]}.** The flow comparison is recorded for {len(recs)} of"
+            f" {len(flow.seeds)} seeds (`python -m revgn.experiments.right_inverse flow"
+            f" {name}` records the rest): no verdict."
+        )
     batch, held = slopes[name]["batch"], slopes[name]["held-out"]
-    exps = lambda by_pair: "; ".join(f"{pair}, $s$ = {s.interval.text(1, '')}" for pair, s in by_pair.items())
+    exps = lambda by_pair: "; ".join(
+        f"{pair}, $s$ = {s.interval.text(1, '')}" for pair, s in by_pair.items()
+    )
     return (
-        f"**{NAMES[name]}. On the batch** every pair's distance {shrinks(batch)}: {exps(batch)} (the rule: the whole interval "
-        f"of $s$ above 1/2 shrinks, below 1/2 does not). Between the two smallest rates alone the exponents are "
-        + ", ".join(f"{s.tail.text(1, '')}" for s in batch.values()) + " (same order)"
+        f"**{NAMES[name]}. On the batch** every pair's distance {shrinks(batch)}:"
+        f" {exps(batch)} (the rule: the whole interval of $s$ above 1/2 shrinks, below"
+        " 1/2 does not). Between the two smallest rates alone the exponents are "
+        + ", ".join(f"{s.tail.text(1, '')}" for s in batch.values())
+        + " (same order)"
         + ", against the 1 that Theorem 4.3 predicts as $\\alpha\\to0$"
-        + (": closer to it than the fit over all rates, which includes rates too large for the limit"
-           if all(s.tail.mean > s.interval.mean for s in batch.values()) else "")
-        + f". At $\\alpha={flow.alphas[-1]:g}$ the three steps' batch logits are "
-        f"within {max(s.at_smallest for s in batch.values()):.1%} of the layer-wise move of one another. "
-        f"**Off the batch** the distance {shrinks(held)}: {exps(held)}; at the smallest rate the right inverses still "
-        f"put the held-out logits {min(s.at_smallest for s in held.values()):.0%} to "
-        f"{max(s.at_smallest for s in held.values()):.0%} of the layer-wise move apart.")
+        + (
+            ": closer to it than the fit over all rates, which includes rates too large"
+            " for the limit"
+            if all(s.tail.mean > s.interval.mean for s in batch.values())
+            else ""
+        )
+        + f". At $\\alpha={flow.alphas[-1]:g}$ the three steps' batch logits are within"
+        f" {max(s.at_smallest for s in batch.values()):.1%} of the layer-wise move of"
+        f" one another. **Off the batch** the distance {shrinks(held)}: {exps(held)};"
+        " at the smallest rate the right inverses still put the held-out logits"
+        f" {min(s.at_smallest for s in held.values()):.0%} to"
+        f" {max(s.at_smallest for s in held.values()):.0%} of the layer-wise move"
+        " apart."
+    )
 
 
-recorded = [name for name, (flow, recs) in flows.items() if len(recs) == len(flow.seeds)]
-markdown("\n\n".join(flow_verdict(name) for name in flows)
-         + ("\n\nWhere the batch distance shrinks and the held-out one does not, the steps fit the batch alike and move "
-            "the rest of the function differently, which is where a difference in generalisation could come from. "
-            "This is one batch, trained for a short time from the paper's small init; whether a difference survives "
-            "a whole training run is what the next section measures." if recorded else ""))
+recorded = [
+    name for name, (flow, recs) in flows.items() if len(recs) == len(flow.seeds)
+]
+markdown(
+    "\n\n".join(flow_verdict(name) for name in flows)
+    + (
+        "\n\nWhere the batch distance shrinks and the held-out one does not, the steps"
+        " fit the batch alike and move the rest of the function differently, which is"
+        " where a difference in generalisation could come from. This is one batch,"
+        " trained for a short time from the paper's small init; whether a difference"
+        " survives a whole training run is what the next section measures."
+        if recorded
+        else ""
+    )
+)
 
 # %% [markdown]
 # ## Training with each step
@@ -188,9 +246,11 @@ markdown("\n\n".join(flow_verdict(name) for name in flows)
 # where the first-order error changes sign), chosen on seed 0 and reused for seeds 1 to 4; all methods share the
 # data, the initial weights and the batch order at each seed. Adam and SGD are the anchors.
 
-# %%
+
+# %% tags=["hide-input"]
 def describe(setting: str):
-    """Per method: the rate, the metrics at the end, and paired gaps to the layer-wise step and to Adam."""
+    """Per method: the rate, the metrics at the end, and paired gaps to the layer-wise
+    step and to Adam."""
     _, done = walked[setting]
     ok = lambda label: ri.complete(done, label)
     mean = lambda label, key: float(np.mean([r.metrics[key] for r in done[label][1]]))
@@ -199,30 +259,81 @@ def describe(setting: str):
     for label in ri.METHODS:
         measured = f"{cost[label]['median_s']:.2g} s" if label in cost else ""
         if not ok(label):
-            scores, chosen, k = ri.progress(setting, label, lambda specs: collect(specs, ri.store_of(setting)))
-            seed0 = ", ".join(f"{lr:.3g}: " + ("not recorded" if v is None else f"{v:.3g}") for lr, v in scores.items())
-            state = ("failed: " + str(done[label][0].describe()) if label in done else
-                     f"{seed0}; rate not chosen yet" if chosen is None else
-                     f"{chosen.describe()}; {k} of {len(ri.SEEDS)} seeds recorded")
+            scores, chosen, k = ri.progress(
+                setting, label, lambda specs: collect(specs, ri.store_of(setting))
+            )
+            seed0 = ", ".join(
+                f"{lr:.3g}: " + ("not recorded" if v is None else f"{v:.3g}")
+                for lr, v in scores.items()
+            )
+            state = (
+                "failed: " + str(done[label][0].describe())
+                if label in done
+                else (
+                    f"{seed0}; rate not chosen yet"
+                    if chosen is None
+                    else f"{chosen.describe()}; {k} of {len(ri.SEEDS)} seeds recorded"
+                )
+            )
             rows.append([label, state] + [""] * 7 + [measured])
             continue
         recs = done[label][1]
         drop = np.mean([gp.batch_loss_drop(r).mean() for r in recs])
-        direction = np.mean([np.mean(r.history.steps["step_norm"]) / r.spec.optimizer.lr for r in recs])
-        iters = [np.mean(r.history.steps["cg_iterations"]) for r in recs if "cg_iterations" in r.history.steps]
-        gap = lambda other: "" if label == other or not ok(other) else gp.compare(recs, done[other][1]).text()
-        rows.append([label, done[label][0].describe(), f"{mean(label, 'test_acc'):.3f} / {mean(label, 'test_loss'):.3f}", gap(ri.GN_METHODS[0]),
-                     gap("Adam"), f"{mean(label, 'train_loss'):.3f}", f"{drop:.1f}%", f"{direction:.3g}",
-                     f"{mean(label, 'ntk_distance'):.3f}",
-                     measured + (f", {np.mean(iters):.0f} CG it." if iters else "")])
+        direction = np.mean(
+            [np.mean(r.history.steps["step_norm"]) / r.spec.optimizer.lr for r in recs]
+        )
+        iters = [
+            np.mean(r.history.steps["cg_iterations"])
+            for r in recs
+            if "cg_iterations" in r.history.steps
+        ]
+        gap = lambda other: (
+            ""
+            if label == other or not ok(other)
+            else gp.compare(recs, done[other][1]).text()
+        )
+        rows.append([
+            label,
+            done[label][0].describe(),
+            f"{mean(label, 'test_acc'):.3f} / {mean(label, 'test_loss'):.3f}",
+            gap(ri.GN_METHODS[0]),
+            gap("Adam"),
+            f"{mean(label, 'train_loss'):.3f}",
+            f"{drop:.1f}%",
+            f"{direction:.3g}",
+            f"{mean(label, 'ntk_distance'):.3f}",
+            measured + (f", {np.mean(iters):.0f} CG it." if iters else ""),
+        ])
     return done, rows
 
 
-HEADER = ["method", "rates (validation acc; chosen)", "test acc / loss", "- layer-wise GN", "- Adam", "train loss",
-          "batch-loss drop per step", "direction norm", "NTK distance", "cost per step"]
+HEADER = [
+    "method",
+    "rates (validation acc; chosen)",
+    "test acc / loss",
+    "- layer-wise GN",
+    "- Adam",
+    "train loss",
+    "batch-loss drop per step",
+    "direction norm",
+    "NTK distance",
+    "cost per step",
+]
 done, rows = describe("mnist")
-load = f" Step costs measured at load average {costs['meta']['load_average_1min']:.1f} on {costs['meta']['threads']} thread(s)." if costs else ""
-markdown(table(HEADER, rows, caption="MNIST, 5 paired seeds (means; gaps in test-accuracy points)") + f"\n\nTest: {TEST}.{load}")
+load = (
+    f" Step costs measured at load average {costs['meta']['load_average_1min']:.1f} on"
+    f" {costs['meta']['threads']} thread(s)."
+    if costs
+    else ""
+)
+markdown(
+    table(
+        HEADER,
+        rows,
+        caption="MNIST, 5 paired seeds (means; gaps in test-accuracy points)",
+    )
+    + f"\n\nTest: {TEST}.{load}"
+)
 
 # %% [markdown]
 # Columns: the test accuracy and loss at the end (means of five seeds); the paired gaps to the layer-wise step and to Adam
@@ -232,95 +343,188 @@ markdown(table(HEADER, rows, caption="MNIST, 5 paired seeds (means; gaps in test
 # common point need not hold between these columns); the kernel distance $1-\langle K_0,K\rangle_F/(\|K_0\|_F\|K\|_F)$ of the empirical NTK on 8 training
 # images from init; and the cost of a step on this machine (`benchmarks/right_inverse_step.py`, one thread,
 # median of interleaved rounds at init), with the mean CG iterations per step along training from the records.
+#
+# {numref}`fig-ri-curves` shows the training curves.
 
-# %%
+# %% tags=["hide-input"]
 agree = ri.solver_agreement(done, lambda specs: collect(specs, ri.store_of("mnist")))
-if agree:  # the logits' step by the direct solve of eq-ntk-factors, checked against CG on whole runs
-    same = ("the same test accuracy in every pair" if agree["test_acc"] == 0 else
-            f"test accuracies that differ by at most {100 * agree['test_acc']:.2g} points")
-    markdown(f"The logits' Moore-Penrose runs above solve the factorised $JJ^\\top$ directly. {agree['runs']} of them were "
-             f"also recorded with CG (to $10^{{-8}}$): {same}, and final training losses that differ by at most "
-             f"{agree['train_loss']:.1e} relative.")
+# the logits' step by the direct solve of eq-ntk-factors, checked against CG on whole
+# runs
+if agree:
+    same = (
+        "the same test accuracy in every pair"
+        if agree["test_acc"] == 0
+        else (
+            f"test accuracies that differ by at most {100 * agree['test_acc']:.2g}"
+            " points"
+        )
+    )
+    markdown(
+        "The logits' Moore-Penrose runs above solve the factorised $JJ^\\top$"
+        f" directly. {agree['runs']} of them were also recorded with CG (to"
+        f" $10^{{-8}}$): {same}, and final training losses that differ by at most"
+        f" {agree['train_loss']:.1e} relative."
+    )
 
 # %% tags=["nbval-check-output"]
 for row in rows:
     print(" | ".join(row[:6]))
 
-# %%
-fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+# %% mystnb={"figure": {"caption": "MNIST, each method at its tuned rate: test accuracy (left) and training loss (right) per epoch, means over the seeds.", "name": "fig-ri-curves"}}
+fig, axes = plt.subplots(1, 2, figsize=(6.8, 3.2))
 for label in ri.METHODS:
     if ri.complete(done, label):
         e = done[label][1][0].history.epochs["epoch"]
         for ax, key in zip(axes, ("test_acc", "train_loss")):
-            ax.plot(e, np.mean([r.history.epochs[key] for r in done[label][1]], axis=0), "o-", ms=3, label=label)
+            ax.plot(
+                e,
+                np.mean([r.history.epochs[key] for r in done[label][1]], axis=0),
+                "o-",
+                ms=3,
+                label=label,
+            )
 axes[0].set(xlabel="epoch", ylabel="test accuracy (mean of 5 seeds)", ylim=(0.8, None))
 axes[1].set(xlabel="epoch", ylabel="training loss", yscale="log")
 if axes[0].lines:
-    axes[0].legend(fontsize=7)
+    axes[0].legend()
 fig.suptitle("MNIST, each method at its tuned rate")
-plt.tight_layout()
 plt.show()
 
 # %% [markdown]
 # ## Verdict
 
-# %%
-LETTERS = {"a": "(a) all right inverses generalise alike: at this scale, the paper's conclusion is about Gauss-Newton, "
-                "not about its right inverse",
-           "b": "(b) the minimum-norm step generalises differently: the paper's conclusion depends on its right inverse",
-           "c": "(c) inconclusive at this scale"}
+# %% tags=["hide-input"]
+LETTERS = {
+    "a": (
+        "(a) all right inverses generalise alike: at this scale, the paper's conclusion"
+        " is about Gauss-Newton, not about its right inverse"
+    ),
+    "b": (
+        "(b) the minimum-norm step generalises differently: the paper's conclusion"
+        " depends on its right inverse"
+    ),
+    "c": "(c) inconclusive at this scale",
+}
 
 
 def verdict_text(setting: str, where: str) -> str:
     answer = ri.which_inverse(walked[setting][1])
     _, d = walked[setting]
     complete = lambda label: ri.complete(d, label)
-    vs_adam = [f"{label} minus Adam, {gp.compare(d[label][1], d['Adam'][1]).text()}" for label in ri.GN_METHODS
-               if complete(label) and complete("Adam")]
+    vs_adam = [
+        f"{label} minus Adam, {gp.compare(d[label][1], d['Adam'][1]).text()}"
+        for label in ri.GN_METHODS
+        if complete(label) and complete("Adam")
+    ]
     if answer is None:
         missing = [label for label in ri.GN_METHODS if not complete(label)]
         lw = ri.GN_METHODS[0]
-        vs_lw = [f"{label} minus {lw}, {gp.compare(d[label][1], d[lw][1]).text()} "
-                 f"({verdict(gp.compare(d[label][1], d[lw][1]), 'better', 'worse', 'no detectable difference')})"
-                 for label in ri.GN_METHODS[1:] if complete(label) and complete(lw)]
-        return (f"**{where}.** Not recorded at every seed yet: {', '.join(missing)}; so no verdict on the question "
-                f"(`{ri.sweep_command(setting)}` records the rest, resuming across sessions)."
-                + (" Recorded so far, against the layer-wise step: " + "; ".join(vs_lw) + "." if vs_lw else "")
-                + (" Against Adam: " + "; ".join(vs_adam) + "." if vs_adam else ""))
-    comps = "; ".join(f"{label} minus layer-wise GN, {c.text()}" for label, c in answer.comparisons.items())
-    text = (f"**{where}: {LETTERS[answer.letter]}.** Test accuracy, paired over seeds: {comps}. (The rule, fixed before "
-            f"the runs: (a) when both 95% intervals lie inside $\\pm${ri.EQUIVALENCE * 100:g} point, an equivalence "
-            f"margin; else (b) when one excludes zero; else (c).) For reference, against Adam: " + "; ".join(vs_adam) + ".")
+        vs_lw = [
+            f"{label} minus {lw}, {gp.compare(d[label][1], d[lw][1]).text()} "
+            + "("
+            + verdict(
+                gp.compare(d[label][1], d[lw][1]),
+                "better",
+                "worse",
+                "no detectable difference",
+            )
+            + ")"
+            for label in ri.GN_METHODS[1:]
+            if complete(label) and complete(lw)
+        ]
+        return (
+            f"**{where}.** Not recorded at every seed yet: {', '.join(missing)}; so no"
+            f" verdict on the question (`{ri.sweep_command(setting)}` records the rest,"
+            " resuming across sessions)."
+            + (
+                " Recorded so far, against the layer-wise step: "
+                + "; ".join(vs_lw)
+                + "."
+                if vs_lw
+                else ""
+            )
+            + (" Against Adam: " + "; ".join(vs_adam) + "." if vs_adam else "")
+        )
+    comps = "; ".join(
+        f"{label} minus layer-wise GN, {c.text()}"
+        for label, c in answer.comparisons.items()
+    )
+    text = (
+        f"**{where}: {LETTERS[answer.letter]}.** Test accuracy, paired over seeds:"
+        f" {comps}. (The rule, fixed before the runs: (a) when both 95% intervals lie"
+        f" inside $\\pm${ri.EQUIVALENCE * 100:g} point, an equivalence margin; else (b)"
+        " when one excludes zero; else (c).) For reference, against Adam: "
+        + "; ".join(vs_adam)
+        + "."
+    )
     return text + " " + in_words(setting, answer)
 
 
 def in_words(setting: str, answer) -> str:
-    """How large and how firm the answer is, and what it does to GN against Adam and to laziness (from the records)."""
+    """How large and how firm the answer is, and what it does to GN against Adam and to
+    laziness (from the records)."""
     _, d = walked[setting]
     m = ri.EQUIVALENCE
     n_test = len(splits_of(ri.SETTINGS[setting].data)["test"].y)
     sizes = [abs(c.mean) for c in answer.comparisons.values()]
-    out = [f"The differences are {min(sizes) * 100:.1f} to {max(sizes) * 100:.1f} points of test accuracy, a net "
-           f"{min(sizes) * n_test:.0f} to {max(sizes) * n_test:.0f} of the {n_test:,} test images."]
-    need, tenth = answer.margin_for_a, 0.001  # the farthest interval end from 0; a tenth of a point
-    close = ("; a margin a tenth of a point narrower would change the letter" if answer.letter == "a" and need > m - tenth
-             else "; a margin a tenth of a point wider would make it (a)" if answer.letter != "a" and need < m + tenth
-             else "")
-    out.append(f"(a) would hold at any equivalence margin above $\\pm${need * 100:.2f} points (the farthest end of the "
-               f"intervals), against the $\\pm${m * 100:g} fixed before the runs{close}.")
+    out = [
+        f"The differences are {min(sizes) * 100:.1f} to {max(sizes) * 100:.1f} points"
+        f" of test accuracy, a net {min(sizes) * n_test:.0f} to"
+        f" {max(sizes) * n_test:.0f} of the {n_test:,} test images."
+    ]
+    # the farthest interval end from 0; a tenth of a point
+    need, tenth = answer.margin_for_a, 0.001
+    close = (
+        "; a margin a tenth of a point narrower would change the letter"
+        if answer.letter == "a" and need > m - tenth
+        else (
+            "; a margin a tenth of a point wider would make it (a)"
+            if answer.letter != "a" and need < m + tenth
+            else ""
+        )
+    )
+    out.append(
+        f"(a) would hold at any equivalence margin above $\\pm${need * 100:.2f} points"
+        f" (the farthest end of the intervals), against the $\\pm${m * 100:g} fixed"
+        f" before the runs{close}."
+    )
     if ri.complete(d, "Adam"):
-        words = {label: verdict(gp.compare(d[label][1], d["Adam"][1]), "better than Adam", "worse than Adam",
-                                "not detectably different from Adam") for label in ri.GN_METHODS}
-        out.append("By the book's rule against Adam: " + "; ".join(f"{label} is {w}" for label, w in words.items()) + ".")
-    kd = {label: float(np.mean([r.metrics["ntk_distance"] for r in d[label][1]])) for label in ri.GN_METHODS}
+        words = {
+            label: verdict(
+                gp.compare(d[label][1], d["Adam"][1]),
+                "better than Adam",
+                "worse than Adam",
+                "not detectably different from Adam",
+            )
+            for label in ri.GN_METHODS
+        }
+        out.append(
+            "By the book's rule against Adam: "
+            + "; ".join(f"{label} is {w}" for label, w in words.items())
+            + "."
+        )
+    kd = {
+        label: float(np.mean([r.metrics["ntk_distance"] for r in d[label][1]]))
+        for label in ri.GN_METHODS
+    }
     lazy, busy = min(kd, key=kd.get), max(kd, key=kd.get)
     c = gp.compare(d[lazy][1], d[busy][1])
     word = verdict(c, "better", "worse", "not detectably different")
-    out.append(f"The kernel moves least under {lazy} and most under {busy} (NTK distance from init {kd[lazy]:.3f} and "
-               f"{kd[busy]:.3f}); the laziest step's test accuracy is {word} ({c.text()} against the least lazy)"
-               + {"better": ": among these steps, staying closer to the initial kernel did not cost accuracy.",
-                  "worse": ", in line with laziness costing accuracy.",
-                  "not detectably different": ": among these steps, laziness does not predict test accuracy."}.get(word, "."))
+    out.append(
+        f"The kernel moves least under {lazy} and most under {busy} (NTK distance from"
+        f" init {kd[lazy]:.3f} and {kd[busy]:.3f}); the laziest step's test accuracy is"
+        f" {word} ({c.text()} against the least lazy)"
+        + {
+            "better": (
+                ": among these steps, staying closer to the initial kernel did not cost"
+                " accuracy."
+            ),
+            "worse": ", in line with laziness costing accuracy.",
+            "not detectably different": (
+                ": among these steps, laziness does not predict test accuracy."
+            ),
+        }.get(word, ".")
+    )
     return " ".join(out)
 
 
@@ -333,37 +537,84 @@ markdown(verdict_text("mnist", "MNIST"))
 # setting that matters most for this question. It is the same comparison at $d=3072$, where each Moore-Penrose
 # product costs about $3072/784$ times as much as on MNIST, and the $X_L$ system has $64\times3072$ unknowns.
 
-# %%
+# %% tags=["hide-input"]
 done_c, rows_c = describe("cifar10-subset")
 recorded_c = sorted(ri.store_of("cifar10-subset").glob("*.json"))
 if done_c:
-    markdown(table(HEADER, rows_c, caption="CIFAR-10 subset, 5 paired seeds (means; gaps in points)")
-             + f"\n\nTest: {TEST}.\n\n" + verdict_text("cifar10-subset", "CIFAR-10 subset"))
+    markdown(
+        table(
+            HEADER,
+            rows_c,
+            caption="CIFAR-10 subset, 5 paired seeds (means; gaps in points)",
+        )
+        + f"\n\nTest: {TEST}.\n\n"
+        + verdict_text("cifar10-subset", "CIFAR-10 subset")
+    )
 else:
-    markdown(f"**Not measured yet.** {len(recorded_c)} runs of this comparison are recorded, and no method has its "
-             f"rate chosen and all {len(ri.SEEDS)} seeds run, so this page draws no conclusion about CIFAR-10 "
-             "from it: the MNIST verdict above is not evidence about this setting. "
-             f"`{ri.sweep_command('cifar10-subset')}` records it (it resumes across sessions).")
-cost_c, lw = (costs or {}).get("settings", {}).get("cifar10-subset", {}), ri.GN_METHODS[0]
+    markdown(
+        f"**Not measured yet.** {len(recorded_c)} runs of this comparison are recorded,"
+        f" and no method has its rate chosen and all {len(ri.SEEDS)} seeds run, so this"
+        " page draws no conclusion about CIFAR-10 from it: the MNIST verdict above is"
+        f" not evidence about this setting. `{ri.sweep_command('cifar10-subset')}`"
+        " records it (it resumes across sessions)."
+    )
+cost_c = (costs or {}).get("settings", {}).get("cifar10-subset", {})
+lw = ri.GN_METHODS[0]
 if ri.complete(done_c, lw) and all(label in cost_c for label in ri.GN_METHODS):
-    steps = len(done_c[lw][1][0].history.steps["loss"])  # every method takes the same steps
-    cg = [label for label in ri.GN_METHODS[1:] if ri.METHODS[label].solver == "cg"]  # cost grows with iterations
+    # every method takes the same steps
+    steps = len(done_c[lw][1][0].history.steps["loss"])
+    # cost grows with iterations
+    cg = [label for label in ri.GN_METHODS[1:] if ri.METHODS[label].solver == "cg"]
     mp_logits = "Moore-Penrose GN (logits)"
-    by_cg = f"{mp_logits}, by CG"  # timed next to the others (right_inverse.TIMED_ONLY), not swept
-    markdown(f"What a run costs here: at init a step costs {cost_c[lw]['median_s']:.2g} s for the layer-wise GN and "
-             + " and ".join(f"{cost_c[label]['median_s']:.2g} s for {label}" for label in ri.GN_METHODS[1:])
-             + f" on one core (the table's last column), and a run takes {steps} steps: at least "
-             + " and ".join(f"{cost_c[label]['median_s'] * steps / 60:.0f} min for {label}" for label in ri.GN_METHODS[1:])
-             + " per run" + (f", more for {' and '.join(cg)}, where CG needs more iterations along training than at "
-                             "init." if cg else ".")
-             + (f" Solved by CG instead of directly, the logits' step would take {cost_c[by_cg]['median_s']:.2g} s "
-                f"({cost_c[by_cg]['median_s'] / cost_c[mp_logits]['median_s']:.0f} times as long)." if by_cg in cost_c else ""))
+    # timed next to the others (right_inverse.TIMED_ONLY), not swept
+    by_cg = f"{mp_logits}, by CG"
+    markdown(
+        f"What a run costs here: at init a step costs {cost_c[lw]['median_s']:.2g} s"
+        " for the layer-wise GN and "
+        + " and ".join(
+            f"{cost_c[label]['median_s']:.2g} s for {label}"
+            for label in ri.GN_METHODS[1:]
+        )
+        + f" on one core (the table's last column), and a run takes {steps} steps: at"
+        " least "
+        + " and ".join(
+            f"{cost_c[label]['median_s'] * steps / 60:.0f} min for {label}"
+            for label in ri.GN_METHODS[1:]
+        )
+        + " per run"
+        + (
+            f", more for {' and '.join(cg)}, where CG needs more iterations along"
+            " training than at init."
+            if cg
+            else "."
+        )
+        + (
+            " Solved by CG instead of directly, the logits' step would take"
+            f" {cost_c[by_cg]['median_s']:.2g} s"
+            f" ({cost_c[by_cg]['median_s'] / cost_c[mp_logits]['median_s']:.0f} times"
+            " as long)."
+            if by_cg in cost_c
+            else ""
+        )
+    )
     cost_m, done_m = costs["settings"].get("mnist", {}), walked["mnist"][1]
     mp = [label for label in cg if label in cost_m and ri.complete(done_m, label)]
     if mp:
-        along = {label: np.mean([np.mean(r.history.steps["cg_iterations"]) for r in done_m[label][1]]) for label in mp}
-        markdown("On MNIST, CG took " + " and ".join(f"{along[label]:.0f} iterations per step along training for "
-                                                     f"{label} (at init {cost_m[label]['cg_iterations']:.0f})" for label in mp) + ".")
+        along = {
+            label: np.mean(
+                [np.mean(r.history.steps["cg_iterations"]) for r in done_m[label][1]]
+            )
+            for label in mp
+        }
+        markdown(
+            "On MNIST, CG took "
+            + " and ".join(
+                f"{along[label]:.0f} iterations per step along training for "
+                f"{label} (at init {cost_m[label]['cg_iterations']:.0f})"
+                for label in mp
+            )
+            + "."
+        )
 
 # %% [markdown]
 # ## What this does and does not show
@@ -375,13 +626,24 @@ if ri.complete(done_c, lw) and all(label in cost_c for label in ri.GN_METHODS):
 # step costs:
 
 # %% tags=["nbval-check-output"]
-asked = [r for setting, (needed, _) in walked.items() for r in collect(needed, ri.store_of(setting)) if r is not None]
+asked = [
+    r
+    for setting, (needed, _) in walked.items()
+    for r in collect(needed, ri.store_of(setting))
+    if r is not None
+]
 print(provenance(asked, "results/right_inverse", code=False))
 for name, (flow, recs) in flows.items():
     if recs:
-        print(f"flow {name}: {len(recs)} seeds, commit(s) {sorted({r['provenance']['commit'][:12] for r in recs})}")
+        print(
+            f"flow {name}: {len(recs)} seeds, commit(s)"
+            f" {sorted({r['provenance']['commit'][:12] for r in recs})}"
+        )
 if costs:
-    print(f"step costs: {costs['meta']['date'][:10]}, {costs['meta']['device']}, commit {costs['meta']['commit'][:12]}")
+    print(
+        f"step costs: {costs['meta']['date'][:10]}, {costs['meta']['device']}, commit"
+        f" {costs['meta']['commit'][:12]}"
+    )
 
 # %%
 print(staleness(asked))

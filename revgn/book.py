@@ -47,6 +47,18 @@ def claim(statement: str, holds: bool) -> None:
     print(f"{statement}: {'yes' if holds else 'no'}")
 
 
+def indication(holds: bool, seeds: int) -> str:
+    """What a threshold check may say about a paper's claim: whether these runs are consistent with it. Only
+    a paired interval over at least `revgn.stats.MIN_SEEDS` seeds gives a verdict (`revgn.stats.verdict`),
+    so a check on fewer seeds says so: "consistent with the claim; no verdict (3 of 5 seeds)"."""
+    from .stats import MIN_SEEDS
+
+    word = "consistent with the claim" if holds else "not consistent with the claim"
+    if seeds < MIN_SEEDS:
+        return f"{word}; no verdict ({seeds} of {MIN_SEEDS} seeds)"
+    return f"{word} (a threshold over {seeds} seeds, not an interval)"
+
+
 def markdown(text: str):
     """Show text as Markdown in the notebook and the book (numbers and verdicts computed, never typed)."""
     from IPython.display import Markdown, display
@@ -64,11 +76,7 @@ def table(header: list[str], rows: list[list], caption: str = "") -> str:
 
 
 def _style() -> None:
-    import matplotlib
+    from .plots import use_book_style
 
-    matplotlib.rcParams.update({
-        "figure.dpi": 110, "savefig.dpi": 110, "figure.figsize": (6.4, 3.6), "axes.grid": True,
-        "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False, "font.size": 10,
-        "legend.frameon": False,
-    })
+    use_book_style()
 

@@ -177,13 +177,15 @@ def _reproduces(recorded, again) -> bool:
                for k, v in table.items())
 
 
-def verify(folders, sample: int = 2, max_cost: float = 10.0, path: Path | None = None, log=print) -> dict[str, str]:
+def verify(folders, sample: int = 2, max_cost: float = 10.0, path: Path | None = None, log=print,
+           only: set[str] | None = None) -> dict[str, str]:
     """Recompute, with the running code, the `sample` cheapest finished records of each other fingerprint found
     in `folders` (on their recorded thread count, so reductions run in the same order; a fingerprint whose
     cheapest record costs more than `max_cost` (`_cost`) is left unverified), and compare their
     histories number for number. Where every one agrees bit for bit, that fingerprint joins the running
     code's class in EQUIVALENCES (with the keys as evidence): its records are no longer stale. Returns
-    {fingerprint: "same numbers (k records)" or what differed}."""
+    {fingerprint: "same numbers (k records)" or what differed}. `only`: verify just these fingerprints (say,
+    the class the previous code belonged to, skipping fingerprints already known to differ)."""
     import torch
 
     from .runs import Record, run
@@ -199,7 +201,7 @@ def verify(folders, sample: int = 2, max_cost: float = 10.0, path: Path | None =
             except ValueError:
                 continue  # not a run record
             fp = (rec.fingerprint or {}).get("fingerprint", "unknown code")
-            if rec.ok and not same_numbers(fp, now, classes):
+            if rec.ok and not same_numbers(fp, now, classes) and (only is None or fp in only):
                 groups.setdefault(fp, []).append(rec)
     out = {}
     threads = torch.get_num_threads()
@@ -246,13 +248,14 @@ def main(argv=None) -> int:
     v.add_argument("folders", nargs="+")
     v.add_argument("--sample", type=int, default=2)
     v.add_argument("--max-cost", type=float, default=10.0, help="skip fingerprints whose cheapest record costs more")
+    v.add_argument("--only", nargs="+", help="verify just these fingerprints")
     a = p.parse_args(argv)
     if a.command == "show":
         print(json.dumps(current(), indent=1))
     elif a.command == "backfill":
         print(backfill(Path(a.folder)))
     else:
-        for fp, verdict in verify(a.folders, a.sample, a.max_cost).items():
+        for fp, verdict in verify(a.folders, a.sample, a.max_cost, only=set(a.only) if a.only else None).items():
             print(f"{fp}: {verdict}")
     return 0
 

@@ -1,19 +1,44 @@
-"""Figure helpers shared by chapters (only what more than one figure needs)."""
+"""Figure helpers shared by chapters: the book's figure style and the heatmap.
+
+The book's text column is about 690 CSS pixels wide in a 1280-pixel window, and Jupyter stores figures at
+100 dpi, so a figure up to `PAGE_WIDTH` inches wide is shown at its own size and its fonts at their own point
+sizes; a wider one would be scaled down with its text (the browser check, tests/test_book_html.py, fails on a
+figure shown below 95% of its size). `use_book_style` sets fonts no smaller than 9 pt.
+"""
 from __future__ import annotations
 
+import matplotlib as mpl
 import numpy as np
 from matplotlib.patches import Rectangle
 
+#: the widest figure (inches, at 100 dpi) the book shows at its own size
+PAGE_WIDTH = 6.8
+BOOK_STYLE = {"figure.dpi": 100, "savefig.dpi": 100, "figure.figsize": (6.0, 3.6), "axes.grid": True,
+              "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False, "legend.frameon": False,
+              "font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10,
+              "xtick.labelsize": 9, "ytick.labelsize": 9, "legend.fontsize": 9, "legend.title_fontsize": 9,
+              "figure.titlesize": 11, "figure.constrained_layout.use": True}
+
+
+def use_book_style() -> None:
+    """Fonts of at least 9 pt and constrained layout for every figure that follows."""
+    mpl.rcParams.update(BOOK_STYLE)
+
 
 def heatmap(ax, values, rows, cols, *, fmt="{:+.3f}", cmap="RdBu", center: float | None = 0.0, title="",
-            xlabel="", ylabel="", missing="n/a"):
-    """values[i][j] at row rows[i], column cols[j], written in each cell; None or NaN cells are hatched.
+            xlabel="", ylabel="", missing="n/a", unit: str | None = None,
+            limits: tuple[float, float] | None = None):
+    """values[i][j] at row rows[i], column cols[j], written in each cell; None or NaN cells are hatched; a
+    colorbar labelled `unit` beside it (unless unit is None).
 
     center: the value at the colour map's midpoint (symmetric limits around it), or None for min..max.
+    limits: the colour map's (low, high), overriding `center` (so several heatmaps share one colorbar).
     """
     v = np.array([[np.nan if x is None else x for x in row] for row in values], dtype=float)
     finite = v[np.isfinite(v)]
-    if center is None or not finite.size:
+    if limits is not None:
+        lo, hi = limits
+    elif center is None or not finite.size:
         lo, hi = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
     else:
         half = max(np.abs(finite - center).max(), 1e-12)
@@ -27,8 +52,10 @@ def heatmap(ax, values, rows, cols, *, fmt="{:+.3f}", cmap="RdBu", center: float
                 ax.text(j, i, fmt.format(v[i, j]), ha="center", va="center", fontsize=9, color="w" if dark else "k")
             else:
                 ax.add_patch(Rectangle((j - .5, i - .5), 1, 1, fill=False, hatch="//", alpha=0.4))
-                ax.text(j, i, missing, ha="center", va="center", fontsize=8)
+                ax.text(j, i, missing, ha="center", va="center", fontsize=9)
     ax.set(xticks=range(len(cols)), xticklabels=[str(c) for c in cols], yticks=range(len(rows)),
            yticklabels=[str(r) for r in rows], title=title, xlabel=xlabel, ylabel=ylabel)
     ax.grid(False)
+    if unit is not None:
+        ax.figure.colorbar(im, ax=ax, label=unit, fraction=0.08, pad=0.03)
     return im

@@ -97,6 +97,16 @@ async ([delims, markup]) => {
     try { await img.decode(); } catch (e) { /* judged by naturalWidth below */ }
     if (!(img.complete && img.naturalWidth > 0)) out.broken_images.push(img.getAttribute('src'));
   }
+  // Output figures: shown at (nearly) their own size, so their 9 pt text stays 9 pt; numbered, with a caption.
+  out.shrunk_figures = [];
+  out.uncaptioned_figures = [];
+  for (const img of document.querySelectorAll('.cell_output img, .output img')) {
+    if (img.naturalWidth > 1.05 * img.clientWidth)
+      out.shrunk_figures.push(`${img.naturalWidth} px shown at ${img.clientWidth} px: ${img.getAttribute('src')}`);
+    const fig = img.closest('figure');
+    if (!(fig && fig.querySelector('figcaption') && fig.querySelector('.caption-number')))
+      out.uncaptioned_figures.push(img.getAttribute('src'));
+  }
   window.scrollTo(0, 0);
   out.links = [...document.querySelectorAll('a.reference.internal[href], a.headerlink[href]')].map(a => ({
     href: a.getAttribute('href'), text: a.textContent.trim(),
@@ -181,7 +191,9 @@ FAULTS = (("refused", "requested the network (offline, refused)", 5),
           ("untypeset", "math elements not typeset", 3), ("tex_errors", "TeX errors", 3),
           ("raw_tex", "raw TeX in the visible text", 3), ("raw_markup", "raw Markdown or TeX in the visible text", 8),
           ("clipped_math", "display equations clipped (wider than their box, no scroll)", 3),
-          ("broken_images", "images that did not load", 5), ("errors", "JavaScript errors", 5))
+          ("broken_images", "images that did not load", 5), ("errors", "JavaScript errors", 5),
+          ("shrunk_figures", "figures scaled below 95% of their size (text shrinks with them)", 3),
+          ("uncaptioned_figures", "output figures without a number and a caption", 3))
 
 
 def problems(r: dict) -> list[str]:
@@ -212,6 +224,7 @@ def test_the_check_catches_a_broken_page(report):
     for what, _ in RAW_MARKUP:
         assert what in found, f"the browser check missed {what} on {FIXTURE}:\n{found}"
     assert "display equations clipped" in found, found
+    assert "figures scaled below" in found and "without a number and a caption" in found, found
 
 
 @pytest.mark.parametrize("page", PAGES)

@@ -69,3 +69,46 @@ def test_no_result_is_typed_into_a_chapters_markdown(py):
     typed = [m.group(0) for c in cells_of_py(py) if c["cell_type"] == "markdown"
              for m in RESULT_LIKE.finditer(c["source"])]
     assert not typed, f"{py.name} types result-like numbers into its Markdown: {typed}; render them from records"
+
+
+#: the chapters' code is formatted by black (pinned in requirements.txt) at this width, strings split too
+LINE_LENGTH = 88
+
+
+@pytest.mark.parametrize("py", CHAPTERS, ids=lambda p: p.stem)
+def test_chapter_code_fits_the_page(py):
+    """A reader never scrolls a code cell sideways: no code line is longer than LINE_LENGTH."""
+    long = [line for c in cells_of_py(py) if c["cell_type"] == "code"
+            for line in c["source"].splitlines() if len(line) > LINE_LENGTH]
+    assert not long, f"{py.name} has {len(long)} code lines over {LINE_LENGTH} columns, e.g. {long[0]!r}"
+
+
+def test_chapter_code_is_formatted():
+    black = pytest.importorskip("black")
+    mode = black.Mode(line_length=LINE_LENGTH, preview=True, unstable=True)
+    unformatted = []
+    for py in CHAPTERS:
+        src = py.read_text()
+        try:
+            black.format_file_contents(src, fast=False, mode=mode)
+            unformatted.append(py.name)  # it would change the file
+        except black.NothingChanged:
+            pass
+    assert not unformatted, (f"not black-formatted: {unformatted}; run "
+                             f"`.venv/bin/black --unstable -l {LINE_LENGTH} chapters/[0-9]*.py`")
+
+
+@pytest.mark.parametrize("py", CHAPTERS, ids=lambda p: p.stem)
+def test_every_figure_is_numbered_captioned_and_referenced(py):
+    """A cell that draws a figure carries myst-nb's figure metadata (a name, so Sphinx numbers it, and a
+    caption), and the chapter's prose refers to it by that name."""
+    cells = cells_of_py(py)
+    prose = "\n".join(c["source"] for c in cells if c["cell_type"] == "markdown")
+    for c in cells:
+        if c["cell_type"] != "code" or "plt.show()" not in c["source"]:
+            continue
+        fig = c.get("metadata", {}).get("mystnb", {}).get("figure", {})
+        first = c["source"].splitlines()[0]
+        assert fig.get("name", "").startswith("fig-"), f"{py.name}: the figure of {first!r} has no name"
+        assert len(fig.get("caption", "")) > 40, f"{py.name}: the figure of {first!r} has no real caption"
+        assert f"{{numref}}`{fig['name']}`" in prose, f"{py.name}: no sentence refers to {fig['name']}"
