@@ -4,9 +4,10 @@ Library core (one idea per module): `data` (verified dataset loaders), `models` 
 (losses and their GN errors), `gn` (the exact, tractable GN step), `gn_reference` (explicit and matrix-free GN),
 `linearize` (linearisation, centering, output scaling), `kernels` (the NTK, CKA, kappa, distances from init),
 `damping` (GN as spectral filters), `train` (the one training loop and its optimisers), `runs` (run specs and
-content-addressed records), `sweep` (grids of specs on submitit), `stats` (paired intervals, the verdict rule).
-Around it: `experiments/` (chapter-specific: `lazy_training`, `iterative_linearisation`, `gn_protocol`,
-`regime_map`), `book`, `plots`, `verify`, `bench`, `functional`, `utils`.
+content-addressed records), `fingerprint` (the code that made a record), `sweep` (grids of specs on submitit),
+`stats` (paired intervals, the verdict rule). Around it: `experiments/` (chapter-specific: `lazy_training`,
+`iterative_linearisation`, `gn_protocol`, `regime_map`, `ablations`, `right_inverse`, `paper_mnist`), `book`,
+`findings` (the README's findings block), `plots`, `verify`, `bench`, `functional`, `utils`.
 """
 from . import book, data, models, utils
 

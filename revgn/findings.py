@@ -40,17 +40,23 @@ def block() -> str:
               "batch sizes and widths, single-factor changes, the CIFAR-10 subset; 'no comparison': GN refused at "
               "every rate): " + ", ".join(f"{n} {word}" for word, n in sorted(counts.items(), key=lambda kv: -kv[1]))
               + ". Chapter 07 gives each regime with its rates, and says where GN's rate sits at its cap of 2."]
-    paper = collect(pm.paper_rates().specs, pm.store_of())
-    done = Counter(r.spec.optimizer.name for r, s in zip(paper, pm.paper_rates().specs)
-                   if r is not None and s != pm.refused_by_matrix_rank())
-    refused = paper[pm.paper_rates().specs.index(pm.refused_by_matrix_rank())]
+    recs = pm.recorded()
+    refused = collect([pm.refused_by_matrix_rank()], pm.store_of())[0]
+    runs = pm.paired_runs(recs)
     lines += ["", "**The paper's own MNIST experiment** (h = 8000, n = 1024, 100 epochs, paper rates, 5 seeds; "
-              "`revgn.experiments.paper_mnist`): recorded so far "
-              + ", ".join(f"{m.upper() if m != 'adam' else 'Adam'} {done.get(m, 0)} of {len(pm.SEEDS)}"
-                          for m in pm.METHODS) + " runs; no verdict yet."
+              "chapter 09, `revgn.experiments.paper_mnist`): recorded so far "
+              + ", ".join(f"{m.upper() if m != 'adam' else 'Adam'} {sum(r is not None for r in recs[m])} of "
+                          f"{len(pm.SEEDS)}" for m in pm.METHODS) + " runs"
+              + (f", {len(runs['gn'])} paired seeds." if runs["gn"] else "; no verdict yet.")
               + (" Under the default rank rule exact GN refused the paper's features at epoch 1 "
                  "(s_min/s_max below max(n, h) eps), so its GN arm uses the rule 'rounding'."
                  if refused is not None and not refused.ok else "")]
+    if runs["gn"]:
+        for endpoint, name in (("end", "end of training"), ("best_val", "best validation epoch")):
+            lines.append(f"- {name}: " + "; ".join(
+                f"{f.measured}: {f.text() if 'points' in f.measured else f.text(1, '')}, **{f.verdict}**"
+                for f in pm.findings(runs, endpoint) if f.claim in (pm.PAPER_SAYS["test_acc"],
+                                                                    pm.PAPER_SAYS["train_loss"])))
     return "\n".join(lines)
 
 

@@ -1,4 +1,5 @@
-"""The one training loop, parameterised by its optimiser: SGD, Adam, exact GN, matrix-free GN.
+"""The one training loop, parameterised by its optimiser: SGD, Adam, exact GN (`GaussNewton`), the Moore-Penrose
+step (`MoorePenroseGaussNewton`), Levenberg-Marquardt (`DampedGaussNewton`), `IterativeLinearisation`.
 
     history = train(model, GaussNewton(lr=0.1), train_set, test_set=test_set, loss="ce", epochs=10,
                     batch_size=256)

@@ -2,11 +2,16 @@
 the whole-curve rate choice of the fixed-horizon protocol (`gn_protocol`)."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+import numpy as np
 import pytest
 
 from revgn.experiments import gn_protocol as gp
 from revgn.experiments import paper_mnist as pm
-from revgn.runs import Record
+from revgn.runs import Record, run
+from revgn.sweep import collect
 from revgn.train import History
 
 
@@ -64,3 +69,66 @@ def test_the_tuned_tier_chooses_on_seed_0_by_the_whole_curve_and_probes_past_a_b
     assert chosen["adam"][0].lr == 3e-4 and chosen["gn"][0].lr == 2.0 and chosen["gn"][0].capped
     assert any(s.optimizer.lr == pm.BEYOND_CAP and s.seed == 0 for s in needed), "the cap is probed"
     assert {s.seed for s in needed if s.optimizer.name == "gn" and s.optimizer.lr == 2.0} == set(pm.SEEDS)
+
+
+needs_mnist = pytest.mark.skipif(not (Path(os.environ.get("REVGN_DATA", "/nonexistent")) / "mnist").exists(),
+                                 reason="needs MNIST in $REVGN_DATA (make test points it at ../shared/data)")
+#: the paper's protocol at a toy size: every measurement of the real tier, 11 epochs (saturation needs > 10)
+TINY = pm.BASE.replace(**{"data.n_train": 512, "data.n_val": 128, "data.n_test": 256, "model.hidden": 64,
+                          "batch_size": 32, "epochs": 11, "eval_train_size": 128, "kernel_inputs": 2,
+                          "cka_inputs": 64})
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory):
+    """The paper-rate tier at toy size, seeds 0 and 1 of every method and seed 2 of GN alone, recorded."""
+    store = tmp_path_factory.mktemp("paper_rates")
+    for m in pm.METHODS:
+        for s in (0, 1, 2) if m == "gn" else (0, 1):
+            run(pm.spec(m, s, TINY), store)
+    return store
+
+
+@needs_mnist
+def test_the_paper_claims_are_read_as_paired_verdicts_over_the_seeds_every_method_finished(tiny_store):
+    recs = {m: collect([pm.spec(m, s, TINY) for s in pm.SEEDS], tiny_store) for m in pm.METHODS}
+    runs = pm.paired_runs(recs)
+    assert [[r.spec.seed for r in runs[m]] for m in pm.METHODS] == [[0, 1]] * 3, "seed 2 lacks SGD and Adam"
+    for endpoint in ("end", "best_val"):
+        found = pm.findings(runs, endpoint)
+        assert {f.claim for f in found} == set(pm.PAPER_SAYS.values())
+        for f in found:
+            assert f.comparison.n == 2 and np.isfinite(f.comparison.mean)
+            assert f.verdict == "no verdict (2 of 5 seeds)", "two seeds are an interval, not a verdict"
+    acc = lambda endpoint: next(f for f in pm.findings(runs, endpoint) if f.claim == pm.PAPER_SAYS["test_acc"])
+    adam, gn = runs["adam"], runs["gn"]
+    expect = lambda endpoint: np.mean([gp.at_endpoint(a, "test_acc", endpoint) - gp.at_endpoint(g, "test_acc",
+                                                                                                 endpoint)
+                                       for a, g in zip(adam, gn)])
+    for endpoint in ("end", "best_val"):
+        assert acc(endpoint).comparison.mean == pytest.approx(expect(endpoint), abs=1e-12)
+    x, mean, lo, hi = pm.band(runs["gn"], "test_acc")
+    assert list(x) == list(range(TINY.epochs + 1)) and np.all(lo <= mean) and np.all(mean <= hi)
+    x, mean, lo, hi = pm.band(runs["gn"], None, steps=True)
+    assert len(x) == TINY.epochs and np.all(lo <= hi)
+
+
+def test_with_no_paired_seed_every_claim_says_no_verdict():
+    empty = pm.paired_runs({m: [None] * len(pm.SEEDS) for m in pm.METHODS})
+    found = pm.findings(empty)
+    assert all(f.comparison is None and f.verdict == "no verdict (0 of 5 seeds)" for f in found)
+    assert found[0].text() == "no paired seed recorded"
+
+
+@needs_mnist
+def test_the_readme_findings_give_the_paper_tier_verdicts_at_both_endpoints_once_seeds_are_paired(
+        tiny_store, monkeypatch):
+    from revgn import findings
+
+    tiny = {m: collect([pm.spec(m, s, TINY) for s in pm.SEEDS], tiny_store) for m in pm.METHODS}
+    monkeypatch.setattr(pm, "recorded", lambda store=None: tiny)
+    block = findings.block()
+    assert "GN 3 of 5, SGD 2 of 5, Adam 2 of 5 runs, 2 paired seeds." in block
+    for endpoint in ("- end of training: ", "- best validation epoch: "):
+        line = next(l for l in block.splitlines() if l.startswith(endpoint))
+        assert line.count("**no verdict (2 of 5 seeds)**") == 2, line

@@ -6,4 +6,8 @@
   per-epoch measurements read from records, paired comparisons across seeds.
 - `regime_map`: the grid of settings where exact GN is compared with a tuned Adam (its book and paper
   grids are sweeps: `python -m revgn.sweep revgn.experiments.regime_map:book`).
+- `ablations`: chapter "Ablations", each variant tuned.
+- `right_inverse`: chapter "Which right inverse": Moore-Penrose steps against the layer-wise one.
+- `paper_mnist`: the paper's own MNIST mini-batch experiment at its scale, and chapter "The paper's own MNIST
+  experiment"'s reading of it (the paper's claims as paired verdicts at two endpoints).
 """

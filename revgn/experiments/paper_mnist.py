@@ -22,7 +22,12 @@ whether the cap binds (results/paper_mnist/tuned/).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
+
 from ..runs import RESULTS, DataSpec, ModelSpec, OptimSpec, RunSpec
+from ..stats import MIN_SEEDS, Paired, paired, verdict
 from ..sweep import Grid
 from . import gn_protocol as gp
 
@@ -98,3 +103,99 @@ def paper_rates(store=None) -> Grid:
     """Every method at the paper's rate, seed by seed: 15 runs of 100 epochs (and the refused default-rule run)."""
     return Grid("paper_mnist/paper_rates",
                 (refused_by_matrix_rank(), *(spec(m, s) for s in SEEDS for m in METHODS)))
+
+
+# --- reading the paper-rate tier: the paper's mini-batch claims as paired verdicts, at both endpoints ---
+
+#: the paper's mini-batch claims (Buffelli et al. Sec. 5; `../shared/reference/papers.md`, "Claims and figures")
+PAPER_SAYS = {
+    "saturates": "GN makes fast early progress, then saturates, on training loss too",
+    "train_loss": "Adam ends lower on training loss",
+    "test_loss": "Adam ends lower on test loss",
+    "test_acc": "Adam generalises better (the paper's conclusion)",
+    "batch_fit": "GN's step removes much more of its own mini-batch's loss, yet the epoch loss stalls",
+    "lazy": "NTK similarity and CKA to init stay near 1 for GN (and SGD) but drop for Adam",
+}
+#: saturation: the training loss fell by less than SATURATED over the last SATURATION_EPOCHS epochs
+SATURATION_EPOCHS, SATURATED = 10, 0.10
+#: the laziness measures compared (higher: closer to init)
+LAZY_MEASURES = {"ntk_similarity": "NTK similarity", "cka_block1": "CKA, block 1", "cka_block2": "CKA, block 2"}
+
+
+def recorded(store=None) -> dict[str, list]:
+    """Per method, its records at the paper's rate for each seed of SEEDS (None where not recorded yet)."""
+    from ..sweep import collect
+
+    store = store_of() if store is None else store
+    return {m: collect([spec(m, s) for s in SEEDS], store) for m in METHODS}
+
+
+def paired_runs(recs: dict[str, list]) -> dict[str, list]:
+    """The finished runs of the seeds at which every method has one, per method, in seed order: the unit of
+    a paired comparison."""
+    done = [i for i in range(len(SEEDS)) if all(recs[m][i] is not None and recs[m][i].ok for m in METHODS)]
+    return {m: [recs[m][i] for i in done] for m in METHODS}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One claim of the paper against the records: what is compared, the paired comparison (None with no
+    paired seed) and the verdict of the book's rule (`revgn.stats.verdict`)."""
+
+    claim: str
+    measured: str
+    comparison: Paired | None
+    verdict: str
+
+    def text(self, scale: float = 100, unit: str = " points") -> str:
+        return "no paired seed recorded" if self.comparison is None else self.comparison.text(scale, unit)
+
+
+def _finding(claim: str, measured: str, a, b, above: str, below: str) -> Finding:
+    """a, b: per-seed values (paired); above/below: the verdict when the whole interval of a - b is > 0, < 0."""
+    if len(a) == 0:
+        return Finding(claim, measured, None, f"no verdict (0 of {MIN_SEEDS} seeds)")
+    c = paired(a, b)
+    return Finding(claim, measured, c, verdict(c, above=above, below=below))
+
+
+def findings(runs: dict[str, list], endpoint: str = "end") -> list[Finding]:
+    """The paper's mini-batch claims (`PAPER_SAYS`) as paired verdicts over the seeds of `runs` (from
+    `paired_runs`), each run scored at `endpoint` ("end": the last epoch, the paper's; "best_val": its own
+    validation peak). Saturation and the per-step batch fit are properties of the whole run, the same at
+    both endpoints."""
+    gn, sgd, adam = runs["gn"], runs["sgd"], runs["adam"]
+    at = lambda recs, key: [gp.at_endpoint(r, key, endpoint) for r in recs]
+    fall = [gp.saturation(r, SATURATION_EPOCHS) for r in gn]
+    drop = {m: [float(gp.batch_loss_drop(r).mean()) for r in runs[m]] for m in METHODS}
+    out = [
+        _finding(PAPER_SAYS["saturates"], f"GN's training-loss fall over its last {SATURATION_EPOCHS} epochs "
+                 f"minus {SATURATED:.0%} (points)", fall, [SATURATED] * len(fall), "no: still falling", "yes"),
+        _finding(PAPER_SAYS["train_loss"], "training loss, Adam - GN", at(adam, "train_loss"),
+                 at(gn, "train_loss"), "no: GN lower", "yes"),
+        _finding(PAPER_SAYS["test_loss"], "test loss, Adam - GN", at(adam, "test_loss"), at(gn, "test_loss"),
+                 "no: GN lower", "yes"),
+        _finding(PAPER_SAYS["test_acc"], "test accuracy, Adam - GN (points)", at(adam, "test_acc"),
+                 at(gn, "test_acc"), "yes", "no: GN better"),
+    ]
+    for other in ("sgd", "adam"):
+        out.append(_finding(PAPER_SAYS["batch_fit"], f"mean per-step drop of the batch's own loss, GN - {other} "
+                            "(points of %)", drop["gn"], drop[other], "yes", "no: GN's is smaller"))
+    for key, name in LAZY_MEASURES.items():
+        out.append(_finding(PAPER_SAYS["lazy"], f"{name} to init, GN - Adam", at(gn, key), at(adam, key),
+                            "yes: GN closer to init", "no: Adam closer"))
+        out.append(_finding(PAPER_SAYS["lazy"], f"{name} to init, SGD - Adam", at(sgd, key), at(adam, key),
+                            "yes: SGD closer to init", "no: Adam closer"))
+    return out
+
+
+def band(recs: list, key: str, steps: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(x, mean, min, max) of `key` over the records of one method (epochs, or with steps=True the per-epoch
+    mean of the per-step batch-loss drop): a curve with its seed band."""
+    if steps:
+        vals = np.array([gp.drop_by_epoch(r) for r in recs])
+        x = np.arange(1, vals.shape[1] + 1)
+    else:
+        vals = np.array([r.history.epochs[key] for r in recs])
+        x = np.array(recs[0].history.epochs["epoch"])
+    return x, vals.mean(0), vals.min(0), vals.max(0)
