@@ -51,17 +51,22 @@ class CGResult:
 
 
 def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, *, rtol: float = 1e-10,
-                       maxiter: int | None = None, strict: bool = True) -> CGResult:
+                       maxiter: int | None = None, strict: bool = True,
+                       precondition: Callable[[torch.Tensor], torch.Tensor] | None = None) -> CGResult:
     """Solve A u = b for symmetric positive (semi-)definite A given as `matvec`.
 
     Stops when ||A u - b|| <= rtol ||b||. If `maxiter` iterations do not get there: raises when `strict`,
-    else returns the last iterate (for timing a fixed number of iterations).
+    else returns the last iterate (for timing a fixed number of iterations). `precondition`: v -> M^{-1} v
+    for a symmetric positive definite M^{-1} close to A^{-1} (preconditioned CG); the stopping rule stays the
+    unpreconditioned residual's. Without it the iteration is plain CG, operation for operation.
     """
     maxiter = maxiter or 2 * b.numel()
+    M = precondition or (lambda v: v)
     u = torch.zeros_like(b)
     r = b.clone()
-    p = r.clone()
-    rs = (r * r).sum()
+    z = M(r)
+    p = z.clone()
+    rs = (r * z).sum()
     bnorm = b.norm()
     if bnorm == 0:
         return CGResult(u, 0, 0.0)
@@ -70,25 +75,29 @@ def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.
         alpha = rs / (p * Ap).sum()
         u = u + alpha * p
         r = r - alpha * Ap
-        rs_new = (r * r).sum()
-        if rs_new.sqrt() <= rtol * bnorm:
-            return CGResult(u, it, (rs_new.sqrt() / bnorm).item())
-        p = r + (rs_new / rs) * p
+        rnorm = (r * r).sum().sqrt()
+        if rnorm <= rtol * bnorm:
+            return CGResult(u, it, (rnorm / bnorm).item())
+        z = M(r)
+        rs_new = (r * z).sum()
+        p = z + (rs_new / rs) * p
         rs = rs_new
     if not strict:
-        return CGResult(u, maxiter, (rs.sqrt() / bnorm).item())
+        return CGResult(u, maxiter, (rnorm / bnorm).item())
     raise StepNotSolved(f"conjugate gradients did not reach rtol={rtol} in {maxiter} iterations "
-                        f"(relative residual {(rs.sqrt() / bnorm).item():.2e}); J J^T may be singular: add damping")
+                        f"(relative residual {(rnorm / bnorm).item():.2e}); J J^T may be singular: add damping")
 
 
 def matrix_free_gn_direction(model: nn.Module, x: torch.Tensor, error: torch.Tensor, *, damping: float = 0.0,
                              rtol: float = 1e-10, maxiter: int | None = None, strict: bool = True,
+                             precondition: Callable[[torch.Tensor], torch.Tensor] | None = None,
                              **kwargs) -> tuple[Params, CGResult]:
     """Delta = J^T (J J^T + damping I)^{-1} eps without forming J: CG on the kernel, jvp/vjp products only.
 
     J is the Jacobian of model(x, **kwargs): of the logits by default, of x_L with output="body" (a RevMLP).
     The result's `relative_residual` is the true one, ||J Delta + damping u - eps|| / ||eps||, recomputed with
-    one more product (CG's recursive residual drifts from it in floating point)."""
+    one more product (CG's recursive residual drifts from it in floating point). `precondition`: as in
+    `conjugate_gradient` (for x_L's Jacobian of a RevMLP, `revgn.gn.layerwise_preconditioner`)."""
     if damping < 0:
         raise ValueError(f"damping must be >= 0, got {damping}")
     params = params_of(model)
@@ -101,7 +110,7 @@ def matrix_free_gn_direction(model: nn.Module, x: torch.Tensor, error: torch.Ten
         (g,) = vjp_fn(v)
         return jvp(f, (params,), (g,))[1] + damping * v
 
-    res = conjugate_gradient(kernel_matvec, error, rtol=rtol, maxiter=maxiter, strict=strict)
+    res = conjugate_gradient(kernel_matvec, error, rtol=rtol, maxiter=maxiter, strict=strict, precondition=precondition)
     (step,) = vjp_fn(res.solution)
     res.relative_residual = _true_residual(f, params, step, res.solution, error, damping)
     return step, res

@@ -172,7 +172,8 @@ class OptimSpec:
     ridge_relative, noise), "gn-mp" (the Moore-Penrose step, Levenberg-Marquardt with mu > 0, of the logits'
     Jacobian or, with output "body", of x_L's; by
     `solver` "cg", matrix-free CG to `cg_rtol` in at most `cg_maxiter` iterations (0: twice the unknowns), or
-    "gram", J J^T of a RevMLP's logits formed from its factors and solved by Cholesky; either way a step whose
+    "gram", J J^T of a RevMLP's logits formed from its factors and solved by Cholesky, or "pcg" (output "body"),
+    CG preconditioned by the blocks' own inverses (`revgn.gn.layerwise_preconditioner`); either way a step whose
     true relative residual exceeds 10 cg_rtol is refused), "sgd" (momentum, weight_decay, decay) or "adam".
     rank_rule: when exact GN refuses features as rank-deficient (`revgn.gn.Pinv.rank_rule`: "matrix_rank", the
     default, or "rounding"); gram: how it forms and solves the Gram matrix (`revgn.gn.Pinv.gram`: "float64", the
@@ -205,7 +206,7 @@ class OptimSpec:
         _choice("optimizer.name", self.name, READS)
         _choice("optimizer.pinv", self.pinv, PINV_KINDS)
         _choice("optimizer.output", self.output, ("logits", "body"))
-        _choice("optimizer.solver", self.solver, ("cg", "gram"))
+        _choice("optimizer.solver", self.solver, ("cg", "gram", "pcg"))
         _choice("optimizer.rank_rule", self.rank_rule, RANK_RULES)
         _choice("optimizer.gram", self.gram, GRAM_ROUTES)
         object.__setattr__(self, "lr", _positive("optimizer.lr", self.lr))
@@ -222,6 +223,9 @@ class OptimSpec:
         if self.solver == "gram" and self.output != "logits":
             raise ValueError("optimizer.solver='gram' is the Moore-Penrose step of the logits: it needs output "
                              f"'logits', got {self.output!r}")
+        if self.solver == "pcg" and self.output != "body":
+            raise ValueError("optimizer.solver='pcg' preconditions x_L's J J^T by the blocks' own inverses: it "
+                             f"needs output 'body', got {self.output!r}")
 
     def reads(self) -> set[str]:
         """The fields this optimiser reads (`READS`; exact GN's also by its pseudo-inverse, `PINV_READS`)."""

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .gn import Pinv, RankDeficientError, iter_block_directions
+from .gn import Pinv, RankDeficientError, iter_block_directions, layerwise_preconditioner
 from .gn_reference import StepNotSolved, gram_gn_direction, matrix_free_gn_direction
 from .losses import NonFiniteLossError, accuracy, check_finite, get_loss
 from .models import RevMLP
@@ -224,7 +224,8 @@ class MoorePenroseGaussNewton(Optimizer):
     output="logits": J is the logits' Jacobian (eq-gn). output="body" (a RevMLP): J is the Jacobian of x_L and
     the target eps R^T, the smallest change of x_L that moves the logits by eps; this is what each block of the
     layer-wise step is minimum-norm for, solved for all blocks at once. solver="cg": CG on J J^T with jvp/vjp
-    products (any model, either output); solver="gram": J J^T formed from a RevMLP's per-half-layer factors and
+    products (any model, either output); solver="pcg" (a RevMLP, output="body"): the same CG preconditioned by
+    the blocks' own inverses (`revgn.gn.layerwise_preconditioner`); solver="gram": J J^T formed from a RevMLP's per-half-layer factors and
     solved by Cholesky (logits only; the same step, without iterations). Every step reports the true relative
     residual ||J Delta - target|| / ||target||, the norm of the parameter step and, for CG, its iterations
     (`step_info`); a step whose residual exceeds `REFUSE` x rtol, or whose system is singular, is refused
@@ -240,16 +241,19 @@ class MoorePenroseGaussNewton(Optimizer):
                  output: str = "logits", solver: str = "cg"):
         if output not in ("logits", "body"):
             raise ValueError(f"output must be 'logits' or 'body', got {output!r}")
-        if solver not in ("cg", "gram"):
-            raise ValueError(f"solver must be 'cg' or 'gram', got {solver!r}")
+        if solver not in ("cg", "gram", "pcg"):
+            raise ValueError(f"solver must be 'cg', 'gram' or 'pcg', got {solver!r}")
         if solver == "gram" and output != "logits":
             raise ValueError("solver='gram' forms J J^T of the logits (C x n rows); x_L's (d x n rows) needs 'cg'")
+        if solver == "pcg" and output != "body":
+            raise ValueError("solver='pcg' preconditions x_L's J J^T by the blocks' own inverses: it needs output "
+                             "'body'")
         self.lr, self.damping, self.rtol, self.maxiter, self.output = _check_lr(lr), damping, rtol, maxiter, output
         self.solver, self.name = solver, f"gn-{solver}"
         self.step_info = {}
 
     def setup(self, model: nn.Module, batch_size: int) -> None:
-        if (self.output == "body" or self.solver == "gram") and not isinstance(model, RevMLP):
+        if (self.output == "body" or self.solver != "cg") and not isinstance(model, RevMLP):
             raise TypeError(f"output={self.output!r} with solver={self.solver!r} needs a RevMLP (x_L, or its "
                             "per-half-layer factors); this model is not one")
 
@@ -272,8 +276,11 @@ class MoorePenroseGaussNewton(Optimizer):
             direction, residual = gram_gn_direction(model, x, target, damping=self.damping)
             info = {"gram_residual": residual}
         else:
+            # pcg: the blocks' own inverses precondition J J^T (additive Schwarz), built from this batch's features
+            precondition = layerwise_preconditioner(model, x) if self.solver == "pcg" else None
             direction, cg = matrix_free_gn_direction(model, x, target, damping=self.damping, rtol=rtol,
-                                                     maxiter=self.maxiter, **({"output": "body"} if self.output == "body" else {}))
+                                                     maxiter=self.maxiter, precondition=precondition,
+                                                     **({"output": "body"} if self.output == "body" else {}))
             residual, info = cg.relative_residual, {"cg_iterations": cg.iterations, "cg_residual": cg.relative_residual}
         if not residual <= self.REFUSE * rtol:
             raise StepNotSolved(f"the {self.solver} step's true relative residual {residual:.2e} exceeds "
