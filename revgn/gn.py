@@ -395,7 +395,8 @@ def layerwise_preconditioner(model: RevMLP, x: torch.Tensor) -> Callable[[torch.
     R^T R = sum_b (J_b J_b^T)^{-1}: the additive Schwarz (block Jacobi) preconditioner of J J^T, exact for one
     block. Returns v (n x d) -> R^T R v: R v from each half-layer's Cholesky factor of its Gram matrix, formed
     once here (float64), and R^T by a vjp of that linear map. Raises `RankDeficientError` where a block's
-    features are (then no block inverse exists; CG without it still runs).
+    features are rank-deficient: then no block inverse exists, and a "pcg" step is refused before anything
+    moves (the unpreconditioned solver "cg" still solves it).
     """
     from torch.func import vjp
 
