@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .gn import Pinv
-from .gn_reference import explicit_gn_direction, matrix_free_gn_direction
+from .curvature import explicit_gn_direction, matrix_free_gn_direction
 from .losses import CrossEntropy
 from .models import RevMLP
 from .train import SGD, Adam, GaussNewton, Optimizer, apply_step

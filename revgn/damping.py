@@ -10,14 +10,13 @@ Every step below has the form Delta = -J^T U diag(phi(lambda)) U^T r, and differ
 Relative to exact GN, K-step GD keeps the fraction 1 - (1 - eta lambda)^K of each eigendirection and LM the
 fraction lambda / (lambda + mu): both damp the small-eigenvalue directions first, and as K -> infinity or
 mu -> 0 both tend to exact GN, while K = 1 and mu -> infinity both become gradient steps.
+
+The filters are functions of the eigenvalues only: `revgn.solvers.spectral_solve` applies one to a kernel,
+`revgn.curvature.spectral_step` to a model's explicit Jacobian, and `revgn.gn` to one half-layer's Gram matrix.
 """
 from __future__ import annotations
 
 import torch
-from torch import nn
-
-from .functional import Params, params_of, unflatten
-from .gn_reference import jacobian_matrix
 
 
 def kstep_gd_filter(lam: torch.Tensor, eta: float, K: float) -> torch.Tensor:
@@ -59,15 +58,3 @@ def shifted_filter(lam: torch.Tensor, damping: float) -> torch.Tensor:
     by damping * s_max (the step A^T (A A^T)^{-1} with sigma -> sigma + damping sigma_max). lam ascending, >= 0."""
     s = lam.sqrt()
     return torch.where(s > 0, 1.0 / (s * (s + damping * s[-1])).clamp_min(torch.finfo(lam.dtype).tiny), 0.0)
-
-
-def kernel_step(J: torch.Tensor, residual: torch.Tensor, phi) -> torch.Tensor:
-    """Delta = -J^T U phi(Lambda) U^T r for an explicit Jacobian J ((n O) x p) and residual r (n O)."""
-    lam, U = torch.linalg.eigh(J @ J.T)
-    return -J.T @ (U @ (phi(lam) * (U.T @ residual.reshape(-1))))
-
-
-def spectral_step(model: nn.Module, x: torch.Tensor, residual: torch.Tensor, phi) -> Params:
-    """`kernel_step` for a model's explicit Jacobian on x, as {parameter name: step} (small models only)."""
-    params = params_of(model)
-    return unflatten(kernel_step(jacobian_matrix(model, x, params), residual, phi), params)

@@ -26,8 +26,8 @@ from typing import Callable
 from .utils import REPO_ROOT, atomic_write_json, kernels, read_json
 
 #: the modules a training run executes: a change to any of them may change the numbers of a recorded run
-TRAINING_PATH = ("data.py", "models.py", "losses.py", "functional.py", "linearize.py", "gn.py", "gn_reference.py",
-                 "damping.py", "kernels.py", "train.py", "runs.py", "utils.py")
+TRAINING_PATH = ("data.py", "models.py", "losses.py", "functional.py", "linearize.py", "gn.py", "curvature.py",
+                 "solvers.py", "damping.py", "kernels.py", "train.py", "runs.py", "utils.py")
 _SKIP = {tokenize.COMMENT, tokenize.NL, tokenize.ENCODING, tokenize.ENDMARKER}
 
 
@@ -99,7 +99,7 @@ def at_commit(commit: str, torch_version: str, kernel_settings: str, repo: Path 
 EQUIVALENCES = REPO_ROOT / "results" / "fingerprints.json"
 
 
-def _classes(path: Path | None = None) -> list[dict]:
+def equivalence_classes(path: Path | None = None) -> list[dict]:
     path = EQUIVALENCES if path is None else path
     if not path.exists():
         return []
@@ -111,7 +111,7 @@ def _classes(path: Path | None = None) -> list[dict]:
 
 def same_numbers(a: str, b: str, classes: list[dict] | None = None) -> bool:
     """Are fingerprints a and b the same code, or shown (`verify`) to compute the same numbers?"""
-    return a == b or any(a in c["members"] and b in c["members"] for c in (_classes() if classes is None else classes))
+    return a == b or any(a in c["members"] and b in c["members"] for c in (equivalence_classes() if classes is None else classes))
 
 
 def changes(recorded: dict | None, now: dict | None = None) -> list[str]:
@@ -159,83 +159,6 @@ def backfill(folder: Path, repo: Path = REPO_ROOT) -> dict[str, int]:
     return counts
 
 
-def _cost(rec) -> float:
-    """A rough relative cost of recomputing a record: examples x epochs x width x depth (x 100 for x_L's
-    Moore-Penrose step, some 700 CG iterations a step); a 2,000-image, h = 512, 6-epoch run is 1."""
-    s = rec.spec
-    n = s.data.n_train or 60000
-    width = s.model.hidden if s.model.arch == "revmlp" else sum(s.model.mlp_hidden)
-    slow = 100 if s.optimizer.name == "gn-mp" and s.optimizer.output == "body" else 1
-    return s.epochs * n * width * s.model.depth * slow / (2000 * 6 * 512 * 2)
-
-
-def _reproduces(recorded, again) -> bool:
-    """Does a recomputed history hold every recorded number, bit for bit? (It may log more: a quantity the
-    code has learnt to record since, such as a step's norm, is not a change of the numbers.)"""
-    fresh = json.loads(json.dumps({"steps": again.steps, "epochs": again.epochs}))
-    return all(fresh[part].get(k) == v for part, table in (("steps", recorded.steps), ("epochs", recorded.epochs))
-               for k, v in table.items())
-
-
-def verify(folders, sample: int = 2, max_cost: float = 10.0, path: Path | None = None, log=print,
-           only: set[str] | None = None) -> dict[str, str]:
-    """Recompute, with the running code, the `sample` cheapest finished records of each other fingerprint found
-    in `folders` (on their recorded thread count, so reductions run in the same order; a fingerprint whose
-    cheapest record costs more than `max_cost` (`_cost`) is left unverified), and compare their
-    histories number for number. Where every one agrees bit for bit, that fingerprint joins the running
-    code's class in EQUIVALENCES (with the keys as evidence): its records are no longer stale. Returns
-    {fingerprint: "same numbers (k records)" or what differed}. `only`: verify just these fingerprints (say,
-    the class the previous code belonged to, skipping fingerprints already known to differ)."""
-    import torch
-
-    from .runs import Record, run
-
-    path = EQUIVALENCES if path is None else path
-    now = current()["fingerprint"]
-    classes = _classes(path)
-    groups: dict[str, list] = {}
-    for folder in folders:
-        for p in sorted(Path(folder).rglob("*.json")):
-            try:
-                rec = Record.load(p)
-            except ValueError:
-                continue  # not a run record
-            fp = (rec.fingerprint or {}).get("fingerprint", "unknown code")
-            if rec.ok and not same_numbers(fp, now, classes) and (only is None or fp in only):
-                groups.setdefault(fp, []).append(rec)
-    out = {}
-    threads = torch.get_num_threads()
-    for fp, recs in groups.items():
-        chosen, agree = [r for r in sorted(recs, key=_cost)[:sample] if _cost(r) <= max_cost], True
-        if not chosen:
-            out[fp] = f"not verified: its cheapest record costs {_cost(min(recs, key=_cost)):.0f} > {max_cost:g}"
-            continue
-        for rec in chosen:
-            torch.set_num_threads(int(rec.provenance.get("threads", threads)))
-            try:
-                again = run(rec.spec)
-            finally:
-                torch.set_num_threads(threads)
-            same = _reproduces(rec.history, again.history)
-            log(f"{fp} {rec.spec.key[:12]}: {'bit-identical' if same else 'DIFFERS'}")
-            agree &= same
-        if fp == "unknown code":  # from trees with uncommitted changes: a sample is evidence, not a fingerprint
-            out[fp] = (f"{len(chosen)} of {len(recs)} records from dirty trees recomputed: "
-                       + ("the same numbers" if agree else "they differ") + " (they stay of unknown code)")
-            continue
-        if not agree:
-            out[fp] = f"differs: its records are stale ({len(recs)} records)"
-            continue
-        merged = [c for c in classes if fp in c["members"] or now in c["members"]]
-        members = sorted({fp, now, *(m for c in merged for m in c["members"])})
-        evidence = [e for c in merged for e in c.get("evidence", [])] + \
-                   [{"recomputed": [r.spec.key for r in chosen], "old": fp, "new": now}]
-        classes = [c for c in classes if c not in merged] + [{"members": members, "evidence": evidence}]
-        atomic_write_json(path, {"classes": classes})
-        out[fp] = f"same numbers ({len(chosen)} of {len(recs)} records recomputed)"
-    return out
-
-
 def main(argv=None) -> int:
     import argparse
 
@@ -244,19 +167,11 @@ def main(argv=None) -> int:
     sub.add_parser("show", help="the running code's fingerprint")
     b = sub.add_parser("backfill", help="give records without one the fingerprint of their (clean) commit")
     b.add_argument("folder")
-    v = sub.add_parser("verify", help="recompute a sample of each other fingerprint's records; record agreement")
-    v.add_argument("folders", nargs="+")
-    v.add_argument("--sample", type=int, default=2)
-    v.add_argument("--max-cost", type=float, default=10.0, help="skip fingerprints whose cheapest record costs more")
-    v.add_argument("--only", nargs="+", help="verify just these fingerprints")
     a = p.parse_args(argv)
     if a.command == "show":
         print(json.dumps(current(), indent=1))
-    elif a.command == "backfill":
-        print(backfill(Path(a.folder)))
     else:
-        for fp, verdict in verify(a.folders, a.sample, a.max_cost, only=set(a.only) if a.only else None).items():
-            print(f"{fp}: {verdict}")
+        print(backfill(Path(a.folder)))
     return 0
 
 

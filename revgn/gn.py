@@ -22,7 +22,9 @@ from typing import Callable, Iterator
 
 import torch
 
+from .damping import lm_filter, shifted_filter, truncated_filter
 from .models import HalfLayerCache, RevMLP
+from .solvers import RankDeficientError
 
 PINV_KINDS = ("exact", "truncate", "damp", "ridge", "noise")
 #: when exact GN calls features rank-deficient (`Pinv.rank_rule`)
@@ -33,10 +35,6 @@ GRAM_ROUTES = ("float64", "refined")
 REFINED_RTOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 #: route "refined": correction steps tried before the float64 route is asked instead
 REFINE_STEPS = 2
-
-
-class RankDeficientError(ValueError):
-    """The features of a half-layer cannot be inverted exactly; the message says which and why."""
 
 
 @dataclass(frozen=True)
@@ -286,10 +284,7 @@ def features_pinv(A: torch.Tensor, T: torch.Tensor, pinv: Pinv = Pinv(), *, wher
         s = lam.sqrt()
         if s[-1] == 0:
             raise RankDeficientError(f"{where}: the features are all zero; no step can change the outputs")
-        # The spectral filters are the tangent-kernel filters of revgn.damping, applied to the Gram matrix of one
-        # half-layer's features (imported here: damping imports gn_reference, which imports this module).
-        from .damping import lm_filter, shifted_filter, truncated_filter
-
+        # the tangent-kernel filters of revgn.damping, applied to the Gram matrix of one half-layer's features
         if pinv.kind == "truncate":
             filt = truncated_filter(lam, pinv.rtol, pinv.atol)
         elif pinv.kind == "damp":

@@ -20,13 +20,8 @@ import torch
 from torch import nn
 from torch.func import jacrev, jvp, vjp, vmap
 
+from .curvature import TangentKernel, factored_kernel, jacobian_matrix
 from .functional import Params, as_function, params_of, tree_norm
-
-
-def _jac_rows(model: nn.Module, params: Params, x: torch.Tensor) -> torch.Tensor:
-    jac = jacrev(as_function(model, x))(params)
-    n, o = next(iter(jac.values())).shape[:2]
-    return torch.cat([jac[k].reshape(n * o, -1) for k in params], dim=1)
 
 
 def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = None, *,
@@ -44,19 +39,12 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = 
         if params is not None or not hasattr(model, "ntk_factors"):
             raise ValueError("method='factors' needs a model with ntk_factors (a RevMLP) and its trained parameters "
                              "(params=None)")
-        pairs1 = model.ntk_factors(x1)
-        pairs2 = pairs1 if x2 is None else model.ntk_factors(x2)
-        (n1, C, _), n2 = pairs1[0][1].shape, pairs2[0][1].shape[0]
-        K = 0
-        for (A1, G1), (A2, G2) in zip(pairs1, pairs2):  # one matrix product each (einsum's path is far slower)
-            GG = (G1.reshape(n1 * C, -1) @ G2.reshape(n2 * C, -1).T).view(n1, C, n2, C)
-            K = K + GG * (A1 @ A2.T)[:, None, :, None]
-        return K.reshape(n1 * C, n2 * C)
+        return factored_kernel(model, x1, x2)
     params = params_of(model) if params is None else params
     x2 = x1 if x2 is None else x2
     if method == "jacobian":
-        J1 = _jac_rows(model, params, x1)
-        J2 = J1 if x2 is x1 else _jac_rows(model, params, x2)
+        J1 = jacobian_matrix(model, x1, params)
+        J2 = J1 if x2 is x1 else jacobian_matrix(model, x2, params)
         return J1 @ J2.T
     if method == "by-parameter":
         f1, f2 = as_function(model, x1), as_function(model, x2)
@@ -83,11 +71,7 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = 
 
 def ntk_vector_product(model: nn.Module, x: torch.Tensor, v: torch.Tensor, params: Params | None = None, **kwargs):
     """Theta(x, x) v = J (J^T v) for v shaped like the outputs on x (kwargs go to the model's forward)."""
-    params = params_of(model) if params is None else params
-    f = as_function(model, x, **kwargs)
-    _, vjp_fn = vjp(f, params)
-    (g,) = vjp_fn(v)
-    return jvp(f, (params,), (g,))[1]
+    return TangentKernel(model, x, params=params, **kwargs)(v)
 
 
 def kernel_distance(K0: torch.Tensor, K1: torch.Tensor) -> float:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from .fingerprint import current as current_fingerprint
+from .solvers import StepRefused
 from .train import History
 from .utils import REPO_ROOT, atomic_write_json, check_int, read_json, run_metadata
 
@@ -542,7 +543,6 @@ def run(spec: RunSpec, store: str | Path | None = None, *, device="cpu", progres
 
 def _train(spec: RunSpec, path: Path | None, device, progress: bool) -> Record:
     """`run` without the store's bookkeeping: train, and record at `path` (under the run's lock) if given."""
-    from .gn import RankDeficientError
     from .kernels import distance_from_init, frozen_copy
     from .losses import NonFiniteLossError
     from .train import train
@@ -580,7 +580,7 @@ def _train(spec: RunSpec, path: Path | None, device, progress: bool) -> Record:
                          metrics=metrics, progress=progress, history=hist,
                          config={"spec": spec.key, "phase": i, "code": code["fingerprint"]},
                          checkpoint=None if scratch is None else scratch / f"phase{i}.ckpt")
-    except (NonFiniteLossError, RankDeficientError) as err:  # the method failed, not the machine: record it
+    except (NonFiniteLossError, StepRefused) as err:  # the method failed, not the machine: record it
         failure = f"{type(err).__name__}: {err}"
         hist = getattr(err, "history", None) or hist or History(config={"spec": spec.key})
     final = {} if failure else {k: v[-1] for k, v in hist.epochs.items() if k != "epoch"}
@@ -656,7 +656,7 @@ def staleness(recs: list[Record]) -> str:
         return f"All {len(recs)} were computed by this code, or by code shown to give the same numbers."
     parts = [f"{stale} computed by other code than this commit's and not shown to give the same numbers"] * bool(stale) \
         + [f"{unknown} computed from trees with uncommitted changes (code unknown)"] * bool(unknown)
-    return f"Of these {len(recs)}: " + "; ".join(parts) + " (stale; `python -m revgn.fingerprint verify` checks them)."
+    return f"Of these {len(recs)}: " + "; ".join(parts) + " (stale; `python -m revgn.recompute` checks them)."
 
 
 class Runs:

@@ -28,10 +28,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .gn import Pinv, RankDeficientError, iter_block_directions, layerwise_preconditioner
-from .gn_reference import StepNotSolved, gram_gn_direction, matrix_free_gn_direction
+from .curvature import gram_gn_direction, matrix_free_gn_direction, spectral_step
+from .damping import gn_filter, lm_filter
+from .gn import Pinv, iter_block_directions, layerwise_preconditioner
 from .losses import NonFiniteLossError, accuracy, check_finite, get_loss
 from .models import RevMLP
+from .solvers import StepNotSolved, StepRefused
 from .utils import atomic_write_bytes, atomic_write_json, check_int, read_json
 
 
@@ -219,7 +221,7 @@ class GaussNewton(Optimizer):
 
 class MoorePenroseGaussNewton(Optimizer):
     """The Moore-Penrose GN step (Levenberg-Marquardt with damping > 0) for any model: theta <- theta - lr J^+ eps,
-    the minimum-norm step that moves the outputs by eps (`revgn.gn_reference`).
+    the minimum-norm step that moves the outputs by eps (`revgn.curvature`).
 
     output="logits": J is the logits' Jacobian (eq-gn). output="body" (a RevMLP): J is the Jacobian of x_L and
     the target eps R^T, the smallest change of x_L that moves the logits by eps; this is what each block of the
@@ -229,7 +231,7 @@ class MoorePenroseGaussNewton(Optimizer):
     solved by Cholesky (logits only; the same step, without iterations). Every step reports the true relative
     residual ||J Delta - target|| / ||target||, the norm of the parameter step and, for CG, its iterations
     (`step_info`); a step whose residual exceeds `REFUSE` x rtol, or whose system is singular, is refused
-    (`StepNotSolved`, `RankDeficientError`), leaving the model as it was.
+    (`StepNotSolved`, `RankDeficientError`: both `StepRefused`), leaving the model as it was.
     """
 
     REFUSE = 10.0  # slack over rtol for the true residual (CG stops on its recursive one)
@@ -308,8 +310,6 @@ class DampedGaussNewton(Optimizer):
         self.lr, self.damping = _check_lr(lr), float(damping)
 
     def step(self, model, x, y, loss) -> float:
-        from .damping import gn_filter, lm_filter, spectral_step
-
         with torch.no_grad():
             logits = model(x)
             value = check_finite(loss(logits, y), "LM step")
@@ -596,7 +596,7 @@ def train(model: nn.Module, optimizer: Optimizer, train_set, *, loss="ce", epoch
             if (epoch - start) % eval_every == 0 or epoch == last:
                 record(epoch)
                 bar.set_postfix(loss=f"{hist.epochs['train_loss'][-1]:.3g}", refresh=False)
-    except (NonFiniteLossError, RankDeficientError) as err:
+    except (NonFiniteLossError, StepRefused) as err:
         err.history = hist  # what was measured before the failure
         raise
     finally:

@@ -7,7 +7,7 @@ import torch
 
 from .functional import flatten, params_of
 from .gn import Pinv, block_directions, gn_direction
-from .gn_reference import explicit_gn_direction, jacobian_matrix, matrix_free_gn_direction
+from .curvature import explicit_gn_direction, jacobian_matrix, matrix_free_gn_direction
 from .losses import SquareLoss
 from .models import RevMLP
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import revgn.fingerprint as fpmod
+from revgn import recompute
 from revgn.fingerprint import code_tokens, combine, source_digests
 from revgn.runs import (DataSpec, ModelSpec, OptimSpec, Record, Runs, RunSpec, StaleRecordError, provenance,
                         record_path, run)
@@ -119,10 +120,10 @@ def test_agreement_is_earned_by_recomputation(tmp_path, monkeypatch):
     d = json.loads(record_path(store, bad.spec).read_text())
     d["history"]["epochs"]["train_loss"][-1] += 1e-9
     record_path(store, bad.spec).write_text(json.dumps(d))
-    out = fpmod.verify([store], sample=2, log=lambda *_: None)
+    out = recompute.verify([store], sample=2, log=lambda *_: None)
     assert out[old["fingerprint"]].startswith("differs") and not registry.exists()
     record_path(store, bad.spec).unlink()
-    out = fpmod.verify([store], sample=2, log=lambda *_: None)
+    out = recompute.verify([store], sample=2, log=lambda *_: None)
     assert out[old["fingerprint"]].startswith("same numbers")
     assert not Record.load(record_path(store, good.spec)).stale
     classes = json.loads(registry.read_text())["classes"]

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
+from revgn.curvature import explicit_gn_direction, jacobian_matrix, matrix_free_gn_direction
 from revgn.functional import flatten
 from revgn.gn import Pinv, RankDeficientError, block_directions, features_pinv, gn_direction, stack_blocks
-from revgn.gn_reference import explicit_gn_direction, jacobian_matrix, matrix_free_gn_direction
 from revgn.losses import CrossEntropy, SquareLoss
 from revgn.models import RevMLP
 from revgn.verify import block_moore_penrose_errors, function_space_residual, one_step_losses

@@ -8,9 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from revgn.damping import gn_filter, kernel_step, kstep_gd_filter, lm_filter
+from revgn.curvature import kernel_step
+from revgn.damping import gn_filter, kstep_gd_filter, lm_filter
 from revgn.functional import flatten, params_of, snapshot
-from revgn.gn_reference import jacobian_matrix
+from revgn.curvature import jacobian_matrix
 from revgn.linearize import Linearized
 from revgn.train import SGD, IterativeLinearisation, train
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from revgn.functional import params_of
-from revgn.gn_reference import jacobian_matrix
+from revgn.curvature import jacobian_matrix
 from revgn.kernels import (empirical_ntk, hessian_norm, jacobian_norm, kappa, kernel_distance, linear_cka,
                            pattern_stability, relative_kernel_change, relu_patterns)
 from revgn.linearize import Centered, Linearized, Scaled, ScaledSquareLoss, linearize

@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from revgn.curvature import jacobian_matrix
 from revgn.functional import flatten
 from revgn.gn import RankDeficientError, gn_direction
-from revgn.gn_reference import StepNotSolved, jacobian_matrix
 from revgn.losses import CrossEntropy
 from revgn.models import RevMLP
+from revgn.solvers import StepNotSolved
 from revgn.train import GaussNewton, MoorePenroseGaussNewton
 
 F64 = torch.float64

@@ -1,0 +1,111 @@
+"""Recompute records with the running code: the evidence that two code fingerprints give the same numbers.
+
+A record made by other code (`revgn.fingerprint`) is stale until shown otherwise: `verify` recomputes the
+cheapest few records of each other fingerprint, on their recorded thread count, and compares their histories
+number for number; where every one is bit-identical, the fingerprints join one class in
+`results/fingerprints.json` (with the recomputed keys as evidence) and their records are fresh again.
+
+    python -m revgn.recompute results/regime_map [--sample 2] [--max-cost 10] [--only FINGERPRINT ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from . import fingerprint
+from .fingerprint import current, equivalence_classes, same_numbers
+from .runs import Record, run
+from .utils import atomic_write_json
+
+
+def _cost(rec) -> float:
+    """A rough relative cost of recomputing a record: examples x epochs x width x depth (x 100 for x_L's
+    Moore-Penrose step, some 700 CG iterations a step); a 2,000-image, h = 512, 6-epoch run is 1."""
+    s = rec.spec
+    n = s.data.n_train or 60000
+    width = s.model.hidden if s.model.arch == "revmlp" else sum(s.model.mlp_hidden)
+    slow = 100 if s.optimizer.name == "gn-mp" and s.optimizer.output == "body" else 1
+    return s.epochs * n * width * s.model.depth * slow / (2000 * 6 * 512 * 2)
+
+
+def _reproduces(recorded, again) -> bool:
+    """Does a recomputed history hold every recorded number, bit for bit? (It may log more: a quantity the
+    code has learnt to record since, such as a step's norm, is not a change of the numbers.)"""
+    fresh = json.loads(json.dumps({"steps": again.steps, "epochs": again.epochs}))
+    return all(fresh[part].get(k) == v for part, table in (("steps", recorded.steps), ("epochs", recorded.epochs))
+               for k, v in table.items())
+
+
+def verify(folders, sample: int = 2, max_cost: float = 10.0, path: Path | None = None, log=print,
+           only: set[str] | None = None) -> dict[str, str]:
+    """Recompute, with the running code, the `sample` cheapest finished records of each other fingerprint found
+    in `folders` (on their recorded thread count, so reductions run in the same order; a fingerprint whose
+    cheapest record costs more than `max_cost` (`_cost`) is left unverified), and compare their
+    histories number for number. Where every one agrees bit for bit, that fingerprint joins the running
+    code's class in `fingerprint.EQUIVALENCES` (with the keys as evidence): its records are no longer stale. Returns
+    {fingerprint: "same numbers (k records)" or what differed}. `only`: verify just these fingerprints (say,
+    the class the previous code belonged to, skipping fingerprints already known to differ)."""
+    path = fingerprint.EQUIVALENCES if path is None else path
+    now = current()["fingerprint"]
+    classes = equivalence_classes(path)
+    groups: dict[str, list] = {}
+    for folder in folders:
+        for p in sorted(Path(folder).rglob("*.json")):
+            try:
+                rec = Record.load(p)
+            except ValueError:
+                continue  # not a run record
+            fp = (rec.fingerprint or {}).get("fingerprint", "unknown code")
+            if rec.ok and not same_numbers(fp, now, classes) and (only is None or fp in only):
+                groups.setdefault(fp, []).append(rec)
+    out = {}
+    threads = torch.get_num_threads()
+    for fp, recs in groups.items():
+        chosen, agree = [r for r in sorted(recs, key=_cost)[:sample] if _cost(r) <= max_cost], True
+        if not chosen:
+            out[fp] = f"not verified: its cheapest record costs {_cost(min(recs, key=_cost)):.0f} > {max_cost:g}"
+            continue
+        for rec in chosen:
+            torch.set_num_threads(int(rec.provenance.get("threads", threads)))
+            try:
+                again = run(rec.spec)
+            finally:
+                torch.set_num_threads(threads)
+            same = _reproduces(rec.history, again.history)
+            log(f"{fp} {rec.spec.key[:12]}: {'bit-identical' if same else 'DIFFERS'}")
+            agree &= same
+        if fp == "unknown code":  # from trees with uncommitted changes: a sample is evidence, not a fingerprint
+            out[fp] = (f"{len(chosen)} of {len(recs)} records from dirty trees recomputed: "
+                       + ("the same numbers" if agree else "they differ") + " (they stay of unknown code)")
+            continue
+        if not agree:
+            out[fp] = f"differs: its records are stale ({len(recs)} records)"
+            continue
+        merged = [c for c in classes if fp in c["members"] or now in c["members"]]
+        members = sorted({fp, now, *(m for c in merged for m in c["members"])})
+        evidence = [e for c in merged for e in c.get("evidence", [])] + \
+                   [{"recomputed": [r.spec.key for r in chosen], "old": fp, "new": now}]
+        classes = [c for c in classes if c not in merged] + [{"members": members, "evidence": evidence}]
+        atomic_write_json(path, {"classes": classes})
+        out[fp] = f"same numbers ({len(chosen)} of {len(recs)} records recomputed)"
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m revgn.recompute", description=__doc__.split("\n\n")[0])
+    p.add_argument("folders", nargs="+", help="folders of records (searched recursively)")
+    p.add_argument("--sample", type=int, default=2, help="records recomputed per fingerprint, the cheapest first")
+    p.add_argument("--max-cost", type=float, default=10.0, help="skip fingerprints whose cheapest record costs more")
+    p.add_argument("--only", nargs="+", help="verify just these fingerprints")
+    a = p.parse_args(argv)
+    for fp, verdict in verify(a.folders, a.sample, a.max_cost, only=set(a.only) if a.only else None).items():
+        print(f"{fp}: {verdict}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
