@@ -64,7 +64,7 @@ from revgn.runs import (
     provenance,
     records,
 )
-from revgn.stats import TEST, paired, verdict
+from revgn.stats import TEST, Verdict, paired, verdict
 
 run = revgn.book.setup(scale, device, seed)
 BASE = RunSpec(
@@ -168,6 +168,8 @@ plt.show()
 # %% tags=["hide-input"]
 kappa_change = {o: paired(end(o, "kappa"), start(o, "kappa")) for o in recs}
 rows = []
+# the verdict on "GN lazier than the other" per measure, as a value: the reading rule below uses it
+gn_lazier = {}
 for key, label in (
     ("ntk_similarity", "paper's NTK similarity"),
     ("ntk_distance", "kernel distance"),
@@ -178,6 +180,9 @@ for key, label in (
         c = paired(end("gn", key), end(other, key))
         # lazier: closer to init
         lazier = "higher" if key != "ntk_distance" else "lower"
+        gn_lazier[label, other] = (
+            c.verdict if lazier == "higher" else c.verdict.flipped()
+        )
         rows.append([
             label,
             f"GN - {other}",
@@ -233,14 +238,15 @@ said = {(r[0], r[1]): r[3] for r in rows}
 def reading(label: str) -> str:
     """The reading rule on one measure: GN lazier than Adam, SGD no less lazy."""
     vs_adam, vs_sgd = said[label, "GN - adam"], said[label, "GN - sgd"]
-    if vs_adam.startswith("no verdict") or vs_sgd.startswith("no verdict"):
+    adam, sgd = gn_lazier[label, "adam"], gn_lazier[label, "sgd"]
+    if Verdict.TOO_FEW in (adam, sgd):
         return f"no verdict ({vs_adam}; {vs_sgd})"
-    if vs_adam == "GN lazier" and vs_sgd != "GN lazier":
+    if adam is Verdict.ABOVE and sgd is not Verdict.ABOVE:
         return "supports the claim"
-    if vs_adam == "GN less lazy" or vs_sgd == "GN lazier":
-        why = "GN is less lazy than Adam" if vs_adam == "GN less lazy" else ""
-        why += (" and " if why and vs_sgd == "GN lazier" else "") + (
-            "SGD is less lazy than GN" if vs_sgd == "GN lazier" else ""
+    if adam is Verdict.BELOW or sgd is Verdict.ABOVE:
+        why = "GN is less lazy than Adam" if adam is Verdict.BELOW else ""
+        why += (" and " if why and sgd is Verdict.ABOVE else "") + (
+            "SGD is less lazy than GN" if sgd is Verdict.ABOVE else ""
         )
         return f"contradicts it ({why})"
     return f"undecided (GN vs Adam: {vs_adam}; GN vs SGD: {vs_sgd})"

@@ -6,6 +6,7 @@ evidence is the per-seed difference d_s = a_s - b_s. Its mean gets a two-sided 9
 """
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass
 
@@ -17,6 +18,25 @@ LEVEL = 0.95
 TEST = "paired t-test, two-sided, 95% interval"
 
 
+class Verdict(enum.Enum):
+    """What the verdict rule says of a paired comparison a - b (`Paired.verdict`): a value, so no caller
+    parses the words a chapter renders it with (`verdict`)."""
+
+    ABOVE = "the whole interval is above 0"
+    BELOW = "the whole interval is below 0"
+    NEITHER = "the interval includes 0"
+    TOO_FEW = f"fewer than {MIN_SEEDS} pairs"
+
+    @property
+    def decided(self) -> bool:
+        """A difference was detected (either sign)."""
+        return self in (Verdict.ABOVE, Verdict.BELOW)
+
+    def flipped(self) -> "Verdict":
+        """The verdict on b - a."""
+        return {Verdict.ABOVE: Verdict.BELOW, Verdict.BELOW: Verdict.ABOVE}.get(self, self)
+
+
 @dataclass(frozen=True)
 class Paired:
     """The mean per-seed difference a - b, its `LEVEL` interval [lo, hi], the p-value and the number of pairs."""
@@ -26,6 +46,13 @@ class Paired:
     hi: float
     p: float
     n: int
+
+    @property
+    def verdict(self) -> Verdict:
+        """The verdict rule: at least MIN_SEEDS pairs and an interval that excludes 0."""
+        if self.n < MIN_SEEDS:
+            return Verdict.TOO_FEW
+        return Verdict.BELOW if self.hi < 0 else Verdict.ABOVE if self.lo > 0 else Verdict.NEITHER
 
     def text(self, scale: float = 100, unit: str = " points") -> str:
         """"-1.2 [-2.0, -0.4] points (5 seeds)", the interval omitted below two pairs. Enough decimals (at least
@@ -61,12 +88,8 @@ def paired(a, b, level: float = LEVEL) -> Paired:
 
 
 def verdict(c: Paired, above: str, below: str, neither: str = "no detectable difference") -> str:
-    """The verdict rule: `below` when the whole interval is below 0, `above` when it is above 0, else
+    """`c.verdict` in words: `below` when the whole interval is below 0, `above` when it is above 0, else
     `neither`; with fewer than MIN_SEEDS pairs there is no verdict, whatever the interval."""
-    if c.n < MIN_SEEDS:
+    if c.verdict is Verdict.TOO_FEW:
         return f"no verdict ({c.n} of {MIN_SEEDS} seeds)"
-    if c.hi < 0:
-        return below
-    if c.lo > 0:
-        return above
-    return neither
+    return {Verdict.BELOW: below, Verdict.ABOVE: above, Verdict.NEITHER: neither}[c.verdict]

@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import data
 from ..book import table
-from ..stats import TEST, paired, verdict
+from ..stats import TEST, Verdict, paired, verdict
 from ..runs import RESULTS, DataSpec, ModelSpec, OptimSpec, RunSpec
 from ..sweep import Grid, collect
 from . import gn_protocol as gp
@@ -373,10 +373,9 @@ def fit_or_generalise(summaries: list[dict]) -> dict:
     fit = paired(gn_tr, ad_tr)
     gen = paired(np.subtract(gn_tr, gn_te), np.subtract(ad_tr, ad_te))
     test = paired(gn_te, ad_te)
-    fits_less = verdict(fit, "no", "yes", "?")
-    gen_worse = verdict(gen, "yes", "no", "?")
-    which = ("no verdict" if fits_less.startswith("no verdict") else
-             "in fitting" if fits_less == "yes" and gen_worse != "yes" else
-             "in generalising" if gen_worse == "yes" and fits_less != "yes" else
-             "in both" if fits_less == gen_worse == "yes" else "inconclusive")
+    fits_less, gen_worse = fit.verdict is Verdict.BELOW, gen.verdict is Verdict.ABOVE
+    which = ("no verdict" if fit.verdict is Verdict.TOO_FEW else
+             "in both" if fits_less and gen_worse else
+             "in fitting" if fits_less else
+             "in generalising" if gen_worse else "inconclusive")
     return {"train": fit, "generalisation": gen, "test": test, "which": which}

@@ -149,7 +149,7 @@ def which_inverse(done: dict, margin: float = EQUIVALENCE) -> Answer | None:
     detectable or not); else (b) when some difference gets a verdict by the book's rule (`revgn.stats.verdict`:
     MIN_SEEDS pairs, an interval that excludes 0); else (c). None while a GN step is not recorded at every seed
     (or a compared run failed)."""
-    from ..stats import MIN_SEEDS, verdict
+    from ..stats import MIN_SEEDS
 
     if not all(complete(done, label) for label in GN_METHODS):
         return None
@@ -157,7 +157,7 @@ def which_inverse(done: dict, margin: float = EQUIVALENCE) -> Answer | None:
     comps = {label: gp.compare(done[label][1], base) for label in GN_METHODS[1:]}
     if all(c.n >= MIN_SEEDS and -margin < c.lo and c.hi < margin for c in comps.values()):
         return Answer("a", comps)
-    if any(verdict(c, "differs", "differs") == "differs" for c in comps.values()):
+    if any(c.verdict.decided for c in comps.values()):
         return Answer("b", comps)
     return Answer("c", comps)
 
