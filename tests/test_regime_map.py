@@ -193,6 +193,10 @@ def test_a_deficit_is_split_into_fitting_and_generalising_and_capped_rates_are_r
     general = [_summary(0.90 + 0.011 * s, 0.30 + 0.01 * s, 0.90 + 0.01 * s, 0.40 + 0.012 * s) for s in seeds]
     assert rm.fit_or_generalise(general)["which"] == "in generalising"
     assert rm.fit_or_generalise(general[:3])["which"] == "no verdict"
+    both = [_summary(0.80 + 0.01 * s, 0.20 + 0.011 * s, 0.90 + 0.012 * s, 0.40 + 0.01 * s) for s in seeds]
+    assert rm.fit_or_generalise(both)["which"] == "in both"
+    neither = [_summary(0.9 + 0.01 * (-1) ** s, 0.4 + 0.01 * (-1) ** s, 0.9, 0.4) for s in seeds]
+    assert rm.fit_or_generalise(neither)["which"] == "inconclusive"
     capped = [_summary(0.9, 0.3, 0.9, 0.4, capped=True)]
     assert rm.rates(capped, "gn") == "2 (cap)" and rm.rates(capped, "adam") == "0.001"
     thirds = [{**r, "adam": {**r["adam"], "lr": 1e-4 / 3}} for r in capped]  # a rate the grid reached by thirds

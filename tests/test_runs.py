@@ -70,6 +70,13 @@ def test_the_paired_interval_is_a_student_t_interval_and_the_rule_needs_five_see
     assert stats.verdict(stats.paired([0, 0, 0, 0, 0], [1, 1.1, 1, 1.2, 1]), "A better", "A worse") == "A worse"
     assert stats.verdict(stats.paired([2, 3, 4, 5], [0, 0, 0, 0]), "A better", "A worse") == "no verdict (4 of 5 seeds)"
     assert math.isnan(stats.paired([1.0], [0.0]).lo)
+    # the rule as a value: what the words render, and b - a as its mirror image
+    V = stats.Verdict
+    assert c.verdict is V.NEITHER and not c.verdict.decided
+    better = stats.paired([1, 2, 3, 4, 5], [0, 0.5, 1, 2, 3])
+    assert better.verdict is V.ABOVE and better.verdict.decided
+    assert stats.paired([0, 0.5, 1, 2, 3], [1, 2, 3, 4, 5]).verdict is V.BELOW is better.verdict.flipped()
+    assert stats.paired([2, 3, 4, 5], [0, 0, 0, 0]).verdict is V.TOO_FEW is V.TOO_FEW.flipped()
     assert c.text() == f"{d.mean() * 100:+.1f} [{(d.mean() - half) * 100:+.1f}, {(d.mean() + half) * 100:+.1f}] points (5 seeds)"
     small = stats.paired([0.0371, 0.0372, 0.0375, 0.0370, 0.0368], [0.019, 0.0191, 0.0189, 0.0192, 0.019])
     assert small.text(1, "") == "+0.0181 [+0.0177, +0.0185] (5 seeds)"  # decimals follow the interval's width
