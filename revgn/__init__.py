@@ -4,7 +4,9 @@ Library core (one idea per module): `data` (verified dataset loaders), `models` 
 (losses and their GN errors), `gn` (the exact, tractable GN step), `curvature` (J, J^T and J J^T + mu I as
 operators; explicit, matrix-free and factored GN steps), `solvers` (Cholesky, eigh with a filter, CG;
 refused steps), `linearize` (linearisation, centering, output scaling), `kernels` (the NTK, CKA, kappa, distances from init),
-`damping` (GN as spectral filters), `train` (the one training loop and its optimisers), `runs` (run specs and
+`damping` (GN as spectral filters), `optimizers` (SGD, Adam, exact GN, Moore-Penrose, LM, iterative
+linearisation), `train` (the one training loop), `history` (what a run produced; stop rules), `checkpoint`
+(resumable runs), `runs` (run specs and
 content-addressed records), `fingerprint` (the code that made a record), `recompute`
 (recomputed records as evidence that two fingerprints give the same numbers), `sweep` (grids of specs on submitit),
 `stats` (paired intervals, the verdict rule). Around it: `experiments/` (chapter-specific: `lazy_training`,

@@ -23,7 +23,7 @@ from .gn import Pinv
 from .curvature import explicit_gn_direction, matrix_free_gn_direction
 from .losses import CrossEntropy
 from .models import RevMLP
-from .train import SGD, Adam, GaussNewton, Optimizer, apply_step
+from .optimizers import SGD, Adam, GaussNewton, Optimizer, apply_step
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ import torch
 
 from .fingerprint import current as current_fingerprint
 from .solvers import StepRefused
-from .train import History
+from .history import History
 from .utils import REPO_ROOT, atomic_write_json, check_int, read_json, run_metadata
 
 RESULTS = REPO_ROOT / "results"
@@ -237,7 +237,7 @@ class OptimSpec:
 
     def build(self, seed: int):
         from .gn import Pinv
-        from .train import SGD, Adam, GaussNewton, MoorePenroseGaussNewton
+        from .optimizers import SGD, Adam, GaussNewton, MoorePenroseGaussNewton
 
         if self.name == "gn-mp":
             return MoorePenroseGaussNewton(self.lr, damping=self.mu, rtol=self.cg_rtol,
@@ -261,7 +261,7 @@ class RunSpec:
     images, CKA on the first `cka_inputs` test images, kappa on the first `kappa_inputs` training images, the
     paper's probe similarity on the first batch. With `then`, training continues from epoch `switch_epoch`
     with that optimiser (the same network). With `patience` > 0, training stops once the validation accuracy
-    has not risen above its best for that many evaluations (`revgn.train.plateaued`): `epochs` is then the
+    has not risen above its best for that many evaluations (`revgn.history.plateaued`): `epochs` is then the
     most it trains, and the record's final metrics are those of the evaluation where it stopped. With
     `until_train_loss` > 0, training stops once the evaluated training loss is at or below it (a budget of
     equal training loss; `epochs` is again the most).
@@ -598,7 +598,7 @@ def _set_aside_other_code(scratch: Path, code: dict) -> None:
     another spec is left for `revgn.train` to refuse.)"""
     import sys
 
-    from .train import checkpoint_config
+    from .checkpoint import checkpoint_config
 
     for ckpt in sorted(scratch.glob("phase*.ckpt")):
         config = checkpoint_config(ckpt)
@@ -613,7 +613,7 @@ def _set_aside_other_code(scratch: Path, code: dict) -> None:
 
 def _stop_rule(spec: RunSpec):
     """The spec's stop rules (patience, a training-loss target) as one `stop` for `revgn.train.train`."""
-    from .train import plateaued, reached
+    from .history import plateaued, reached
 
     rules = ([plateaued("val_acc", spec.patience)] if spec.patience else []) + \
             ([reached("train_loss", spec.until_train_loss)] if spec.until_train_loss else [])

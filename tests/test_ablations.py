@@ -8,7 +8,7 @@ import pytest
 
 from revgn.experiments import ablations as ab
 from revgn.runs import Record
-from revgn.train import History
+from revgn.history import History
 
 
 class Store:

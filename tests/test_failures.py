@@ -25,7 +25,8 @@ from revgn.experiments import gn_protocol as gp
 from revgn.gn import RankDeficientError
 from revgn.losses import CrossEntropy, NonFiniteLossError
 from revgn.models import MLP, RevMLP
-from revgn.train import SGD, Adam, GaussNewton, apply_step, evaluate, train
+from revgn.optimizers import SGD, Adam, GaussNewton, apply_step
+from revgn.train import evaluate, train
 from revgn.utils import atomic_write_bytes, atomic_write_json, remove_stale_partials
 from test_data import cache, cifar_archive, serve, sha256  # noqa: F401  (cache is a fixture)
 

@@ -27,11 +27,12 @@ def tiny(**changes) -> RunSpec:
     return spec.replace(**changes)
 
 
-def changed_training_path(edit=lambda text: text.replace("eps: float = 1e-8", "eps: float = 1e-1")) -> dict:
-    """The fingerprint the code would have with train.py edited (by default Adam's eps, a change of numbers)."""
+def changed_training_path(edit=lambda text: text.replace("eps: float = 1e-8", "eps: float = 1e-1"),
+                          module: str = "optimizers.py") -> dict:
+    """The fingerprint the code would have with `module` edited (by default Adam's eps, a change of numbers)."""
     def read(name):
         text = (HERE / name).read_text() if (HERE / name).exists() else None
-        return edit(text) if name == "train.py" and text is not None else text
+        return edit(text) if name == module and text is not None else text
 
     now = fpmod.current()
     return combine(source_digests(read), now["torch"], now["kernels"])
@@ -39,7 +40,7 @@ def changed_training_path(edit=lambda text: text.replace("eps: float = 1e-8", "e
 
 @pytest.fixture
 def other_code(monkeypatch):
-    """Run the rest of a test as if train.py had been edited since its records were made."""
+    """Run the rest of a test as if optimizers.py had been edited since its records were made."""
     def switch():
         monkeypatch.setattr(fpmod, "_CURRENT", changed_training_path())
     return switch
@@ -49,7 +50,7 @@ def test_the_code_digest_ignores_prose_and_sees_code():
     code = 'def f(x):\n    """Doc."""\n    # why\n    return x + 1\n'
     assert code_tokens(code) == code_tokens('def f(x):\n\n    return x + 1  # other words\n')
     assert code_tokens(code) != code_tokens(code.replace("x + 1", "x + 2"))
-    assert changed_training_path()["sources"]["train.py"] != fpmod.current()["sources"]["train.py"]
+    assert changed_training_path()["sources"]["optimizers.py"] != fpmod.current()["sources"]["optimizers.py"]
     assert changed_training_path(lambda t: t + "\n# a comment\n")["fingerprint"] == fpmod.current()["fingerprint"]
 
 
@@ -61,12 +62,12 @@ def test_a_record_of_other_code_is_stale_wherever_it_is_read(tmp_path, other_cod
     assert status([spec], tmp_path) == {spec.key: "recorded"}
     other_code()
     loaded = Record.load(record_path(tmp_path, spec))
-    assert loaded.stale and loaded.changes() == ["train.py changed"]
+    assert loaded.stale and loaded.changes() == ["optimizers.py changed"]
     assert status([spec], tmp_path) == {spec.key: "stale"}
     assert dispatch([spec], tmp_path, progress=False) == {}  # a stale record is reported, never silently redone
     accepted = Runs(tmp_path, progress=False)
     assert accepted(spec).stale and accepted.stale_records() == [accepted(spec)]
-    with pytest.raises(StaleRecordError, match="train.py changed.*stale='accept'"):
+    with pytest.raises(StaleRecordError, match="optimizers.py changed.*stale='accept'"):
         Runs(tmp_path, progress=False, stale="refuse")(spec)
     with pytest.raises(ValueError, match="stale"):
         Runs(tmp_path, stale="ignore")
@@ -109,7 +110,8 @@ def test_agreement_is_earned_by_recomputation(tmp_path, monkeypatch):
     monkeypatch.setattr(fpmod, "EQUIVALENCES", registry)
     good, bad = run(tiny(), store), run(tiny(seed=1, **{"model.seed": 1}), store)
     # Both records claim an older fingerprint (a refactor that kept the numbers, say) ...
-    old = changed_training_path(lambda t: t.replace("def train(", "def train(  ", 1) + "\nREFACTORED = 1\n")
+    old = changed_training_path(lambda t: t.replace("def train(", "def train(  ", 1) + "\nREFACTORED = 1\n",
+                                module="train.py")
     for rec in (good, bad):
         path = record_path(store, rec.spec)
         d = json.loads(path.read_text())

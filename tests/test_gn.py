@@ -109,7 +109,7 @@ def test_narrow_bottleneck_raises_a_clear_error():
     model, x, _, eps = problem(2, 12, 16, False, "mse")
     with pytest.raises(RankDeficientError, match=r"h=12 < n=16.*independent columns"):
         gn_direction(model, x, eps)
-    from revgn.train import GaussNewton
+    from revgn.optimizers import GaussNewton
     with pytest.raises(ValueError, match="batch size n <= bottleneck width h"):
         GaussNewton().setup(model, 16)
     # A regularised pseudo-inverse is allowed: it is knowingly inexact.
@@ -281,7 +281,7 @@ def test_the_rounding_rule_still_refuses_features_below_their_own_rounding_befor
 def assert_a_duplicated_example_moves_nothing(pinv: Pinv, dtype: torch.dtype) -> None:
     """A GN step on a batch holding one example twice (rank-deficient features) is refused and leaves every
     weight of the model as it was: the step is atomic."""
-    from revgn.train import GaussNewton
+    from revgn.optimizers import GaussNewton
 
     model, x, y, _ = problem(2, 32, 10, False, "mse")
     model, x = model.to(dtype), torch.cat([x, x[:1]]).to(dtype)
@@ -408,7 +408,7 @@ def test_preconditioned_cg_solves_the_same_system_in_fewer_iterations(depth):
 
 def test_the_pcg_solver_is_a_spec_field_for_x_L_steps_only():
     from revgn.runs import OptimSpec, RunSpec
-    from revgn.train import MoorePenroseGaussNewton
+    from revgn.optimizers import MoorePenroseGaussNewton
 
     base = RunSpec(optimizer=OptimSpec("gn-mp", 1.0, output="body"), evaluate=("test",))
     pcg = base.replace(**{"optimizer.solver": "pcg"})

@@ -13,7 +13,8 @@ from revgn.damping import gn_filter, kstep_gd_filter, lm_filter
 from revgn.functional import flatten, params_of, snapshot
 from revgn.curvature import jacobian_matrix
 from revgn.linearize import Linearized
-from revgn.train import SGD, IterativeLinearisation, train
+from revgn.optimizers import SGD, IterativeLinearisation
+from revgn.train import train
 
 F64 = torch.float64
 

@@ -12,7 +12,7 @@ from revgn.experiments import gn_protocol as gp
 from revgn.experiments import paper_mnist as pm
 from revgn.runs import Record, run
 from revgn.sweep import collect
-from revgn.train import History
+from revgn.history import History
 
 
 def test_the_paper_rate_grid_is_the_papers_setting_paired_by_seed():

@@ -19,7 +19,7 @@ from revgn.gn import RankDeficientError, gn_direction
 from revgn.losses import CrossEntropy
 from revgn.models import RevMLP
 from revgn.solvers import StepNotSolved
-from revgn.train import GaussNewton, MoorePenroseGaussNewton
+from revgn.optimizers import GaussNewton, MoorePenroseGaussNewton
 
 F64 = torch.float64
 CONFIGS = [(1, 30, 12), (2, 24, 10), (3, 36, 8)]  # (depth, hidden, n)

@@ -13,7 +13,7 @@ from revgn import stats
 from revgn.experiments import gn_protocol as gp
 from revgn.runs import (DataSpec, ModelSpec, OptimSpec, Record, RunInProgressError, Runs, RunSpec, provenance,
                         record_path, records, run)
-from revgn.train import History
+from revgn.history import History
 
 needs_mnist = pytest.mark.skipif(not (Path(os.environ.get("REVGN_DATA", "/nonexistent")) / "mnist").exists(),
                                  reason="needs MNIST in $REVGN_DATA (make test points it at ../shared/data)")
@@ -178,7 +178,7 @@ def test_a_run_stopped_before_its_first_checkpoint_leaves_the_store_as_it_was(tm
 
 
 def test_the_plateau_rule_counts_evaluations_since_the_first_best():
-    from revgn.train import plateaued
+    from revgn.history import plateaued
 
     h = History()
     stop = plateaued("val_acc", 2)
@@ -193,7 +193,8 @@ def test_the_plateau_rule_counts_evaluations_since_the_first_best():
 
 @needs_mnist
 def test_patience_stops_where_validation_accuracy_stopped_rising_and_a_resumed_run_stops_there_too(tmp_path):
-    from revgn.train import plateaued, train
+    from revgn.history import plateaued
+    from revgn.train import train
 
     spec = tiny(**{"data.n_val": 64}, evaluate=("val", "test"), patience=2, epochs=20)
     with pytest.raises(ValueError, match="patience"):

@@ -11,7 +11,9 @@ from torch import nn
 from revgn.gn import Pinv, gn_direction
 from revgn.losses import CrossEntropy, NonFiniteLossError, SquareLoss
 from revgn.models import RevMLP
-from revgn.train import SGD, Adam, GaussNewton, History, MoorePenroseGaussNewton, train
+from revgn.history import History
+from revgn.optimizers import SGD, Adam, GaussNewton, MoorePenroseGaussNewton
+from revgn.train import train
 
 F64 = torch.float64
 
@@ -79,9 +81,8 @@ def test_metrics_callbacks_and_history_round_trip(tmp_path):
     h = train(m, Adam(1e-2), (x, y), epochs=2, batch_size=16, progress=False,
               metrics={"w_norm": lambda net: sum(p.norm() ** 2 for p in net.parameters()).sqrt()})
     assert len(h.epochs["w_norm"]) == 3
-    path = h.save(tmp_path / "run" / "history.json")
-    assert History.load(path).to_dict() == json.loads(json.dumps(h.to_dict()))
-    assert not list(tmp_path.rglob("*.partial"))
+    d = json.loads(json.dumps(h.to_dict()))  # what records and checkpoints store
+    assert History(d["steps"], d["epochs"], d["config"]).to_dict() == d
 
 
 def test_continuing_a_history_counts_epochs_on():

@@ -10,7 +10,8 @@ from ..damping import kstep_gd_filter, lm_filter
 from ..kernels import empirical_ntk, kernel_distance
 from ..linearize import Linearized
 from ..models import MLP, ConvNet
-from ..train import SGD, DampedGaussNewton, IterativeLinearisation, train
+from ..optimizers import SGD, DampedGaussNewton, IterativeLinearisation
+from ..train import train
 
 
 def feature_updates(K: float, steps: int) -> int:

@@ -13,7 +13,8 @@ from ..functional import snapshot
 from ..kernels import kappa, pattern_stability, relu_patterns
 from ..linearize import Centered, Linearized, Scaled, ScaledSquareLoss, parameter_distance
 from ..models import ConvNet, TwoLayerReLU
-from ..train import SGD, train
+from ..optimizers import SGD
+from ..train import train
 
 
 def loglog_slope(x, y) -> float:
