@@ -224,7 +224,7 @@ def route_row(shape: Shape, repeats: int = 5, device="cpu", data: str = "random"
     opts = {"gn": GaussNewton(1.0, routes["gn"]), "gn-refined": GaussNewton(1.0, routes["gn-refined"]),
             "sgd": SGD(0.01), "adam": Adam(1e-4)}
     times = time_optimizers(model, x, y, CrossEntropy(), opts, repeats, device)
-    row = {"shape": str(shape), "data": data, **{f"{m}_s": median(t) for m, t in times.items()}}
+    row = {"shape": str(shape), "data": data, **{f"{m}_s": statistics.median(t) for m, t in times.items()}}
     for m in ("gn", "gn-refined"):
         for other in ("sgd", "adam"):
             row[f"{m}/{other}"] = row[f"{m}_s"] / row[f"{other}_s"]
@@ -237,10 +237,6 @@ def route_row(shape: Shape, repeats: int = 5, device="cpu", data: str = "random"
     return row
 
 
-def median(xs: list[float]) -> float:
-    return statistics.median(xs)
-
-
 def jacobian_bytes(shape: Shape, dtype=torch.float32) -> int:
     """Memory of the explicit (n C) x p Jacobian."""
     return shape.n * shape.classes * shape.params * torch.finfo(dtype).bits // 8
@@ -250,7 +246,7 @@ def compare(shape: Shape, methods: list[str], repeats: int = 5, device="cpu", me
             cg_iterations: int = 10) -> dict:
     """One row of a benchmark table: median seconds per method, GN/other ratios, peak memory (bytes)."""
     times = time_steps(shape, methods, repeats, device, cg_iterations)
-    row = {"shape": str(shape), "params": shape.params, **{f"{m}_s": median(t) for m, t in times.items()}}
+    row = {"shape": str(shape), "params": shape.params, **{f"{m}_s": statistics.median(t) for m, t in times.items()}}
     for m in methods:
         if m != "gn" and "gn" in methods:
             row[f"gn/{m}"] = row["gn_s"] / row[f"{m}_s"]

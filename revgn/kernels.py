@@ -3,7 +3,7 @@
 - `empirical_ntk`: the (n1 O) x (n2 O) kernel J1 J2^T, by Jacobian contraction (whole, or one parameter tensor
   at a time), by NTK-vector products, or from a RevMLP's per-half-layer factors: the one NTK entry point of
   the library.
-- `kernel_distance` (Fort et al. 2020), `relative_kernel_change`, `linear_cka` (Kornblith et al. 2019).
+- `kernel_distance` (Fort et al. 2020), `linear_cka` (Kornblith et al. 2019).
 - `kappa`: kappa(w0) = ||h(w0) - y*|| ||D^2 h(w0)|| / ||D h(w0)||^2 (Chizat et al. 2019), with both operator
   norms estimated by power iteration on jvp/vjp products.
 - How far a RevMLP has moved from its initialisation (`model0`, a `frozen_copy`): the paper's probe
@@ -80,11 +80,6 @@ def kernel_distance(K0: torch.Tensor, K1: torch.Tensor) -> float:
     Clamped at 0: for identical kernels rounding can otherwise give -1e-16.
     """
     return max(0.0, (1 - (K0 * K1).sum() / (K0.norm() * K1.norm())).item())
-
-
-def relative_kernel_change(K0: torch.Tensor, K1: torch.Tensor) -> float:
-    """||K1 - K0||_F / ||K0||_F."""
-    return ((K1 - K0).norm() / K0.norm()).item()
 
 
 def linear_cka(X: torch.Tensor, Y: torch.Tensor) -> float:

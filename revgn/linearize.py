@@ -62,10 +62,8 @@ class Linearized(nn.Module):
             getattr(self, "anchor__" + _key(k)).copy_(self.theta[_key(k)])
 
     def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
-        anchor, theta = self.anchor(), self.current()
-        delta = {k: theta[k] - anchor[k] for k in anchor}
-        out0, tangent = jvp(lambda p: functional_call(self._net[0], p, (x,), kwargs), (anchor,), (delta,))
-        return out0 + tangent
+        net = lambda p: functional_call(self._net[0], p, (x,), kwargs)
+        return linearize(net, self.anchor())(self.current())
 
     def network(self, at: str = "theta") -> nn.Module:
         """The wrapped network (a new module) at the current parameters theta, or at the anchor.

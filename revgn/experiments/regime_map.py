@@ -64,11 +64,6 @@ class Point:
         """This point with some settings changed (one factor at a time)."""
         return replace(self, **changes)
 
-    @property
-    def constraints_per_parameter(self) -> float:
-        """n d / p: equations per GN step (n outputs of width d) per trained parameter (p = L d h): n / (L h)."""
-        return self.batch / (self.depth * self.hidden)
-
     def spec(self, optimiser: str, lr: float, s: "Settings") -> RunSpec:
         """The run of `optimiser` ("gn" or "adam") at rate lr on this point. Adam's run does not depend on
         the pseudo-inverse, so points that differ only in `pinv` share their Adam runs."""
