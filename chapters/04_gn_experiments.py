@@ -71,7 +71,7 @@ from revgn.runs import (
     provenance,
     records,
 )
-from revgn.stats import MIN_SEEDS, TEST, paired, verdict
+from revgn.stats import MIN_SEEDS, TEST, Verdict, paired, verdict
 
 run = revgn.book.setup(scale, device, seed)
 OPTIMISERS = ("gn", "sgd", "adam")
@@ -351,71 +351,102 @@ def versus(
     return c, f"{a} - {b}: {c.text(scale, unit)}"
 
 
-rows = []
+rows, status = [], []  # status: (claim number, holds by the rule, no verdict yet)
+
+
+def add(row, holds: bool, undecided: bool):
+    rows.append(row)
+    status.append((row[1][:2], holds, undecided))
+
+
 for name in MINIBATCH:
     early, late = loss_at(name, 5), loss_at(name, -1)
     fast = min(early, key=early.get) == "gn"
-    rows.append([
-        name,
-        "1. full batch: GN much faster",
-        (
-            f"after 5 steps GN's loss is {early['sgd'] / early['gn']:.1f}x below SGD's"
-            f" and {early['adam'] / early['gn']:.1f}x below Adam's; after the last step"
-            f" the lowest is {min(late, key=late.get)}'s"
-        ),
-        (
-            f"{'consistent' if fast else 'not consistent'}; no verdict (1 of"
-            f" {MIN_SEEDS} seeds)"
-        ),
-    ])
+    add(
+        [
+            name,
+            "1. full batch: GN much faster",
+            (
+                f"after 5 steps GN's loss is {early['sgd'] / early['gn']:.1f}x below"
+                f" SGD's and {early['adam'] / early['gn']:.1f}x below Adam's; after the"
+                f" last step the lowest is {min(late, key=late.get)}'s"
+            ),
+            (
+                f"{'consistent' if fast else 'not consistent'}; no verdict (1 of"
+                f" {MIN_SEEDS} seeds)"
+            ),
+        ],
+        holds=False,
+        undecided=True,
+    )
     sat = [gp.saturation(r) for r in minibatch[name]["gn"]]
     loss_c, loss_t = versus(name, "train_loss", "adam", "gn", 1, "")
     acc_c, acc_t = versus(name, "test_acc", "adam", "gn")
     tl_c, tl_t = versus(name, "test_loss", "adam", "gn", 1, "")
     # saturated: the training loss fell by less than 10% over the last 3 epochs
     sat_c = paired(sat, [0.10] * len(sat))
-    rows.append([
-        name,
-        (
-            "2. GN saturates (its training loss falls by less than 10% over the last 3"
-            " epochs)"
-        ),
-        (
-            f"GN's training loss falls by {np.mean(sat):.0%} on average ({min(sat):.0%}"
-            f" to {max(sat):.0%}); fall - 10%: {sat_c.text(100, ' points')}"
-        ),
-        verdict(sat_c, above="no: still falling", below="yes"),
-    ])
-    rows.append([
-        name,
-        "2. Adam ends lower on training loss",
-        loss_t,
-        verdict(
-            loss_c,
-            above="no: GN lower",
-            below="yes",
-            neither="no detectable difference",
-        ),
-    ])
-    rows.append([
-        name,
-        "2. Adam ends lower on test loss",
-        tl_t,
-        verdict(
-            tl_c, above="no: GN lower", below="yes", neither="no detectable difference"
-        ),
-    ])
-    rows.append([
-        name,
-        "2. (the paper's conclusion) Adam generalises better",
-        acc_t,
-        verdict(
-            acc_c,
-            above="yes",
-            below="no: GN better",
-            neither="no detectable difference",
-        ),
-    ])
+    add(
+        [
+            name,
+            (
+                "2. GN saturates (its training loss falls by less than 10% over the"
+                " last 3 epochs)"
+            ),
+            (
+                f"GN's training loss falls by {np.mean(sat):.0%} on average"
+                f" ({min(sat):.0%} to {max(sat):.0%}); fall - 10%:"
+                f" {sat_c.text(100, ' points')}"
+            ),
+            verdict(sat_c, above="no: still falling", below="yes"),
+        ],
+        holds=sat_c.verdict is Verdict.BELOW,
+        undecided=sat_c.verdict is Verdict.TOO_FEW,
+    )
+    add(
+        [
+            name,
+            "2. Adam ends lower on training loss",
+            loss_t,
+            verdict(
+                loss_c,
+                above="no: GN lower",
+                below="yes",
+                neither="no detectable difference",
+            ),
+        ],
+        holds=loss_c.verdict is Verdict.BELOW,
+        undecided=loss_c.verdict is Verdict.TOO_FEW,
+    )
+    add(
+        [
+            name,
+            "2. Adam ends lower on test loss",
+            tl_t,
+            verdict(
+                tl_c,
+                above="no: GN lower",
+                below="yes",
+                neither="no detectable difference",
+            ),
+        ],
+        holds=tl_c.verdict is Verdict.BELOW,
+        undecided=tl_c.verdict is Verdict.TOO_FEW,
+    )
+    add(
+        [
+            name,
+            "2. (the paper's conclusion) Adam generalises better",
+            acc_t,
+            verdict(
+                acc_c,
+                above="yes",
+                below="no: GN better",
+                neither="no detectable difference",
+            ),
+        ],
+        holds=acc_c.verdict is Verdict.ABOVE,
+        undecided=acc_c.verdict is Verdict.TOO_FEW,
+    )
     # per seed: the batch-loss drop of each optimiser's steps, first and last epoch
     seed_drops = {
         o: [gp.drop_by_epoch(r) for r in minibatch[name][o]] for o in OPTIMISERS
@@ -426,19 +457,23 @@ for name in MINIBATCH:
             for o in ("sgd", "adam")
         }
         words = {o: verdict(c, above="yes", below="no: GN less") for o, c in cs.items()}
-        rows.append([
-            name,
-            (
-                f"3. GN's steps fit their own batch better ({when} epoch; % of the"
-                " batch's loss removed)"
-            ),
-            "; ".join(f"GN - {o}: {c.text(1, ' points')}" for o, c in cs.items()),
-            (
-                "yes"
-                if set(words.values()) == {"yes"}
-                else "; ".join(f"vs {o}: {w}" for o, w in words.items())
-            ),
-        ])
+        add(
+            [
+                name,
+                (
+                    f"3. GN's steps fit their own batch better ({when} epoch; % of the"
+                    " batch's loss removed)"
+                ),
+                "; ".join(f"GN - {o}: {c.text(1, ' points')}" for o, c in cs.items()),
+                (
+                    "yes"
+                    if set(words.values()) == {"yes"}
+                    else "; ".join(f"vs {o}: {w}" for o, w in words.items())
+                ),
+            ],
+            holds=all(c.verdict is Verdict.ABOVE for c in cs.values()),
+            undecided=any(c.verdict is Verdict.TOO_FEW for c in cs.values()),
+        )
 rates = "; ".join(
     f"{name}: "
     + ", ".join(
@@ -448,10 +483,8 @@ rates = "; ".join(
     )
     for name, sels in selected.items()
 )
-holds = lambda word: word == "yes"
-undecided = lambda word: "no verdict" in word
-speed = [r for r in rows if r[1].startswith(("1.", "3."))]
-end = [r for r in rows if r[1].startswith("2.")]
+speed = [(h, u) for number, h, u in status if number in ("1.", "3.")]
+end = [(h, u) for number, h, u in status if number == "2."]
 markdown(
     table(
         ["data", "claim", "measured (paired over seeds, 95% interval)", "reproduced?"],
@@ -459,10 +492,10 @@ markdown(
     )
     + f"\n\nTest: {TEST}. Mini-batch rates chosen on validation: {rates}. The"
     " full-batch runs are one seed each: what they show has no verdict.\n\nOf the"
-    f" claims about speed (1 and 3), {sum(holds(r[3]) for r in speed)} of"
+    f" claims about speed (1 and 3), {sum(h for h, _ in speed)} of"
     f" {len(speed)} hold here by the book's rule"
-    f" ({sum(undecided(r[3]) for r in speed)} without a verdict); of the claims about"
-    f" the end of training (2), {sum(holds(r[3]) for r in end)} of {len(end)}."
+    f" ({sum(u for _, u in speed)} without a verdict); of the claims about"
+    f" the end of training (2), {sum(h for h, _ in end)} of {len(end)}."
 )
 
 # %% [markdown]

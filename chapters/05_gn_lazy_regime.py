@@ -168,7 +168,7 @@ plt.show()
 # %% tags=["hide-input"]
 kappa_change = {o: paired(end(o, "kappa"), start(o, "kappa")) for o in recs}
 rows = []
-# the verdict on "GN lazier than the other" per measure, as a value: the reading rule below uses it
+# per measure, the verdict on "GN lazier than the other" as a value (the reading rule)
 gn_lazier = {}
 for key, label in (
     ("ntk_similarity", "paper's NTK similarity"),

@@ -436,8 +436,8 @@ markdown(
 # What the measurements say about why, each sentence computed from the records:
 
 # %% tags=["hide-input"]
-verdicts = {label: rm.gap_verdict(recs)[1] for label, recs in regimes.items()}
-said = lambda word: [label for label, v in verdicts.items() if v.startswith(word)]
+outcomes = {label: rm.outcome(recs) for label, recs in regimes.items()}
+said = lambda o: [label for label, v in outcomes.items() if v is o]
 ran = [r for recs in grid.values() for r in recs if r["gap"] is not None]
 refused = [
     f"n = {n}"
@@ -455,12 +455,12 @@ cifar_full = "CIFAR-10"
 fit_full = rm.fit_or_generalise(full[cifar_full]) if cifar_full in full_done else None
 lines = [
     "* **Where the claim holds, fails, or is undecided (book tier).** GN is worse in"
-    f" {'; '.join(said('claim holds')) or 'no regime'}; GN is better in"
-    f" {'; '.join(said('claim fails')) or 'no regime'}; no detectable difference in"
-    f" {'; '.join(said('no detectable')) or 'no regime'}"
+    f" {'; '.join(said(rm.Outcome.HOLDS)) or 'no regime'}; GN is better in"
+    f" {'; '.join(said(rm.Outcome.FAILS)) or 'no regime'}; no detectable difference in"
+    f" {'; '.join(said(rm.Outcome.NO_DIFFERENCE)) or 'no regime'}"
     + (
-        f"; exact GN cannot run in {'; '.join(said('no comparison'))}"
-        if said("no comparison")
+        f"; exact GN cannot run in {'; '.join(said(rm.Outcome.NO_COMPARISON))}"
+        if said(rm.Outcome.NO_COMPARISON)
         else ""
     )
     + ".",

@@ -192,6 +192,14 @@ def test_a_deficit_is_split_into_fitting_and_generalising_and_capped_rates_are_r
     general = [_summary(0.90 + 0.011 * s, 0.30 + 0.01 * s, 0.90 + 0.01 * s, 0.40 + 0.012 * s) for s in seeds]
     assert rm.fit_or_generalise(general)["which"] == "in generalising"
     assert rm.fit_or_generalise(general[:3])["which"] == "no verdict"
+    # the outcome is a value, and gap_verdict renders it in the same words
+    O = rm.Outcome
+    refused = [{**r, "gap": None} for r in fitting]
+    for summ, want in ((fitting, O.HOLDS), (general[:3], O.NO_VERDICT), ([], O.NO_VERDICT), (refused, O.NO_COMPARISON)):
+        assert rm.outcome(summ) is want
+    better = [{**r, "gn": r["adam"], "adam": r["gn"]} for r in fitting]
+    assert rm.outcome(better) is O.FAILS and rm.gap_verdict(better)[1] == O.FAILS.value
+    assert rm.gap_verdict(fitting)[1] == O.HOLDS.value and rm.gap_verdict(refused)[1] == O.NO_COMPARISON.value
     both = [_summary(0.80 + 0.01 * s, 0.20 + 0.011 * s, 0.90 + 0.012 * s, 0.40 + 0.01 * s) for s in seeds]
     assert rm.fit_or_generalise(both)["which"] == "in both"
     neither = [_summary(0.9 + 0.01 * (-1) ** s, 0.4 + 0.01 * (-1) ** s, 0.9, 0.4) for s in seeds]

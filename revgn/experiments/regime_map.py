@@ -11,6 +11,7 @@ it to completion, recording under results/regime_map/<tier>/. `summaries` reads 
 """
 from __future__ import annotations
 
+import enum
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -271,6 +272,27 @@ def mean_over_seeds(summaries: list[dict], value) -> float:
     return float(np.mean(vals)) if vals and all(v is not None for v in vals) else float("nan")
 
 
+class Outcome(enum.Enum):
+    """What a regime's records say of the claim "exact GN generalises worse than Adam" (`outcome`): a value
+    that chapters count and group by, rendered in words by `gap_verdict`."""
+
+    HOLDS = "claim holds: GN worse"
+    FAILS = "claim fails: GN better"
+    NO_DIFFERENCE = "no detectable difference"
+    NO_VERDICT = "no verdict"
+    NO_COMPARISON = "no comparison"  # exact GN refused at every rate
+
+
+def outcome(summaries: list[dict]) -> Outcome:
+    """The regime's `Outcome`: the verdict rule on its paired gap (GN minus Adam test accuracy)."""
+    if not summaries:
+        return Outcome.NO_VERDICT
+    if any(r["gap"] is None for r in summaries):
+        return Outcome.NO_COMPARISON
+    return {Verdict.BELOW: Outcome.HOLDS, Verdict.ABOVE: Outcome.FAILS, Verdict.NEITHER: Outcome.NO_DIFFERENCE,
+            Verdict.TOO_FEW: Outcome.NO_VERDICT}[gap(summaries).verdict]
+
+
 def gap_verdict(summaries: list[dict], seeds: int | None = None) -> tuple[str, str]:
     """A regime's gap, paired over its seeds ("-1.2 [-2.0, -0.4] points (5 seeds)"), and the verdict of
     `revgn.stats.verdict` on it: "claim holds: GN worse", "claim fails: GN better", "no detectable
@@ -301,7 +323,7 @@ def endpoint_table(regimes: dict[str, list[dict]]) -> str:
         at = {e: gap(summ, e) for e in gp.ENDPOINTS}
         words = {e: verdict(c, above="claim fails: GN better", below="claim holds: GN worse") for e, c in at.items()}
         rows.append([label, at["end"].text(), words["end"], at["best_val"].text(), words["best_val"],
-                     "yes" if words["end"] != words["best_val"] else "no"])
+                     "yes" if at["end"].verdict is not at["best_val"].verdict else "no"])
     return (table(["regime", "gap at the stop", "verdict", "gap at each run's validation peak", "verdict",
                    "depends on the endpoint"], rows) + f"\n\nTest: {TEST}.")
 
