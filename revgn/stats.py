@@ -49,7 +49,7 @@ class Paired:
 
     @property
     def verdict(self) -> Verdict:
-        """The verdict rule: at least MIN_SEEDS pairs and an interval that excludes 0."""
+        """What the verdict rule says of this comparison (it needs MIN_SEEDS pairs and an interval without 0)."""
         if self.n < MIN_SEEDS:
             return Verdict.TOO_FEW
         return Verdict.BELOW if self.hi < 0 else Verdict.ABOVE if self.lo > 0 else Verdict.NEITHER
