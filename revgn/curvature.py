@@ -34,7 +34,8 @@ def jacobian_matrix(model: nn.Module, x: torch.Tensor, params: Params | None = N
 
 
 class TangentKernel:
-    """J J^T + damping I of `model(x, **kwargs)` at `params`, as a linear operator on output-shaped tensors.
+    """J J^T + damping I of the model's outputs on x at `params` (keyword arguments go to its forward), as a
+    linear operator on output-shaped tensors.
 
     `J(step)` (a jvp: parameters -> outputs), `JT(u)` (a vjp: outputs -> parameters) and `K(u)` =
     J J^T u + damping u. The forward pass is taken once, here (`outputs`); each product costs one pass.
@@ -118,7 +119,8 @@ def matrix_free_gn_direction(model: nn.Module, x: torch.Tensor, error: torch.Ten
                              **kwargs) -> tuple[Params, CGResult]:
     """Delta = J^T (J J^T + damping I)^{-1} eps without forming J: CG on the kernel, jvp/vjp products only.
 
-    J is the Jacobian of `model(x, **kwargs)`: of the logits by default, of x_L with output="body" (a RevMLP).
+    J is the Jacobian of the model's outputs on x (keyword arguments go to its forward): of the logits by
+    default, of x_L with output="body" (a RevMLP).
     The result's `relative_residual` is the true one, ||J Delta + damping u - eps|| / ||eps||, recomputed with
     one more product (CG's recursive residual drifts from it in floating point). `precondition`: as in
     `conjugate_gradient` (for x_L's Jacobian of a RevMLP, `revgn.gn.layerwise_preconditioner`)."""

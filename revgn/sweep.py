@@ -118,7 +118,11 @@ def explain(err: BaseException) -> tuple[str, bool]:
 
 
 def _run_one(spec: dict, store: str, device: str) -> str:
-    """What a worker does: one run, recorded (the spec travels as plain JSON data)."""
+    """What a worker does: one run, recorded (the spec travels as plain JSON data). SIGINT is how the driver
+    stops a local worker (`_stop`), so the worker takes it as KeyboardInterrupt even where it was started with
+    SIGINT ignored (any background job of a shell script, `nohup ... &`)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     return run(RunSpec.from_dict(spec), store, device=device).spec.key
 
 
@@ -180,16 +184,20 @@ def dispatch(specs, store: str | Path, *, executor: str = "local", workers: int 
 
 @contextlib.contextmanager
 def _signals_interrupt():
-    """SIGTERM (a scheduler's, `kill`) is handled like SIGINT: as KeyboardInterrupt in the driver."""
+    """SIGTERM (a scheduler's, `kill`) and SIGINT are KeyboardInterrupt in the driver, SIGINT too where the
+    driver was started with it ignored (a background job of a shell script)."""
     def interrupt(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
-    old = signal.signal(signal.SIGTERM, interrupt) if threading.current_thread() is threading.main_thread() else None
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        if old is not None:
-            signal.signal(signal.SIGTERM, old)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 def _stop(jobs, grace_s: float = 20.0) -> None:

@@ -84,8 +84,10 @@ def test_a_signal_to_the_driver_alone_stops_its_workers_and_keeps_their_checkpoi
     cmd = [sys.executable, "-c", "import sys; from revgn import sweep; sys.exit(sweep.main(sys.argv[1:]))",
            "tests.test_sweep_reports:_long_grid", "--store", str(store), "--workers", "1"]
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    # started as a shell script's background job is: with SIGINT ignored, which its workers inherit
     driver = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+                              stderr=subprocess.STDOUT, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     spec = _long_grid().specs[0]
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and status([spec], store)[spec.key] != "interrupted":
