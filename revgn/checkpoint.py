@@ -1,6 +1,10 @@
 """The checkpoint format of a training run: one line `revgn-checkpoint-1 <SHA-256 of the rest>`, then the
 model, optimiser, generator and history as a torch archive read with `weights_only` (no arbitrary unpickling).
-Written atomically; every failure to read one names the file, says what was wrong and how to go on."""
+Written atomically; every failure to read one names the file, says what was wrong and how to go on.
+
+`revgn.train.train` writes one after every evaluation. A run started with the file present resumes from it
+and continues exactly as if it had not been interrupted (the shuffling generator is restored too; a finished
+checkpoint returns at once); one written under another configuration or target epoch is refused."""
 from __future__ import annotations
 
 import hashlib

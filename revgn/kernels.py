@@ -260,7 +260,7 @@ def weight_cosines(model0: nn.Module, model: nn.Module) -> dict[str, float]:
 
 def distance_from_init(model0: nn.Module, names, *, kernel_inputs: torch.Tensor, probe_batch: torch.Tensor,
                        cka_inputs: torch.Tensor | None, kappa_data: tuple[torch.Tensor, torch.Tensor]) -> dict:
-    """The measures `names` (of `revgn.runs.MEASURES`) as training metrics: name -> f(model) -> float.
+    """The measures `names` (of `revgn.spec.MEASURES`) as training metrics: name -> f(model) -> float.
 
     ntk_similarity: the paper's probe similarity on `probe_batch`; ntk_distance: `kernel_distance` of the
     logits' NTK on `kernel_inputs`; cka: `block_cka` on `cka_inputs`, one metric per block (cka_block1, ...);

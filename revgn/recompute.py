@@ -18,7 +18,8 @@ import torch
 
 from . import fingerprint
 from .fingerprint import current, equivalence_classes, same_numbers
-from .runs import Record, run
+from .records import Record
+from .runs import run
 from .utils import atomic_write_json
 
 

@@ -31,7 +31,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .runs import RESULTS, Record, RunSpec, record_path, run, scratch_for
+from .records import RESULTS, Record, record_path, scratch_for
+from .runs import run
+from .spec import RunSpec
 
 EXECUTORS = ("local", "slurm", "debug")
 

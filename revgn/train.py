@@ -55,6 +55,35 @@ def _as_xy(data, device) -> tuple[torch.Tensor, torch.Tensor]:
     return x.to(device), y.to(device)
 
 
+class _Data:
+    """The loop's data, checked and on the model's device: the training set, its evaluated prefix, the test set,
+    and the batches of one epoch."""
+
+    def __init__(self, device, train_set, test_set, batch_size: int | None, eval_train_size: int | None):
+        self.x, self.y = _as_xy(train_set, device)
+        self.n = len(self.x)
+        self.batch_size = self.n if batch_size is None else check_int("batch_size", batch_size)
+        if not 0 < self.batch_size <= self.n:
+            raise ValueError(f"batch_size must be in 1..{self.n}, got {self.batch_size}")
+        if eval_train_size is not None:
+            check_int("eval_train_size", eval_train_size, 1)  # more than the training set means all of it
+        self.test = _as_xy(test_set, device) if test_set is not None else None
+        self.train_eval = (self.x, self.y) if eval_train_size is None else \
+            (self.x[:eval_train_size], self.y[:eval_train_size])
+        self.steps_per_epoch = self.n // self.batch_size
+
+    def batches(self, gen: torch.Generator):
+        """One epoch's batches, drawn without replacement by `gen`; the last, smaller one dropped (so every GN
+        step sees the same n). Full batch: no permutation is drawn (every step sees all examples)."""
+        if self.batch_size == self.n:
+            yield from ((self.x, self.y) for _ in range(self.steps_per_epoch))
+            return
+        order = torch.randperm(self.n, generator=gen).to(self.x.device)
+        for b in range(self.steps_per_epoch):
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            yield self.x[idx], self.y[idx]
+
+
 def train(model: nn.Module, optimizer: Optimizer, train_set, *, loss="ce", epochs: int = 1,
           batch_size: int | None = None, test_set=None, seed: int = 0, eval_train_size: int | None = None,
           track_batch_change: bool = False, metrics: dict[str, Callable[[nn.Module], float]] | None = None,
@@ -66,100 +95,48 @@ def train(model: nn.Module, optimizer: Optimizer, train_set, *, loss="ce", epoch
     Args:
         train_set, test_set: a `revgn.data.Dataset` or an (x, y) pair; y are labels (n,) or targets (n x C).
         loss: "ce", "ce-exact", "mse" or a loss object (see `revgn.losses`).
-        batch_size: None for full batch. Batches are drawn without replacement from a permutation made by a
-            generator seeded with `seed`; a last batch smaller than `batch_size` is dropped (so every GN step
-            sees the same n).
-        eval_train_size: evaluate the training loss on the first this many training examples (>= 1; None or more
-            than the training set: all of them).
+        batch_size: None for full batch; batches are drawn without replacement by a generator seeded with `seed`.
+        eval_train_size: evaluate the training loss on the first this many training examples (None: all).
         track_batch_change: also record each batch's loss *after* its update (one more forward pass).
-        metrics: name -> f(model), recorded at init and at every evaluation.
-        callbacks: f(model, epoch) called at init and at every evaluation (e.g. to take snapshots).
-        eval_every: evaluate every this many epochs (and after the last); for long full-batch runs.
-        history: continue this history (its epochs are counted on).
-        checkpoint: a file. After every evaluation the model, the optimiser's state, the history and the
-            shuffling generator are written there atomically. If the file exists when training starts, the run
-            resumes from it and continues exactly as if it had not been interrupted (a finished checkpoint
-            returns at once). It must come from the same configuration and target epoch, else ValueError.
-            The file is a torch archive read with `weights_only=True` (never unpickled), carrying a SHA-256 of
-            its content that is verified before use.
-        config: more entries for the history's configuration (e.g. the run spec's key); a checkpoint made
-            under another configuration is refused.
-        stop: f(history) -> bool, asked after every evaluation: True ends training there (e.g. `plateaued`), so
-            `epochs` is then the most it trains. A resumed run asks it of the restored history first.
+        metrics, callbacks: name -> f(model) recorded, and f(model, epoch) called, at init and every evaluation.
+        eval_every: evaluate every this many epochs (and after the last).
+        history, config: continue this history; more entries for its configuration (e.g. the run spec's key).
+        checkpoint: a file (`revgn.checkpoint`) written after every evaluation; if it exists, the run resumes
+            from it exactly as if it had not been interrupted (one of another `config` is refused).
+        stop: f(history) -> bool, asked before every epoch: True ends training (`epochs` is then the most).
     """
-    epochs = check_int("epochs", epochs, 0)
-    eval_every = check_int("eval_every", eval_every, 1)
-    seed = check_int("seed", seed, 0)
+    epochs, eval_every, seed = check_int("epochs", epochs, 0), check_int("eval_every", eval_every, 1), \
+        check_int("seed", seed, 0)
     loss = get_loss(loss)
-    device = next(model.parameters()).device
-    x, y = _as_xy(train_set, device)
-    n_train = len(x)
-    batch_size = n_train if batch_size is None else check_int("batch_size", batch_size)
-    if not 0 < batch_size <= n_train:
-        raise ValueError(f"batch_size must be in 1..{n_train}, got {batch_size}")
-    if eval_train_size is not None:
-        check_int("eval_train_size", eval_train_size, 1)  # more than the training set means all of it
-    test = _as_xy(test_set, device) if test_set is not None else None
-    x_eval, y_eval = (x, y) if eval_train_size is None else (x[:eval_train_size], y[:eval_train_size])
-    metrics = metrics or {}
-    optimizer.setup(model, batch_size)
-    hist = history or History(config={"optimizer": optimizer.describe(), "loss": getattr(loss, "name", str(loss)),
-                                      "batch_size": batch_size, "seed": seed, "n_train": n_train, **(config or {})})
+    data = _Data(next(model.parameters()).device, train_set, test_set, batch_size, eval_train_size)
+    optimizer.setup(model, data.batch_size)
+    hist = history or _new_history(optimizer, loss, data, seed, config)
     start = hist.epochs["epoch"][-1] if hist.epochs["epoch"] else 0
-    gen = torch.Generator().manual_seed(seed + 1_000_003 * start)
-    last = start + epochs
-    if checkpoint is not None:  # with `history` too: a continued run (a switch of optimiser) resumes as well
-        checkpoint = Path(checkpoint)
-        if checkpoint.exists():
-            hist, start = resume(checkpoint, model, optimizer, hist, gen, last)
+    gen, last = torch.Generator().manual_seed(seed + 1_000_003 * start), start + epochs
+    if checkpoint is not None and (checkpoint := Path(checkpoint)).exists():  # continuing a `history` too
+        hist, start = resume(checkpoint, model, optimizer, hist, gen, last)
 
-    def record(epoch: int) -> None:
-        where = f"evaluation at epoch {epoch}"
-        tr_loss, tr_acc = _evaluated(where, "training set", lambda: evaluate(model, x_eval, y_eval, loss))
-        row = {"epoch": epoch, "train_loss": tr_loss, "train_acc": tr_acc}
-        if test is not None:
-            row["test_loss"], row["test_acc"] = _evaluated(where, "test set", lambda: evaluate(model, *test, loss))
-        with torch.no_grad():
-            for k, f in metrics.items():
-                row[k] = float(f(model))
-                if not math.isfinite(row[k]):
-                    raise NonFiniteLossError(f"{where}: metric {k!r} is {row[k]}")
-        hist.log(hist.epochs, **row)
+    def evaluation(epoch: int) -> None:
+        hist.log(hist.epochs, **_evaluation(model, data, loss, metrics or {}, epoch))
         if checkpoint is not None and epoch > 0:  # before the callbacks: a failing callback loses no epoch
             save_checkpoint(checkpoint, model, optimizer, hist, gen, epoch, last)
         for f in callbacks or ():
             f(model, epoch)
 
-    per_epoch = n_train // batch_size
-    bar = tqdm(total=(last - start) * per_epoch, desc=optimizer.name, disable=not progress, mininterval=2.0,
-               leave=False)
-    stopped = lambda: stop is not None and len(hist.epochs["epoch"]) > 1 and stop(hist)
+    bar = tqdm(total=(last - start) * data.steps_per_epoch, desc=optimizer.name, disable=not progress,
+               mininterval=2.0, leave=False)
     try:
         if start == 0:
-            record(0)
+            evaluation(0)
         for epoch in range(start + 1, last + 1):
-            if stopped():  # checked before an epoch, so a run resumed after its stopping evaluation stops too
-                break
-            full_batch = batch_size == n_train  # then every step sees all examples: no shuffle needed
-            order = None if full_batch else torch.randperm(n_train, generator=gen).to(device)
-            for b in range(per_epoch):
-                if order is None:
-                    xb, yb = x, y
-                else:
-                    idx = order[b * batch_size:(b + 1) * batch_size]
-                    xb, yb = x[idx], y[idx]
-                try:
-                    before = optimizer.step(model, xb, yb, loss)
-                except NonFiniteLossError as err:
-                    raise NonFiniteLossError(f"epoch {epoch}, step {b + 1}/{per_epoch}: {err}") from err
-                row = {"epoch": epoch, "loss": before, **optimizer.step_info}
-                if track_batch_change:
-                    with torch.no_grad():
-                        row["loss_after"] = check_finite(loss(model(xb), yb), f"epoch {epoch} after step")
-                hist.log(hist.steps, **row)
+            if stop is not None and len(hist.epochs["epoch"]) > 1 and stop(hist):
+                break  # asked before an epoch, so a run resumed after its stopping evaluation stops too
+            for b, (xb, yb) in enumerate(data.batches(gen), 1):
+                hist.log(hist.steps, epoch=epoch, **_step(optimizer, model, xb, yb, loss, track_batch_change, epoch,
+                                                          f"step {b}/{data.steps_per_epoch}"))
                 bar.update()
             if (epoch - start) % eval_every == 0 or epoch == last:
-                record(epoch)
+                evaluation(epoch)
                 bar.set_postfix(loss=f"{hist.epochs['train_loss'][-1]:.3g}", refresh=False)
     except (NonFiniteLossError, StepRefused) as err:
         err.history = hist  # what was measured before the failure
@@ -167,6 +144,40 @@ def train(model: nn.Module, optimizer: Optimizer, train_set, *, loss="ce", epoch
     finally:
         bar.close()
     return hist
+
+
+def _new_history(optimizer: Optimizer, loss, data: _Data, seed: int, config: dict | None) -> History:
+    """An empty history whose configuration names the optimiser, loss, batch size, seed and n (and `config`)."""
+    return History(config={"optimizer": optimizer.describe(), "loss": getattr(loss, "name", str(loss)),
+                           "batch_size": data.batch_size, "seed": seed, "n_train": data.n, **(config or {})})
+
+
+def _step(optimizer: Optimizer, model: nn.Module, xb, yb, loss, track_batch_change: bool, epoch: int,
+          step: str) -> dict:
+    """One update on a batch: the batch loss before it, the optimiser's `step_info`, and (if tracked) after it."""
+    try:
+        row = {"loss": optimizer.step(model, xb, yb, loss), **optimizer.step_info}
+    except NonFiniteLossError as err:
+        raise NonFiniteLossError(f"epoch {epoch}, {step}: {err}") from err
+    if track_batch_change:
+        with torch.no_grad():
+            row["loss_after"] = check_finite(loss(model(xb), yb), f"epoch {epoch} after step")
+    return row
+
+
+def _evaluation(model: nn.Module, data: _Data, loss, metrics: dict, epoch: int) -> dict:
+    """One row of the history's evaluations: training (and test) loss and accuracy, then each metric."""
+    where = f"evaluation at epoch {epoch}"
+    tr_loss, tr_acc = _evaluated(where, "training set", lambda: evaluate(model, *data.train_eval, loss))
+    row = {"epoch": epoch, "train_loss": tr_loss, "train_acc": tr_acc}
+    if data.test is not None:
+        row["test_loss"], row["test_acc"] = _evaluated(where, "test set", lambda: evaluate(model, *data.test, loss))
+    with torch.no_grad():
+        for k, f in metrics.items():
+            row[k] = float(f(model))
+            if not math.isfinite(row[k]):
+                raise NonFiniteLossError(f"{where}: metric {k!r} is {row[k]}")
+    return row
 
 
 def _evaluated(where: str, name: str, compute):

@@ -13,7 +13,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from ..runs import RESULTS, DataSpec, ModelSpec, OptimSpec, RunSpec
+from ..records import RESULTS
+from ..spec import DataSpec, ModelSpec, OptimSpec, RunSpec
 from ..sweep import Grid, collect
 from . import gn_protocol as gp
 

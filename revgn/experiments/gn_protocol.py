@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..runs import Record, RunSpec
+from ..records import Record
+from ..spec import RunSpec
 from ..stats import Paired, paired
 
 CRITERIA = ("val_acc", "peak_val_acc", "train_loss")

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..runs import RESULTS, DataSpec, ModelSpec, OptimSpec, RunSpec
+from ..records import RESULTS
+from ..spec import DataSpec, ModelSpec, OptimSpec, RunSpec
 from ..stats import MIN_SEEDS, Paired, paired, verdict
 from ..sweep import Grid
 from . import gn_protocol as gp

@@ -19,7 +19,8 @@ import numpy as np
 from .. import data
 from ..book import table
 from ..stats import TEST, Verdict, paired, verdict
-from ..runs import RESULTS, DataSpec, ModelSpec, OptimSpec, RunSpec
+from ..records import RESULTS
+from ..spec import DataSpec, ModelSpec, OptimSpec, RunSpec
 from ..sweep import Grid, collect
 from . import gn_protocol as gp
 

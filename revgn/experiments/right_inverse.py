@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from .. import runs
-from ..runs import RESULTS, DataSpec, ModelSpec, OptimSpec, RunSpec
+from ..records import RESULTS
+from ..spec import DataSpec, ModelSpec, OptimSpec, RunSpec
 from ..stats import Paired, paired
 from ..sweep import Grid, collect
 from ..utils import atomic_write_json, read_json, run_metadata
