@@ -72,9 +72,9 @@ needed, done = ab.walk(
     run.scale, runs.all if run.scale == "paper" else lambda specs: collect(specs, STORE)
 )
 recs = {
-    label: done[label][1] for label in ab.VARIANTS if label in done
+    label: done[label].records for label in ab.VARIANTS if label in done
 }  # the variants recorded so far
-chosen = {label: done[label][0] for label in recs}
+chosen = {label: done[label].selection for label in recs}
 ok = lambda *labels: all(
     k in recs and recs[k] and all(r.ok for r in recs[k]) for k in labels
 )

@@ -253,7 +253,9 @@ def describe(setting: str):
     step and to Adam."""
     _, done = walked[setting]
     ok = lambda label: ri.complete(done, label)
-    mean = lambda label, key: float(np.mean([r.metrics[key] for r in done[label][1]]))
+    mean = lambda label, key: float(
+        np.mean([r.metrics[key] for r in done[label].records])
+    )
     cost = (costs or {}).get("settings", {}).get(setting, {})
     rows = []
     for label in ri.METHODS:
@@ -267,7 +269,7 @@ def describe(setting: str):
                 for lr, v in scores.items()
             )
             state = (
-                "failed: " + str(done[label][0].describe())
+                "failed: " + str(done[label].selection.describe())
                 if label in done
                 else (
                     f"{seed0}; rate not chosen yet"
@@ -277,7 +279,7 @@ def describe(setting: str):
             )
             rows.append([label, state] + [""] * 7 + [measured])
             continue
-        recs = done[label][1]
+        recs = done[label].records
         drop = np.mean([gp.batch_loss_drop(r).mean() for r in recs])
         direction = np.mean(
             [np.mean(r.history.steps["step_norm"]) / r.spec.optimizer.lr for r in recs]
@@ -290,11 +292,11 @@ def describe(setting: str):
         gap = lambda other: (
             ""
             if label == other or not ok(other)
-            else gp.compare(recs, done[other][1]).text()
+            else gp.compare(recs, done[other].records).text()
         )
         rows.append([
             label,
-            done[label][0].describe(),
+            done[label].selection.describe(),
             f"{mean(label, 'test_acc'):.3f} / {mean(label, 'test_loss'):.3f}",
             gap(ri.GN_METHODS[0]),
             gap("Adam"),
@@ -374,11 +376,11 @@ for row in rows:
 fig, axes = plt.subplots(1, 2, figsize=(6.8, 3.2))
 for label in ri.METHODS:
     if ri.complete(done, label):
-        e = done[label][1][0].history.epochs["epoch"]
+        e = done[label].records[0].history.epochs["epoch"]
         for ax, key in zip(axes, ("test_acc", "train_loss")):
             ax.plot(
                 e,
-                np.mean([r.history.epochs[key] for r in done[label][1]], axis=0),
+                np.mean([r.history.epochs[key] for r in done[label].records], axis=0),
                 "o-",
                 ms=3,
                 label=label,
@@ -412,7 +414,7 @@ def verdict_text(setting: str, where: str) -> str:
     _, d = walked[setting]
     complete = lambda label: ri.complete(d, label)
     vs_adam = [
-        f"{label} minus Adam, {gp.compare(d[label][1], d['Adam'][1]).text()}"
+        f"{label} minus Adam, {gp.compare(d[label].records, d['Adam'].records).text()}"
         for label in ri.GN_METHODS
         if complete(label) and complete("Adam")
     ]
@@ -420,10 +422,10 @@ def verdict_text(setting: str, where: str) -> str:
         missing = [label for label in ri.GN_METHODS if not complete(label)]
         lw = ri.GN_METHODS[0]
         vs_lw = [
-            f"{label} minus {lw}, {gp.compare(d[label][1], d[lw][1]).text()} "
+            f"{label} minus {lw}, {gp.compare(d[label].records, d[lw].records).text()} "
             + "("
             + verdict(
-                gp.compare(d[label][1], d[lw][1]),
+                gp.compare(d[label].records, d[lw].records),
                 "better",
                 "worse",
                 "no detectable difference",
@@ -491,7 +493,7 @@ def in_words(setting: str, answer) -> str:
     if ri.complete(d, "Adam"):
         words = {
             label: verdict(
-                gp.compare(d[label][1], d["Adam"][1]),
+                gp.compare(d[label].records, d["Adam"].records),
                 "better than Adam",
                 "worse than Adam",
                 "not detectably different from Adam",
@@ -504,11 +506,11 @@ def in_words(setting: str, answer) -> str:
             + "."
         )
     kd = {
-        label: float(np.mean([r.metrics["ntk_distance"] for r in d[label][1]]))
+        label: float(np.mean([r.metrics["ntk_distance"] for r in d[label].records]))
         for label in ri.GN_METHODS
     }
     lazy, busy = min(kd, key=kd.get), max(kd, key=kd.get)
-    c = gp.compare(d[lazy][1], d[busy][1])
+    c = gp.compare(d[lazy].records, d[busy].records)
     word = verdict(c, "better", "worse", "not detectably different")
     out.append(
         f"The kernel moves least under {lazy} and most under {busy} (NTK distance from"
@@ -562,7 +564,7 @@ cost_c = (costs or {}).get("settings", {}).get("cifar10-subset", {})
 lw = ri.GN_METHODS[0]
 if ri.complete(done_c, lw) and all(label in cost_c for label in ri.GN_METHODS):
     # every method takes the same steps
-    steps = len(done_c[lw][1][0].history.steps["loss"])
+    steps = len(done_c[lw].records[0].history.steps["loss"])
     # cost grows with iterations
     cg = [label for label in ri.GN_METHODS[1:] if ri.METHODS[label].solver == "cg"]
     mp_logits = "Moore-Penrose GN (logits)"
@@ -601,9 +603,9 @@ if ri.complete(done_c, lw) and all(label in cost_c for label in ri.GN_METHODS):
     mp = [label for label in cg if label in cost_m and ri.complete(done_m, label)]
     if mp:
         along = {
-            label: np.mean(
-                [np.mean(r.history.steps["cg_iterations"]) for r in done_m[label][1]]
-            )
+            label: np.mean([
+                np.mean(r.history.steps["cg_iterations"]) for r in done_m[label].records
+            ])
             for label in mp
         }
         markdown(

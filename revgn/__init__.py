@@ -9,10 +9,10 @@ linearisation), `train` (the one training loop), `history` (what a run produced;
 (resumable runs), `spec` (run specs: schema, validation, content address), `runs` (running a spec), `records`
 (content-addressed records and their store), `fingerprint` (the code that made a record), `recompute`
 (recomputed records as evidence that two fingerprints give the same numbers), `sweep` (grids of specs on
-submitit), `stats` (paired intervals, the verdict rule as a value). Around it: `experiments/`
-(chapter-specific: `lazy_training`, `iterative_linearisation`, `gn_protocol`, `regime_map`, `ablations`,
-`right_inverse`, `paper_mnist`), `book`, `findings` (the README's findings block), `plots`, `verify`, `bench`,
-`functional`, `utils`.
+submitit), `stats` (paired intervals, the verdict rule as a value). Around it: `experiments/` (`study`,
+experiments as data and their one walk; chapter-specific: `lazy_training`, `iterative_linearisation`,
+`gn_protocol`, `regime_map`, `ablations`, `right_inverse`, `paper_mnist`), `book`, `findings` (the README's
+findings block), `plots`, `verify`, `bench`, `functional`, `utils`.
 """
 from . import book, data, models, utils
 

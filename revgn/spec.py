@@ -1,9 +1,11 @@
 """Runs as data: the frozen description of a training run, checked when it is made, and its key.
 
+For example::
+
     spec = RunSpec(DataSpec("mnist", n_train=4000, n_val=1000), ModelSpec(hidden=512), OptimSpec("gn", 0.3),
                    batch_size=128, epochs=6)
-    spec.key          # SHA-256 of the canonical JSON: the run's content address
-    spec.replace(**{"optimizer.lr": 0.1, "seed": 1})
+    spec.key                   # SHA-256 of the canonical JSON: the run's content address
+    spec.replace(seed=1)       # a copy; "optimizer.lr" style keys reach into the parts
 
 `spec.key` is the SHA-256 of the spec's canonical JSON (with `SCHEMA`), so a record is found by what was
 run, never by a name. Every field is validated and stored as a plain Python value when the spec is made

@@ -40,7 +40,8 @@ def test_every_variant_is_tuned_on_seed_0_and_reused_and_switches_use_the_chosen
         store.run(needed)
     assert set(done) == set(ab.VARIANTS)
     t = ab.TIERS["book"]
-    for label, (sel, recs) in done.items():
+    for label, res in done.items():
+        sel, recs = res.selection, res.records
         v = ab.VARIANTS[label]
         assert [r.spec.seed for r in recs] == list(t.seeds) == [r.spec.model.seed for r in recs]
         assert len({r.spec.data for r in recs}) == 1  # the same data subset at every seed: paired
@@ -48,14 +49,14 @@ def test_every_variant_is_tuned_on_seed_0_and_reused_and_switches_use_the_chosen
             assert {r.spec.optimizer.lr for r in recs} == {sel.lr}  # seed 0's choice, reused
         if v.tune and v.then is None:
             assert sel.bracketed and min(sel.scores) < sel.lr < max(sel.scores)
-    assert done["GN exact"][0].lr == 1.0 and done["Adam"][0].lr == pytest.approx(1e-3)
-    assert done["ridge 10"][0].lr == pytest.approx(11.0)
-    assert {r.spec.optimizer.lr for r in done["GN, lr 0.01"][1]} == {0.01}  # a fixed rate stays fixed
-    switch = done["Adam -> GN"][1][0].spec
+    assert done["GN exact"].selection.lr == 1.0 and done["Adam"].selection.lr == pytest.approx(1e-3)
+    assert done["ridge 10"].selection.lr == pytest.approx(11.0)
+    assert {r.spec.optimizer.lr for r in done["GN, lr 0.01"].records} == {0.01}  # a fixed rate stays fixed
+    switch = done["Adam -> GN"].records[0].spec
     assert (switch.optimizer.name, switch.optimizer.lr, switch.then.name, switch.then.lr) == ("adam", pytest.approx(1e-3),
                                                                                             "gn", 1.0)
-    equal = done["GN, lr 0.01, equal training loss"][1]  # trained down to GN at 0.1's loss, seed by seed
-    assert [r.spec.until_train_loss for r in equal] == [r.metrics["train_loss"] for r in done["GN, lr 0.1"][1]]
+    equal = done["GN, lr 0.01, equal training loss"].records  # trained down to GN at 0.1's loss, seed by seed
+    assert [r.spec.until_train_loss for r in equal] == [r.metrics["train_loss"] for r in done["GN, lr 0.1"].records]
     assert {(r.spec.optimizer.lr, r.spec.epochs) for r in equal} == {(0.01, 90)}
     with pytest.raises(ValueError, match="tier"):
         ab.grid("huge")
@@ -75,10 +76,10 @@ def test_the_right_inverse_comparison_tunes_every_method_on_seed_0_at_shared_see
             break
         store.run(needed)
     assert set(done) == set(ri.METHODS)
-    assert done["Moore-Penrose GN (x_L)"][0].lr == pytest.approx(0.3) and done["layer-wise GN"][0].lr == 1.0
-    outputs = {label: {r.spec.optimizer.output for r in recs} for label, (sel, recs) in done.items()}
+    assert done["Moore-Penrose GN (x_L)"].selection.lr == pytest.approx(0.3) and done["layer-wise GN"].selection.lr == 1.0
+    outputs = {label: {r.spec.optimizer.output for r in res.records} for label, res in done.items()}
     assert outputs["Moore-Penrose GN (x_L)"] == {"body"} and outputs["Moore-Penrose GN (logits)"] == {"logits"}
-    first = [recs[0].spec for sel, recs in done.values()]
+    first = [res.records[0].spec for res in done.values()]
     assert len({(s.data, s.model, s.seed) for s in first}) == 1  # paired: one subset, one init, one order
     assert all(s.data.dtype == "float64" for s in first)
 

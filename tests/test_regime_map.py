@@ -53,7 +53,7 @@ def test_the_grids_are_sweeps_and_gn_variants_share_adams_runs(tmp_path):
     assert set(first_cells.specs) < set(rm.full(store=tmp_path).specs)
     assert {(s.data.dataset, s.batch_size, s.model.hidden) for s in first_cells.specs} == \
            {("mnist", 1024, 2048), ("mnist", 1024, 4096)}
-    with pytest.raises(ValueError, match="no regime of tier 'full' is labelled 'ImageNet'"):
+    with pytest.raises(ValueError, match="no arm of regime_map/full is labelled 'ImageNet'"):
         rm.grid("full", tmp_path, only="ImageNet")
 
 

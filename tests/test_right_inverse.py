@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from revgn.experiments.study import ArmResult
 from revgn.curvature import jacobian_matrix
 from revgn.functional import flatten
 from revgn.gn import RankDeficientError, gn_direction
@@ -129,10 +130,10 @@ def test_run_specs_train_the_moore_penrose_steps_and_record_each_steps_residual_
     assert abs(direct.metrics["train_loss"] - rec.metrics["train_loss"]) <= 1e-3 * rec.metrics["train_loss"]
     from revgn.experiments.right_inverse import solver_agreement  # what ch08 reports, read from such twins
     from revgn.sweep import collect
-    agree = solver_agreement({"mp": (None, [direct])}, lambda specs: collect(specs, tmp_path), "mp")
+    agree = solver_agreement({"mp": ArmResult([], [direct])}, lambda specs: collect(specs, tmp_path), "mp")
     assert agree == {"runs": 1, "test_acc": 0.0,
                      "train_loss": abs(direct.metrics["train_loss"] / rec.metrics["train_loss"] - 1)}
-    assert solver_agreement({"mp": (None, [rec])}, lambda specs: collect(specs, tmp_path / "none"), "mp") is None
+    assert solver_agreement({"mp": ArmResult([], [rec])}, lambda specs: collect(specs, tmp_path / "none"), "mp") is None
     for bad in ({"optimizer.output": "body"}, {"optimizer.name": "gn"}):
         with pytest.raises(ValueError, match="optimizer.solver='gram'"):
             spec.replace(**{"optimizer.solver": "gram", **bad})
@@ -178,10 +179,9 @@ def _done(offsets: dict[str, list[float]], failed: str = "") -> dict:
     from types import SimpleNamespace as NS
 
     from revgn.experiments import right_inverse as ri
-
     recs = lambda label, offs: [NS(spec=NS(seed=s), ok=not (label == failed and s == 0),
                                    metrics={"test_acc": 0.9 + o}) for s, o in enumerate(offs)]
-    return {label: (None, recs(label, offsets.get(label, [0.0] * 5))) for label in ri.GN_METHODS}
+    return {label: ArmResult([], recs(label, offsets.get(label, [0.0] * 5))) for label in ri.GN_METHODS}
 
 
 def test_the_verdict_letter_follows_the_rule_and_waits_for_every_seed_of_every_gn_step():
@@ -203,7 +203,7 @@ def test_the_verdict_letter_follows_the_rule_and_waits_for_every_seed_of_every_g
     partial = _done({})
     del partial[mp[-1]]
     assert ri.which_inverse(partial) is None
-    assert ri.which_inverse({**_done({}), lw: (None, [])}) is None
+    assert ri.which_inverse({**_done({}), lw: ArmResult([], [])}) is None
     assert ri.which_inverse(_done({}, failed=mp[0])) is None
     assert not ri.complete(_done({}, failed=lw), lw) and ri.complete(_done({}), lw)
 
@@ -251,7 +251,7 @@ def test_a_method_enters_the_walk_result_only_once_every_seed_is_recorded_and_pr
     for seed in ri.SEEDS[2:]:
         record(1.0, seed)
     needed, done = ri.walk("cifar10-subset", records_of)
-    assert done[label][0].lr == 1.0 and len(done[label][1]) == len(ri.SEEDS) and ri.complete(done, label)
+    assert done[label].selection.lr == 1.0 and len(done[label].records) == len(ri.SEEDS) and ri.complete(done, label)
 
 
 def test_the_moore_penrose_step_works_on_a_float32_model_with_its_default_tolerance():

@@ -6,22 +6,19 @@ the first seed, reused for the others; a fixed one keeps the rate it names (the 
 switch of optimiser trains each phase at the rate chosen for that optimiser's baseline. Every variant runs at
 the same paired seeds (data subset shared, initial weights and batch order per seed). `grid(tier)` lists what
 the records ask for next (`python -m revgn.sweep revgn.experiments.ablations:book`), recorded under
-results/gn_ablations/<tier>/; `chosen(tier, records_of)` reads the records of every variant.
+results/gn_ablations/<tier>/; `walk(tier, records_of)` reads every variant's `study.ArmResult`. The variants
+become the arms of one `study.Study` (`arms`), which derives the grid, the store and the tier lookup.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
 
-from ..records import RESULTS
 from ..spec import DataSpec, ModelSpec, OptimSpec, RunSpec
-from ..sweep import Grid, collect
+from ..sweep import Grid
 from . import gn_protocol as gp
+from .study import GRIDS, Arm, ArmResult, Rates, Study, Tied
 
-#: starting rate grids per optimiser (bracketed by `tuning`), and GN's cap: at rate 2 its first-order error
-#: on the batch changes sign
-LRS = {"gn": (0.1, 0.3, 1.0), "adam": (3e-4, 1e-3, 3e-3)}
-CAP = {"gn": 2.0}
 NO_BOTTLENECK = ModelSpec(depth=2, hidden=392, bottleneck=False)  # sigma on the half-stream: h = d/2 = 392
 RIDGES = (0.0, 0.01, 0.1, 1.0, 10.0, 100.0)
 SMALL_RATES = (0.01, 0.03, 0.1)  # GN at fixed small steps (0.1 is the paper's)
@@ -57,7 +54,7 @@ def _v(optimizer: OptimSpec, tune: bool = True, **changes) -> Variant:
     return Variant(optimizer, tuple(changes.items()), tune)
 
 
-GN, ADAM = OptimSpec("gn", LRS["gn"][0]), OptimSpec("adam", LRS["adam"][0])
+GN, ADAM = OptimSpec("gn", GRIDS["gn"][0]), OptimSpec("adam", GRIDS["adam"][0])
 VARIANTS = {  # label -> the ablation: the grid, as data
     "Adam": _v(ADAM),
     "GN exact": _v(GN),
@@ -100,22 +97,14 @@ TIERS = {
 }
 
 
-def _tier(tier: str) -> Tier:
-    if tier not in TIERS:
-        raise ValueError(f"tier must be one of {tuple(TIERS)}, got {tier!r}")
-    return TIERS[tier]
-
-
-def store_of(tier: str):
-    _tier(tier)
-    return RESULTS / "gn_ablations" / tier
-
-
-def cap_of(v: Variant) -> float | None:
-    """GN's cap, scaled for a relative ridge rho by 1 + rho (the damped step is that much shorter at the mean
-    eigenvalue)."""
-    cap = CAP.get(v.optimizer.name)
-    return None if cap is None else cap * (1 + (v.optimizer.ridge if v.optimizer.pinv == "ridge" else 0.0))
+def _rates(t: Tier, v: Variant) -> Rates:
+    """A variant's rate policy: a tuned one from its optimiser's grid and cap, scaled for a relative ridge rho
+    by 1 + rho (the damped step is that much shorter at the mean eigenvalue), chosen on the first seed; a fixed
+    one at its own rate."""
+    if not v.tune:
+        return Rates.fixed(v.optimizer.lr)
+    return Rates.tuned(v.optimizer.name, scale=1 + v.optimizer.ridge if v.optimizer.pinv == "ridge" else 1.0,
+                       extensions=t.extensions)
 
 
 def spec_of(t: Tier, v: Variant, lr: float, seed: int = 0, target: float = 0.0) -> RunSpec:
@@ -126,48 +115,39 @@ def spec_of(t: Tier, v: Variant, lr: float, seed: int = 0, target: float = 0.0) 
     return gp.at_seeds(spec, [seed])[0]
 
 
-def walk(tier: str, records_of) -> tuple[list[RunSpec], dict[str, list]]:
-    """The specs the records ask for next, and for every variant whose runs are all recorded, its records at
-    each seed with the rate selection ({label: (selection on the first seed, [Record per seed])}).
-    records_of(specs) -> Records, None where missing (`revgn.runs.Runs.all` or `revgn.sweep.collect`)."""
-    t = _tier(tier)
-    needed, out = [], {}
+def arms(t: Tier) -> dict[str, Arm | Tied]:
+    """Every variant as an arm of the study: a tuned or fixed one at the tier's seeds; a switch tied to the
+    rates chosen for its two baselines; an equal-training-loss run tied to the losses its `match` reached."""
+    out = {}
     for label, v in VARIANTS.items():
         if v.match is not None:  # trained to the final training loss of `match`, seed by seed
-            if v.match not in out:
-                continue
-            sel = gp.Selection(None, {})
-            specs = [spec_of(t, v, v.optimizer.lr, r.spec.seed, target=r.metrics["train_loss"])
-                     for r in out[v.match][1] if r.ok]
+            out[label] = Tied((v.match,), lambda res, v=v: _matched(t, v, res[v.match]))
         elif v.then is not None:  # a switch: each phase at the rate chosen for its optimiser's baseline
-            if not (v.first in out and v.then in out) or out[v.first][0].best is None or out[v.then][0].best is None:
-                continue
-            first, then = (out[k][0].best.spec.optimizer for k in (v.first, v.then))
-            assert not VARIANTS[v.then].changes, "a switch continues the same network: its second phase changes nothing else"
-            sel = gp.Selection(None, {})
-            specs = [gp.at_seeds(t.base.replace(optimizer=first, then=then, switch_epoch=t.switch,
-                                                **dict(VARIANTS[v.first].changes)), [seed])[0] for seed in t.seeds]
+            out[label] = Tied((v.first, v.then), lambda res, v=v: _switch(t, v, res))
         else:
-            scale = 1 + v.optimizer.ridge if v.optimizer.pinv == "ridge" else 1.0
-            lrs = [lr * scale for lr in LRS[v.optimizer.name]] if v.tune else [v.optimizer.lr]
-            seeds, sels = gp.at_chosen_rates([spec_of(t, v, lrs[0], seed) for seed in t.seeds], lrs, "val_acc",
-                                             records_of, each_seed=False, cap=cap_of(v), extensions=t.extensions)
-            needed += seeds
-            if all(x is not None for x in sels):
-                out[label] = (sels[0], gp.records_at([spec_of(t, v, lrs[0], seed) for seed in t.seeds], sels[0],
-                                                     records_of))
-            continue
-        needed += specs
-        recs = records_of(specs)
-        if all(r is not None for r in recs):
-            out[label] = (sel, recs)
-    return needed, out
+            rates = _rates(t, v)
+            out[label] = Arm([spec_of(t, v, rates.grid[0], seed) for seed in t.seeds], rates)
+    return out
 
 
-def grid(tier: str, store=None) -> Grid:
-    """What the records of a tier ask for next, as a sweep recorded under results/gn_ablations/<tier>/."""
-    store = store or store_of(tier)
-    return Grid(f"gn_ablations/{tier}", tuple(dict.fromkeys(walk(tier, lambda specs: collect(specs, store))[0])))
+def _matched(t: Tier, v: Variant, match: ArmResult) -> Arm | None:
+    specs = [spec_of(t, v, v.optimizer.lr, r.spec.seed, target=r.metrics["train_loss"]) for r in match.records if r.ok]
+    return Arm(specs, Rates.fixed(v.optimizer.lr, each_seed=True)) if specs else None
+
+
+def _switch(t: Tier, v: Variant, res: dict) -> Arm | None:
+    first, then = (res[k].selection.best for k in (v.first, v.then))
+    if first is None or then is None:  # a baseline failed at every rate: nothing to switch between
+        return None
+    assert not VARIANTS[v.then].changes, "a switch continues the same network: its second phase changes nothing else"
+    opt = first.spec.optimizer
+    return Arm(gp.at_seeds(t.base.replace(optimizer=opt, then=then.spec.optimizer, switch_epoch=t.switch,
+                                          **dict(VARIANTS[v.first].changes)), t.seeds),
+               Rates.fixed(opt.lr, each_seed=True))
+
+
+STUDY = Study("gn_ablations", TIERS, arms)
+store_of, walk, grid = STUDY.store, STUDY.walk, STUDY.grid
 
 
 def book(store=None) -> Grid:

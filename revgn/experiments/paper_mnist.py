@@ -31,6 +31,7 @@ from ..spec import DataSpec, ModelSpec, OptimSpec, RunSpec
 from ..stats import MIN_SEEDS, Paired, paired, verdict
 from ..sweep import Grid
 from . import gn_protocol as gp
+from .study import GN_CAP, Arm, Rates, walk_arm
 
 #: the paper's MNIST mini-batch rates (papers.md, "Settings")
 PAPER_RATES = {"gn": 0.1, "sgd": 0.1, "adam": 1e-4}
@@ -69,22 +70,25 @@ def refused_by_matrix_rank() -> RunSpec:
 #: the tuned tier: starting grids (bracketed by `gn_protocol.tuning`), GN's cap, the rate that probes it
 TUNED_HIDDEN = 2048
 TUNED_LRS = {"gn": (0.3, 1.0), "adam": (1e-4, 3e-4, 1e-3)}
-CAP, BEYOND_CAP = {"gn": 2.0}, 3.0
+CAP, BEYOND_CAP = {"gn": GN_CAP}, 3.0
+
+
+def tuned_arms() -> dict[str, Arm]:
+    """The tuned tier's arms: GN and Adam at h = 2048, each rate chosen on seed 0 by its validation peak."""
+    base = BASE.replace(**{"model.hidden": TUNED_HIDDEN})
+    return {m: Arm([spec(m, s, base) for s in SEEDS], Rates(TUNED_LRS[m], "peak_val_acc", cap=CAP.get(m)))
+            for m in ("gn", "adam")}
 
 
 def tuned_walk(records_of) -> tuple[list[RunSpec], dict[str, list]]:
     """The tuned tier's specs needed so far, and per method its per-seed `Selection`s (None while missing).
     records_of(specs) -> records or None, as in `gn_protocol.tuning`."""
-    base = BASE.replace(**{"model.hidden": TUNED_HIDDEN})
     needed, chosen = [], {}
-    for method in ("gn", "adam"):
-        seeds = [spec(method, s, base) for s in SEEDS]
-        specs, sels = gp.at_chosen_rates(seeds, TUNED_LRS[method], "peak_val_acc", records_of, each_seed=False,
-                                         cap=CAP.get(method))
-        needed += specs
-        if sels[0] is not None and sels[0].capped:  # does the cap bind? one run past it, on seed 0
-            needed += gp.rate_grid(seeds[0], [BEYOND_CAP])
-        chosen[method] = sels
+    for method, arm in tuned_arms().items():
+        more, chosen[method], _ = walk_arm(arm, records_of)
+        needed += more
+        if chosen[method][0] is not None and chosen[method][0].capped:  # does the cap bind? one run past it
+            needed += gp.rate_grid(arm.specs[0], [BEYOND_CAP])
     return needed, chosen
 
 

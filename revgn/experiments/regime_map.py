@@ -19,10 +19,10 @@ import numpy as np
 from .. import data
 from ..book import table
 from ..stats import TEST, Verdict, paired, verdict
-from ..records import RESULTS
 from ..spec import DataSpec, ModelSpec, OptimSpec, RunSpec
-from ..sweep import Grid, collect
+from ..sweep import Grid
 from . import gn_protocol as gp
+from .study import GN_CAP, GRIDS, Arm, Rates, Study, walk_arm
 
 #: the truncated pseudo-inverse when a point asks for it (the paper's App. K main setting)
 TRUNCATION = dict(pinv="truncate", rtol=1e-2, atol=1e-5)
@@ -101,9 +101,8 @@ class Settings:
     """What every point of one tier shares, and which regimes there are."""
 
     base: Point
-    lrs: dict = field(default_factory=lambda: {"gn": (0.1, 0.3, 1.0), "adam": (3e-4, 1e-3, 3e-3)})
-    # GN's first-order error changes sign at rate 2 (the step overshoots the batch's fit): its grid stops there
-    cap: dict = field(default_factory=lambda: {"gn": 2.0})
+    lrs: dict = field(default_factory=lambda: {o: GRIDS[o] for o in OPTIMISERS})
+    cap: dict = field(default_factory=lambda: {"gn": GN_CAP})  # GN's grid stops at its cap
     extensions: int = 3  # at most this many rates added beyond an edge of the grid
     batches: tuple = (32, 128)
     ratios: tuple = (1, 2, 4, 16)
@@ -165,7 +164,7 @@ SETTINGS = {
     # axis at n = 256. (256, 16) was planned too and dropped unrun: h = 4096 at n = 256 is some eight core-hours for
     # its rate grid and seeds, past the tier's budget, and the n axis is already crossed at h/n = 4.
     "full": Settings(Point(n_train=55000, hidden=2048, batch=1024, epochs=30, patience=3), cells=((1024, 2), (1024, 4),
-                     (256, 4)), lrs={"gn": (0.3, 1.0), "adam": (3e-4, 1e-3, 3e-3)}, each_seed=False,
+                     (256, 4)), lrs={"gn": (0.3, 1.0), "adam": GRIDS["adam"]}, each_seed=False,
                      n_val={"mnist": 5000, "cifar10-subset": 500}, n_test={"mnist": None, "cifar10-subset": None},
                      factors=False,
                      cifar=({"dataset": "cifar10-subset", "n_train": 3500, "hidden": 512, "batch": 128},
@@ -177,16 +176,21 @@ SETTINGS = {
 }
 
 
-def _settings(tier: str) -> Settings:
-    if tier not in SETTINGS:
-        raise ValueError(f"tier must be one of {tuple(SETTINGS)}, got {tier!r}")
-    return SETTINGS[tier]
+def regime_arms(regime: Regime, s: Settings) -> dict[str, Arm]:
+    """A regime's two arms, GN's and Adam's, each with its rate chosen from the tier's grid and cap, at every
+    seed or on the first (`Regime.each_seed`)."""
+    return {o: Arm([p.spec(o, s.lrs[o][0], s) for p in regime.points],
+                   Rates(s.lrs[o], cap=s.cap.get(o), each_seed=regime.each_seed, extensions=s.extensions))
+            for o in OPTIMISERS}
 
 
-def store_of(tier: str):
-    """Where a tier's records live: results/regime_map/<tier>/."""
-    _settings(tier)
-    return RESULTS / "regime_map" / tier
+def arms(s: Settings) -> dict[str, Arm]:
+    """Every regime's arms, labelled "<regime>: <optimiser>" (so a regime's label prefixes its arms')."""
+    return {f"{label}: {o}": arm for label, reg in s.regimes().items() for o, arm in regime_arms(reg, s).items()}
+
+
+STUDY = Study("regime_map", SETTINGS, arms)
+store_of = STUDY.store
 
 
 def walk(regime: Regime, s: Settings, records_of) -> tuple[list[RunSpec], list[dict]]:
@@ -194,14 +198,11 @@ def walk(regime: Regime, s: Settings, records_of) -> tuple[list[RunSpec], list[d
     (in seed order; all of them once the walk is complete). records_of(specs) -> Records, None where missing:
     `revgn.runs.Runs.all` runs them, `revgn.sweep.collect` only reads a store."""
     needed, chosen = [], {}
-    for o in OPTIMISERS:
-        specs, sels = gp.at_chosen_rates([p.spec(o, s.lrs[o][0], s) for p in regime.points], s.lrs[o], "val_acc",
-                                         records_of, each_seed=regime.each_seed, cap=s.cap.get(o),
-                                         extensions=s.extensions)
-        needed += specs
-        chosen.update({(o, i): sel for i, sel in enumerate(sels)})
-    done = [i for i in range(len(regime.points)) if all(chosen.get((o, i)) is not None for o in OPTIMISERS)]
-    return needed, [summarise(regime.points[i], chosen["gn", i], chosen["adam", i]) for i in done]
+    for o, arm in regime_arms(regime, s).items():
+        more, chosen[o], _ = walk_arm(arm, records_of)
+        needed += more
+    done = [i for i in range(len(regime.points)) if all(chosen[o][i] is not None for o in OPTIMISERS)]
+    return needed, [summarise(regime.points[i], chosen["gn"][i], chosen["adam"][i]) for i in done]
 
 
 def summaries(regime: Regime, s: Settings, records_of) -> list[dict]:
@@ -218,13 +219,7 @@ def grid(tier: str, store=None, only: str = "") -> Grid:
     """The runs of a tier that its records ask for next, as a sweep recorded under results/regime_map/<tier>/
     (or read from `store`): the starting rate grids, the rates that bracketing adds, the seeds that a first
     seed's choice frees. With `only`, the regimes whose label starts with it (their records are the tier's)."""
-    s, store = _settings(tier), store or store_of(tier)
-    records_of = lambda specs: collect(specs, store)
-    regimes = {label: reg for label, reg in s.regimes().items() if label.startswith(only)}
-    if not regimes:
-        raise ValueError(f"no regime of tier {tier!r} is labelled {only!r}...; labels: {sorted(s.regimes())}")
-    specs = [sp for reg in regimes.values() for sp in walk(reg, s, records_of)[0]]
-    return Grid(f"regime_map/{tier}", tuple(dict.fromkeys(specs)))
+    return STUDY.grid(tier, store, only)
 
 
 def book(store=None) -> Grid:

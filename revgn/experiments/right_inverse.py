@@ -34,9 +34,10 @@ from .. import runs
 from ..records import RESULTS
 from ..spec import DataSpec, ModelSpec, OptimSpec, RunSpec
 from ..stats import Paired, paired
-from ..sweep import Grid, collect
+from ..sweep import Grid
 from ..utils import atomic_write_json, read_json, run_metadata
 from . import gn_protocol as gp
+from .study import Arm, Rates, Study, walk_arm
 
 METHODS = {  # label -> the optimiser (its lr is replaced by the grid's)
     "layer-wise GN": OptimSpec("gn", 1.0),
@@ -45,8 +46,6 @@ METHODS = {  # label -> the optimiser (its lr is replaced by the grid's)
     "Adam": OptimSpec("adam", 1e-3),
     "SGD": OptimSpec("sgd", 0.1),
 }
-LRS = {"gn": (0.1, 0.3, 1.0), "gn-mp": (0.1, 0.3, 1.0), "adam": (3e-4, 1e-3, 3e-3), "sgd": (0.03, 0.1, 0.3)}
-CAP = {"gn": 2.0, "gn-mp": 2.0}  # every GN step's first-order error changes sign at rate 2
 SEEDS = (0, 1, 2, 3, 4)
 
 
@@ -60,53 +59,31 @@ def base(dataset: str) -> RunSpec:
 SETTINGS = {"mnist": base("mnist"), "cifar10-subset": base("cifar10-subset")}
 
 
-def store_of(setting: str):
-    if setting not in SETTINGS:
-        raise ValueError(f"setting must be one of {tuple(SETTINGS)}, got {setting!r}")
-    return RESULTS / "right_inverse" / setting
+def arms(base: RunSpec) -> dict[str, Arm]:
+    """Every method at the setting's seeds, its rate tuned from its optimiser's grid (and cap) on seed 0."""
+    return {label: Arm(gp.at_seeds(base.replace(optimizer=opt), SEEDS), Rates.tuned(opt.name))
+            for label, opt in METHODS.items()}
 
 
-def walk(setting: str, records_of) -> tuple[list, dict]:
-    """The specs the records ask for next, and {method: (selection on seed 0, [Record per seed])} for every
-    method whose runs are recorded at every seed (`progress` says how far the others are). records_of(specs) ->
-    Records, None where missing."""
-    store_of(setting)
-    needed, out = [], {}
-    for label in METHODS:
-        specs, more, sels = _walk_method(setting, label, records_of)
-        needed += more
-        if all(s is not None for s in sels):
-            recs = gp.records_at(specs, sels[0], records_of)
-            if all(r is not None for r in recs):  # a seed still training: not yet
-                out[label] = (sels[0], recs)
-    return needed, out
-
-
-def _walk_method(setting: str, label: str, records_of) -> tuple[list, list, list]:
-    """One method's specs at the first rate and every seed, the specs its records ask for so far, and its
-    selections (None per seed while its rate is not chosen)."""
-    opt = METHODS[label]
-    lrs = LRS[opt.name]
-    specs = gp.at_seeds(SETTINGS[setting].replace(optimizer=replace(opt, lr=lrs[0])), SEEDS)
-    more, sels = gp.at_chosen_rates(specs, lrs, "val_acc", records_of, each_seed=False, cap=CAP.get(opt.name))
-    return specs, more, sels
+STUDY = Study("right_inverse", SETTINGS, arms, kind="setting")
+#: `walk(setting, records_of)` -> (the specs the records ask for next, {method: `study.ArmResult`} of every
+#: method recorded at every seed); `grid(setting)` the sweep; `store_of(setting)` its folder
+store_of, walk, grid = STUDY.store, STUDY.walk, STUDY.grid
 
 
 def progress(setting: str, label: str, records_of) -> tuple[dict[float, float | None], gp.Selection | None, int]:
     """Where a method's sweep stands: {rate: seed 0's validation accuracy, None while that run is not recorded,
     -inf if it failed} over the rates asked for so far; seed 0's selection (None while the rate is not chosen;
     its `describe()` says whether the choice is at the cap); and how many seeds are recorded at the chosen rate."""
-    specs, more, sels = _walk_method(setting, label, records_of)
+    more, sels, recs = walk_arm(arms(STUDY.tier(setting))[label], records_of)
     first = [s for s in more if s.seed == SEEDS[0]]
     scores = {s.optimizer.lr: None if r is None else gp.score(r, "val_acc") for s, r in zip(first, records_of(first))}
-    if sels[0] is None:
-        return scores, None, 0
-    return scores, sels[0], sum(r is not None for r in gp.records_at(specs, sels[0], records_of))
+    return scores, sels[0], 0 if sels[0] is None else sum(r is not None for r in recs)
 
 
 def complete(done: dict, label: str) -> bool:
     """Whether method `label` of a `walk` result has its rate chosen and its runs recorded at every seed, none failed."""
-    return label in done and bool(done[label][1]) and all(r.ok for r in done[label][1])
+    return label in done and bool(done[label].records) and all(r.ok for r in done[label].records)
 
 
 def solver_agreement(done: dict, records_of, label: str = "Moore-Penrose GN (logits)") -> dict | None:
@@ -116,7 +93,7 @@ def solver_agreement(done: dict, records_of, label: str = "Moore-Penrose GN (log
     None when no twin is recorded. Both solve the same system to within 1e-7, so the runs should agree."""
     if label not in done:
         return None
-    pairs = [(r, twin) for r in done[label][1]
+    pairs = [(r, twin) for r in done[label].records
              for twin in records_of([r.spec.replace(**{"optimizer.solver": "cg"})]) if twin is not None and r.ok and twin.ok]
     if not pairs:
         return None
@@ -154,18 +131,13 @@ def which_inverse(done: dict, margin: float = EQUIVALENCE) -> Answer | None:
 
     if not all(complete(done, label) for label in GN_METHODS):
         return None
-    base = done[GN_METHODS[0]][1]
-    comps = {label: gp.compare(done[label][1], base) for label in GN_METHODS[1:]}
+    base = done[GN_METHODS[0]].records
+    comps = {label: gp.compare(done[label].records, base) for label in GN_METHODS[1:]}
     if all(c.n >= MIN_SEEDS and -margin < c.lo and c.hi < margin for c in comps.values()):
         return Answer("a", comps)
     if any(c.verdict.decided for c in comps.values()):
         return Answer("b", comps)
     return Answer("c", comps)
-
-
-def grid(setting: str, store=None) -> Grid:
-    store = store or store_of(setting)
-    return Grid(f"right_inverse/{setting}", tuple(dict.fromkeys(walk(setting, lambda s: collect(s, store))[0])))
 
 
 def mnist(store=None) -> Grid:
