@@ -25,7 +25,8 @@
 #
 # We test all three with the exact step of the previous chapter, on MNIST {cite}`lecun1998mnist` and on the
 # real 4,000-image CIFAR-10 subset {cite}`krizhevsky2009cifar`. Every run is a run spec
-# (`revgn.runs.RunSpec`) and every number below is read from the records of those runs.
+# (`revgn.spec.RunSpec`; the experiments are `revgn.experiments.gn_experiments`) and every number below is
+# read from the records of those runs.
 #
 # **Protocol.** GN, SGD and Adam each get a learning rate chosen from a *bracketed* grid: the grid is extended
 # by a factor 3 beyond whichever edge holds the best rate until the best rate is an interior point (GN's grid
@@ -60,103 +61,25 @@ import numpy as np
 
 import revgn
 from revgn.book import claim, markdown, table
+from revgn.experiments import gn_experiments as ge
 from revgn.experiments import gn_protocol as gp
-from revgn.runs import (
-    RESULTS,
-    DataSpec,
-    ModelSpec,
-    OptimSpec,
-    Runs,
-    RunSpec,
-    provenance,
-    records,
-)
+from revgn.experiments.study import Scale, walk
+from revgn.runs import Runs, provenance, records
 from revgn.stats import MIN_SEEDS, TEST, Verdict, paired, verdict
 
 run = revgn.book.setup(scale, device, seed)
-OPTIMISERS = ("gn", "sgd", "adam")
-PAPER_LRS = {
-    ("full batch", "MNIST"): dict(
-        gn=0.5, sgd=0.1, adam=1e-4
-    ),  # the paper's rates (Sec. 5)
-    ("full batch", "CIFAR-10"): dict(gn=0.5, sgd=0.01, adam=1e-5),
-    ("mini-batch", "MNIST"): dict(gn=0.1, sgd=0.1, adam=1e-4),
-    ("mini-batch", "CIFAR-10"): dict(gn=0.1, sgd=0.01, adam=1e-4),
-}
-BOOK_GRIDS = {
-    "gn": (0.1, 0.3, 1.0),
-    "sgd": (0.01, 0.03, 0.1),
-    "adam": (1e-4, 3e-4, 1e-3),
-}
-CAP = {"gn": 2.0}  # beyond alpha = 2 the GN step overshoots the batch fit
-MINIBATCH = (
-    {  # the run specs, as data: one per dataset, at the rate and seed filled in below
-        name: (
-            RunSpec(
-                DataSpec(
-                    ds, n_train=n_train, n_val=run.pick(1000, 5000), n_test=n_test
-                ),
-                ModelSpec(depth=depth, hidden=run.pick(512, 8000)),
-                loss="ce",
-                batch_size=run.pick(128, 1024),
-                epochs=run.pick(6, 100),
-                eval_train_size=2000,
-                evaluate=("val", "test"),
-                track_batch_change=True,
-            )
-        )
-        for name, ds, n_train, n_test, depth in (
-            ("MNIST", "mnist", run.pick(4000, 55000), run.pick(2000, None), 2),
-            (
-                "CIFAR-10",
-                run.pick("cifar10-subset", "cifar10"),
-                run.pick(3000, 45000),
-                None,
-                run.pick(2, 6),
-            ),
-        )
-    }
-)
-FULL_BATCH = {
-    name: spec.replace(
-        **{"data.n_train": run.pick(256, 1024), "data.n_val": 0},
-        batch_size=None,
-        epochs=run.pick(30, 200),
-        eval_train_size=None,
-        evaluate=(),
-        track_batch_change=False,
-    )
-    for name, spec in MINIBATCH.items()
-}
-SEEDS = tuple(range(run.seed, run.seed + 5))
+OPTIMISERS = ge.OPTIMISERS
+# the experiments are data: revgn.experiments.gn_experiments
+T = Scale(run.scale, run.seed)
+MINIBATCH = {name: ge.minibatch_spec(T, name) for name in ge.DATASETS}
+FULL_BATCH = {name: ge.full_batch_spec(T, name) for name in ge.DATASETS}
+# Book scale computes its runs here; paper scale records them under
+# results/gn_experiments/paper/ (or reads them from there).
 runs = Runs(
-    run.pick(None, RESULTS / "gn_experiments" / "paper"),
-    run.device,
-    progress=run.scale == "paper",
+    run.pick(None, ge.STUDY.store("paper")), run.device, progress=run.scale == "paper"
 )
-
-
-def grid(phase: str, name: str, opt: str) -> list[float]:
-    """Book scale: a small grid. Paper scale: the paper's rate and a factor 3 either
-    side. Both are bracketed."""
-    paper = PAPER_LRS[phase, name][opt]
-    return run.pick(
-        BOOK_GRIDS[opt], (paper / 3, paper, min(3 * paper, CAP.get(opt, np.inf)))
-    )
-
-
-def tuned(
-    spec: RunSpec, phase: str, name: str, opt: str, criterion: str
-) -> gp.Selection:
-    return gp.tune(
-        runs,
-        spec.replace(optimizer=OptimSpec(opt)),
-        grid(phase, name, opt),
-        criterion,
-        cap=CAP.get(opt),
-    )
-
-
+_, done = walk(ge.arms(T), runs.all)  # every arm's rates chosen, its runs trained
+result = lambda phase, name, o: done[ge.label(phase, name, o)]
 print(*MINIBATCH.values(), *FULL_BATCH.values(), sep="\n")
 
 # %% [markdown]
@@ -169,8 +92,8 @@ print(*MINIBATCH.values(), *FULL_BATCH.values(), sep="\n")
 
 # %%
 full_batch = {
-    name: {o: tuned(spec, "full batch", name, o, "train_loss") for o in OPTIMISERS}
-    for name, spec in FULL_BATCH.items()
+    name: {o: result("full batch", name, o).selection for o in OPTIMISERS}
+    for name in FULL_BATCH
 }
 loss_at = lambda name, step: {
     o: sel.best.history.epochs["train_loss"][step]
@@ -225,24 +148,12 @@ plt.show()
 
 # %%
 selected = {
-    name: {
-        o: tuned(
-            spec.replace(seed=run.seed, **{"model.seed": run.seed}),
-            "mini-batch",
-            name,
-            o,
-            "val_acc",
-        )
-        for o in OPTIMISERS
-    }
-    for name, spec in MINIBATCH.items()
+    name: {o: result("mini-batch", name, o).selection for o in OPTIMISERS}
+    for name in MINIBATCH
 }
 minibatch = {
-    name: {
-        o: runs.all(gp.at_seeds(sel.best.spec, SEEDS), desc=f"{name} {o} seeds")
-        for o, sel in sels.items()
-    }
-    for name, sels in selected.items()
+    name: {o: result("mini-batch", name, o).records for o in OPTIMISERS}
+    for name in MINIBATCH
 }
 mean = lambda recs, f: float(np.mean([f(r) for r in recs]))
 for name, by_opt in minibatch.items():
@@ -359,6 +270,16 @@ def add(row, holds: bool, undecided: bool):
     status.append((row[1][:2], holds, undecided))
 
 
+def judged(name, claim, measured, c, holds: Verdict, **words):
+    """A row whose verdict is the rule's on the paired comparison c, in `words`;
+    the claim holds when c's verdict is `holds`."""
+    add(
+        [name, claim, measured, verdict(c, **words)],
+        holds=c.verdict is holds,
+        undecided=c.verdict is Verdict.TOO_FEW,
+    )
+
+
 for name in MINIBATCH:
     early, late = loss_at(name, 5), loss_at(name, -1)
     fast = min(early, key=early.get) == "gn"
@@ -385,67 +306,36 @@ for name in MINIBATCH:
     tl_c, tl_t = versus(name, "test_loss", "adam", "gn", 1, "")
     # saturated: the training loss fell by less than 10% over the last 3 epochs
     sat_c = paired(sat, [0.10] * len(sat))
-    add(
-        [
-            name,
-            (
-                "2. GN saturates (its training loss falls by less than 10% over the"
-                " last 3 epochs)"
-            ),
-            (
-                f"GN's training loss falls by {np.mean(sat):.0%} on average"
-                f" ({min(sat):.0%} to {max(sat):.0%}); fall - 10%:"
-                f" {sat_c.text(100, ' points')}"
-            ),
-            verdict(sat_c, above="no: still falling", below="yes"),
-        ],
-        holds=sat_c.verdict is Verdict.BELOW,
-        undecided=sat_c.verdict is Verdict.TOO_FEW,
+    judged(
+        name,
+        "2. GN saturates (its training loss falls by less than 10% over the last 3"
+        " epochs)",
+        f"GN's training loss falls by {np.mean(sat):.0%} on average ({min(sat):.0%}"
+        f" to {max(sat):.0%}); fall - 10%: {sat_c.text(100, ' points')}",
+        sat_c,
+        Verdict.BELOW,
+        above="no: still falling",
+        below="yes",
     )
-    add(
-        [
-            name,
-            "2. Adam ends lower on training loss",
-            loss_t,
-            verdict(
-                loss_c,
-                above="no: GN lower",
-                below="yes",
-                neither="no detectable difference",
-            ),
-        ],
-        holds=loss_c.verdict is Verdict.BELOW,
-        undecided=loss_c.verdict is Verdict.TOO_FEW,
+    lower = dict(above="no: GN lower", below="yes", neither="no detectable difference")
+    judged(
+        name,
+        "2. Adam ends lower on training loss",
+        loss_t,
+        loss_c,
+        Verdict.BELOW,
+        **lower,
     )
-    add(
-        [
-            name,
-            "2. Adam ends lower on test loss",
-            tl_t,
-            verdict(
-                tl_c,
-                above="no: GN lower",
-                below="yes",
-                neither="no detectable difference",
-            ),
-        ],
-        holds=tl_c.verdict is Verdict.BELOW,
-        undecided=tl_c.verdict is Verdict.TOO_FEW,
-    )
-    add(
-        [
-            name,
-            "2. (the paper's conclusion) Adam generalises better",
-            acc_t,
-            verdict(
-                acc_c,
-                above="yes",
-                below="no: GN better",
-                neither="no detectable difference",
-            ),
-        ],
-        holds=acc_c.verdict is Verdict.ABOVE,
-        undecided=acc_c.verdict is Verdict.TOO_FEW,
+    judged(name, "2. Adam ends lower on test loss", tl_t, tl_c, Verdict.BELOW, **lower)
+    judged(
+        name,
+        "2. (the paper's conclusion) Adam generalises better",
+        acc_t,
+        acc_c,
+        Verdict.ABOVE,
+        above="yes",
+        below="no: GN better",
+        neither="no detectable difference",
     )
     # per seed: the batch-loss drop of each optimiser's steps, first and last epoch
     seed_drops = {
@@ -478,7 +368,7 @@ rates = "; ".join(
     f"{name}: "
     + ", ".join(
         f"{o} {s.lr:g}{' (at the cap)' if s.capped else ''} (paper"
-        f" {PAPER_LRS['mini-batch', name][o]:g})"
+        f" {ge.PAPER_LRS['mini-batch', name][o]:g})"
         for o, s in sels.items()
     )
     for name, sels in selected.items()
@@ -513,8 +403,4 @@ markdown(
 # the last finished epoch. What is recorded there:
 
 # %%
-print(
-    provenance(
-        records(RESULTS / "gn_experiments" / "paper"), "results/gn_experiments/paper"
-    )
-)
+print(provenance(records(ge.STUDY.store("paper")), "results/gn_experiments/paper"))

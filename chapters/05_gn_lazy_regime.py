@@ -53,49 +53,22 @@ import numpy as np
 
 import revgn
 from revgn.book import claim, markdown, table
-from revgn.experiments import gn_protocol as gp
-from revgn.runs import (
-    RESULTS,
-    DataSpec,
-    ModelSpec,
-    OptimSpec,
-    Runs,
-    RunSpec,
-    provenance,
-    records,
-)
+from revgn.experiments import gn_lazy_regime as glr
+from revgn.experiments.study import Scale, walk
+from revgn.runs import Runs, provenance, records
 from revgn.stats import TEST, Verdict, paired, verdict
 
 run = revgn.book.setup(scale, device, seed)
-BASE = RunSpec(
-    DataSpec("mnist", n_train=run.pick(4000, 60000), n_test=1000),
-    ModelSpec(depth=2, hidden=run.pick(512, 8000)),
-    loss="ce",
-    batch_size=run.pick(128, 1024),
-    epochs=run.pick(6, 100),
-    eval_every=run.pick(2, 10),
-    eval_train_size=1000,
-    evaluate=("test",),
-    measure=("ntk_similarity", "ntk_distance", "cka", "weight_cosine", "kappa"),
-    kernel_inputs=4,
-    cka_inputs=500,
-    kappa_inputs=20,
-)
-OPTIMISERS = {
-    "gn": OptimSpec("gn", 0.1),
-    "sgd": OptimSpec("sgd", 0.1),
-    "adam": OptimSpec("adam", 1e-4),
-}  # the paper's
-SEEDS = tuple(range(run.seed, run.seed + 5))
+# the experiment is data: revgn.experiments.gn_lazy_regime
+T = Scale(run.scale, run.seed)
+BASE = glr.base(T)
+SEEDS = T.seeds
+# Book scale computes its runs here; paper scale records them under
+# results/gn_lazy_regime/paper/ (or reads them from there).
 runs = Runs(
-    run.pick(None, RESULTS / "gn_lazy_regime" / "paper"),
-    run.device,
-    progress=run.scale == "paper",
+    run.pick(None, glr.STUDY.store("paper")), run.device, progress=run.scale == "paper"
 )
-recs = {
-    o: runs.all(gp.at_seeds(BASE.replace(optimizer=opt), SEEDS), desc=o)
-    for o, opt in OPTIMISERS.items()
-}
+recs = {o: res.records for o, res in walk(glr.arms(T), runs.all)[1].items()}
 print(BASE)
 
 # %%
@@ -278,8 +251,4 @@ markdown(
 # when the chapter is executed again). What is recorded there:
 
 # %%
-print(
-    provenance(
-        records(RESULTS / "gn_lazy_regime" / "paper"), "results/gn_lazy_regime/paper"
-    )
-)
+print(provenance(records(glr.STUDY.store("paper")), "results/gn_lazy_regime/paper"))

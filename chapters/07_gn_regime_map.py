@@ -108,6 +108,7 @@ import revgn
 from revgn import data
 from revgn.book import markdown
 from revgn.experiments import regime_map as rm
+from revgn.experiments import regime_verdicts as rv
 from revgn.plots import heatmap
 from revgn.runs import Runs, provenance, staleness
 from revgn.sweep import collect
@@ -147,7 +148,7 @@ print(
 )
 for (n, r), recs in grid.items():
     print(
-        f"{n:5d} {r:4d} {rm.rates(recs, 'gn'):>13s} {rm.rates(recs, 'adam'):>18s} "
+        f"{n:5d} {r:4d} {rv.rates(recs, 'gn'):>13s} {rv.rates(recs, 'adam'):>18s} "
         f" {cell(recs, lambda x: x['gn'].get('test_acc')):6.3f}"
         f" {cell(recs, lambda x: x['adam'].get('test_acc')):8.3f}"
         f" {cell(recs, lambda x: x['gap']):+7.3f} "
@@ -158,7 +159,7 @@ for (n, r), recs in grid.items():
         f" /{cell(recs, lambda x: x['adam'].get('drop_last')):3.0f}%"
     )
 every = [r for recs in summ.values() for r in recs]
-print("chosen rates over every regime and seed:", rm.bracketing(every))
+print("chosen rates over every regime and seed:", rv.bracketing(every))
 
 # %% mystnb={"figure": {"caption": "The main grid, batch size $n$ against $h/n$: GN's test accuracy minus Adam's in points (left; mean over the seeds, negative: GN worse) and each method's NTK distance from init (middle, right). Hatched cells: GN refused at every rate.", "name": "fig-map-grid"}}
 values = lambda value: [[cell(grid[n, r], value) for r in S.ratios] for n in S.batches]
@@ -189,7 +190,7 @@ plt.show()
 single = {label: summ[label] for label in S.factor_regimes()}
 long_run = f"{3 * S.base.epochs} epochs"
 gaps = {
-    label: rm.gap(recs)
+    label: rv.gap(recs)
     for label, recs in single.items()
     if all(r["gap"] is not None for r in recs)
 }
@@ -203,7 +204,7 @@ print(
 for label, recs in single.items():
     m = lambda o, k: cell(recs, lambda x: x[o].get(k))
     print(
-        f"{label:28s} {rm.rates(recs, 'gn'):>9s} {rm.rates(recs, 'adam'):>7s}"
+        f"{label:28s} {rv.rates(recs, 'gn'):>9s} {rv.rates(recs, 'adam'):>7s}"
         f" {m('gn', 'test_acc'):6.3f} {m('adam', 'test_acc'):8.3f}"
         f" {cell(recs, lambda x: x['gap']):+7.3f} {m('gn', 'saturation'):7.0%}"
         f" {m('adam', 'saturation'):9.0%} {m('gn', 'ntk_distance'):8.3f}"
@@ -271,7 +272,7 @@ plt.show()
 # %% mystnb={"figure": {"caption": "The CIFAR-10 cell: training (solid) and test (dashed) loss and accuracy, and the NTK's distance from init, per epoch (means over the seeds). Compare GN's training accuracy with Adam's: a GN that overfits each batch would fit the training set at least as well.", "name": "fig-map-cifar"}}
 cifar_label = next(iter(S.cifar_regimes()))
 cifar = summ[cifar_label]
-split = rm.fit_or_generalise(cifar)
+split = rv.fit_or_generalise(cifar)
 fig, axes = plt.subplots(1, 3, figsize=(6.8, 3.0))
 for o, color in (("gn", "C0"), ("adam", "C1")):
     hist = [r[o]["record"].history.epochs for r in cifar]
@@ -330,7 +331,7 @@ sweeping = {
 full_recs = [r for r in collect(rm.grid("full").specs, full_store) if r is not None]
 full_test = {d: len(data.load(d, "test", n=n)) for d, n in F.n_test.items()}
 markdown(
-    rm.verdict_table(full, seeds=len(F.seeds))
+    rv.verdict_table(full, seeds=len(F.seeds))
     + f"\n\nOne test image is {point(full_test['mnist']):.2f} points "
     f"(MNIST) and {point(full_test['cifar10-subset']):.1f} points (CIFAR-10 subset). "
     + provenance(full_recs, "results/regime_map/full")
@@ -352,7 +353,7 @@ markdown(
 # not an interval).
 
 # %% tags=["hide-input"]
-markdown(rm.margins(full, lambda specs: collect(specs, full_store)))
+markdown(rv.margins(full, lambda specs: collect(specs, full_store)))
 
 # %% [markdown]
 # Every run of this tier was stopped three epochs after its validation peak and is scored where it stopped. The
@@ -360,7 +361,7 @@ markdown(rm.margins(full, lambda specs: collect(specs, full_store)))
 # those chosen above) say which verdicts depend on that choice of endpoint:
 
 # %% tags=["hide-input"]
-markdown(rm.endpoint_table(full))
+markdown(rv.endpoint_table(full))
 
 # %% [markdown]
 # Neither endpoint is the paper's. Buffelli et al. score where 100 epochs of training end, with no early
@@ -427,7 +428,7 @@ print(staleness(list(runs.records.values())))
 # %% tags=["hide-input"]
 regimes = {label: recs for label, recs in summ.items() if label != "base"}
 markdown(
-    rm.verdict_table(regimes)
+    rv.verdict_table(regimes)
     + f" One test image is {point(n_test['mnist']):.2f} points on MNIST and "
     f"{point(n_test['cifar10-subset']):.1f} on the CIFAR-10 subset."
 )
@@ -436,7 +437,7 @@ markdown(
 # What the measurements say about why, each sentence computed from the records:
 
 # %% tags=["hide-input"]
-outcomes = {label: rm.outcome(recs) for label, recs in regimes.items()}
+outcomes = {label: rv.outcome(recs) for label, recs in regimes.items()}
 said = lambda o: [label for label, v in outcomes.items() if v is o]
 ran = [r for recs in grid.values() for r in recs if r["gap"] is not None]
 refused = [
@@ -449,18 +450,18 @@ ratio = [r["adam"]["ntk_distance"] / r["gn"]["ntk_distance"] for r in ran + cifa
 ident, relu = (
     gaps.get(f"n = {S.n_big}, {k}") for k in ("identity, truncated", "ReLU, exact")
 )
-counts = rm.bracketing(every)
+counts = rv.bracketing(every)
 full_done = [label for label, recs in full.items() if len(recs) == len(F.seeds)]
 cifar_full = "CIFAR-10"
-fit_full = rm.fit_or_generalise(full[cifar_full]) if cifar_full in full_done else None
+fit_full = rv.fit_or_generalise(full[cifar_full]) if cifar_full in full_done else None
 lines = [
     "* **Where the claim holds, fails, or is undecided (book tier).** GN is worse in"
-    f" {'; '.join(said(rm.Outcome.HOLDS)) or 'no regime'}; GN is better in"
-    f" {'; '.join(said(rm.Outcome.FAILS)) or 'no regime'}; no detectable difference in"
-    f" {'; '.join(said(rm.Outcome.NO_DIFFERENCE)) or 'no regime'}"
+    f" {'; '.join(said(rv.Outcome.HOLDS)) or 'no regime'}; GN is better in"
+    f" {'; '.join(said(rv.Outcome.FAILS)) or 'no regime'}; no detectable difference in"
+    f" {'; '.join(said(rv.Outcome.NO_DIFFERENCE)) or 'no regime'}"
     + (
-        f"; exact GN cannot run in {'; '.join(said(rm.Outcome.NO_COMPARISON))}"
-        if said(rm.Outcome.NO_COMPARISON)
+        f"; exact GN cannot run in {'; '.join(said(rv.Outcome.NO_COMPARISON))}"
+        if said(rv.Outcome.NO_COMPARISON)
         else ""
     )
     + ".",
@@ -518,7 +519,7 @@ lines = [
     f"* **The full tier** (section 5). {len(full_done)} of {len(full)} regimes have all"
     f" {len(F.seeds)} seeds recorded"
     + (
-        f" ({'; '.join(f'{k}: {rm.gap_verdict(full[k])[1]}' for k in full_done)})"
+        f" ({'; '.join(f'{k}: {rv.gap_verdict(full[k])[1]}' for k in full_done)})"
         if full_done
         else ""
     )
@@ -533,10 +534,10 @@ markdown("\n".join(lines))
 # %% tags=["hide-input"]
 by_word = {}
 for label in full_done:
-    text, word = rm.gap_verdict(full[label])
+    text, word = rv.gap_verdict(full[label])
     by_word.setdefault(word, []).append(f"{label}, {text}")
 largest = max(
-    (abs(rm.gap(full[k]).mean) for k in full_done if k.startswith("n = ")), default=None
+    (abs(rv.gap(full[k]).mean) for k in full_done if k.startswith("n = ")), default=None
 )
 markdown(
     "\n".join(f"* **{word}**: {'; '.join(items)}" for word, items in by_word.items())

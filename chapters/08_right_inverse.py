@@ -568,7 +568,7 @@ if ri.complete(done_c, lw) and all(label in cost_c for label in ri.GN_METHODS):
     # cost grows with iterations
     cg = [label for label in ri.GN_METHODS[1:] if ri.METHODS[label].solver == "cg"]
     mp_logits = "Moore-Penrose GN (logits)"
-    # timed next to the others (right_inverse.TIMED_ONLY), not swept
+    # timed next to the others, not swept (benchmarks/right_inverse_step.py)
     by_cg = f"{mp_logits}, by CG"
     markdown(
         f"What a run costs here: at init a step costs {cost_c[lw]['median_s']:.2g} s"

@@ -13,6 +13,7 @@ from collections import Counter
 
 from .experiments import paper_mnist as pm
 from .experiments import regime_map as rm
+from .experiments import regime_verdicts as rv
 from .sweep import collect
 from .utils import REPO_ROOT
 
@@ -33,9 +34,9 @@ def block() -> str:
              "Student-t interval; chapter 07). Full MNIST and the CIFAR-10 subset, runs stopped when validation "
              "accuracy stopped rising (patience 3) and scored there, which is not the paper's protocol:", ""]
     for label, summ in full.items():
-        text, word = rm.gap_verdict(summ, len(rm.SETTINGS["full"].seeds))
-        lines.append(f"- {label}: {text}; **{word}** (GN rate {rm.rates(summ, 'gn')}, Adam {rm.rates(summ, 'adam')})")
-    counts = Counter(rm.gap_verdict(summ, len(rm.SETTINGS["book"].seeds))[1] for summ in book.values())
+        text, word = rv.gap_verdict(summ, len(rm.SETTINGS["full"].seeds))
+        lines.append(f"- {label}: {text}; **{word}** (GN rate {rv.rates(summ, 'gn')}, Adam {rv.rates(summ, 'adam')})")
+    counts = Counter(rv.gap_verdict(summ, len(rm.SETTINGS["book"].seeds))[1] for summ in book.values())
     lines += ["", f"Book tier ({len(book)} regimes around 2,000 MNIST images, h = 512, n = 128, 6 epochs: a grid of "
               "batch sizes and widths, single-factor changes, the CIFAR-10 subset; 'no comparison': GN refused at "
               "every rate): " + ", ".join(f"{n} {word}" for word, n in sorted(counts.items(), key=lambda kv: -kv[1]))

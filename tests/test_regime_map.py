@@ -9,6 +9,7 @@ import pytest
 
 from revgn.experiments import gn_protocol as gp
 from revgn.experiments import regime_map as rm
+from revgn.experiments import regime_verdicts as rv
 from revgn.runs import Runs
 
 pytestmark = pytest.mark.skipif(not (Path(os.environ.get("REVGN_DATA", "/nonexistent")) / "mnist").exists(),
@@ -93,7 +94,7 @@ def test_a_rate_chosen_on_the_first_seed_is_reused_and_the_sweep_grid_grows_with
     assert [sp.optimizer.lr for sp in needed if sp.seed == 1] == [done[0]["gn"]["lr"], done[0]["adam"]["lr"]]
     assert done[1]["gn"]["selection"].bracketed == done[0]["gn"]["selection"].bracketed
     # how firmly seed 0 chose: each margin in validation images, and seed 0's gap with a runner-up swapped in
-    text = rm.margins({"tiny": done}, lambda specs: collect(specs, tmp_path))
+    text = rv.margins({"tiny": done}, lambda specs: collect(specs, tmp_path))
     gn, adam = (done[0][o]["selection"] for o in ("gn", "adam"))
     up = collect(gp.rate_grid(done[0]["gn"]["record"].spec, [gn.runner_up]), tmp_path)[0]
     assert text.startswith(f"* tiny: GN's {gn.lr:.3g} beat {gn.runner_up:.3g} by {round(gn.margin * 128)}, "
@@ -124,7 +125,7 @@ def test_the_rendered_verdict_is_read_from_the_records(tmp_path):
     s = rm.Settings(rm.Point(n_train=192, hidden=64, batch=32, epochs=1), lrs={"gn": (0.5,), "adam": (1e-3,)},
                     seeds=(0, 1, 2, 3, 4), n_val={"mnist": 64}, n_test={"mnist": 128}, kernel_inputs=2)
     regime = s.at_seeds(s.base, each_seed=True)
-    render = lambda compute=True: rm.verdict_table({"tiny": rm.summaries(regime, s, Runs(tmp_path, progress=False,
+    render = lambda compute=True: rv.verdict_table({"tiny": rm.summaries(regime, s, Runs(tmp_path, progress=False,
                                                                                          compute=compute).all)})
     before = render()
     assert "| tiny |" in before and "(5 seeds)" in before
@@ -186,28 +187,28 @@ def test_a_deficit_is_split_into_fitting_and_generalising_and_capped_rates_are_r
     seeds = range(5)
     # GN fits 10 points less and loses no more from train to test: a deficit in fitting
     fitting = [_summary(0.80 + 0.01 * s, 0.30 + 0.01 * s, 0.90 + 0.012 * s, 0.40 + 0.011 * s) for s in seeds]
-    out = rm.fit_or_generalise(fitting)
+    out = rv.fit_or_generalise(fitting)
     assert out["which"] == "in fitting" and out["train"].hi < 0 and out["test"].mean == pytest.approx(-0.1, abs=0.01)
     # GN fits as well and loses 10 points more from train to test: a deficit in generalising
     general = [_summary(0.90 + 0.011 * s, 0.30 + 0.01 * s, 0.90 + 0.01 * s, 0.40 + 0.012 * s) for s in seeds]
-    assert rm.fit_or_generalise(general)["which"] == "in generalising"
-    assert rm.fit_or_generalise(general[:3])["which"] == "no verdict"
+    assert rv.fit_or_generalise(general)["which"] == "in generalising"
+    assert rv.fit_or_generalise(general[:3])["which"] == "no verdict"
     # the outcome is a value, and gap_verdict renders it in the same words
-    O = rm.Outcome
+    O = rv.Outcome
     refused = [{**r, "gap": None} for r in fitting]
     for summ, want in ((fitting, O.HOLDS), (general[:3], O.NO_VERDICT), ([], O.NO_VERDICT), (refused, O.NO_COMPARISON)):
-        assert rm.outcome(summ) is want
+        assert rv.outcome(summ) is want
     better = [{**r, "gn": r["adam"], "adam": r["gn"]} for r in fitting]
-    assert rm.outcome(better) is O.FAILS and rm.gap_verdict(better)[1] == O.FAILS.value
-    assert rm.gap_verdict(fitting)[1] == O.HOLDS.value and rm.gap_verdict(refused)[1] == O.NO_COMPARISON.value
+    assert rv.outcome(better) is O.FAILS and rv.gap_verdict(better)[1] == O.FAILS.value
+    assert rv.gap_verdict(fitting)[1] == O.HOLDS.value and rv.gap_verdict(refused)[1] == O.NO_COMPARISON.value
     both = [_summary(0.80 + 0.01 * s, 0.20 + 0.011 * s, 0.90 + 0.012 * s, 0.40 + 0.01 * s) for s in seeds]
-    assert rm.fit_or_generalise(both)["which"] == "in both"
+    assert rv.fit_or_generalise(both)["which"] == "in both"
     neither = [_summary(0.9 + 0.01 * (-1) ** s, 0.4 + 0.01 * (-1) ** s, 0.9, 0.4) for s in seeds]
-    assert rm.fit_or_generalise(neither)["which"] == "inconclusive"
+    assert rv.fit_or_generalise(neither)["which"] == "inconclusive"
     capped = [_summary(0.9, 0.3, 0.9, 0.4, capped=True)]
-    assert rm.rates(capped, "gn") == "2 (cap)" and rm.rates(capped, "adam") == "0.001"
+    assert rv.rates(capped, "gn") == "2 (cap)" and rv.rates(capped, "adam") == "0.001"
     thirds = [{**r, "adam": {**r["adam"], "lr": 1e-4 / 3}} for r in capped]  # a rate the grid reached by thirds
-    assert rm.rates(thirds, "adam") == "3.33e-05"
-    counts = rm.bracketing(capped)
+    assert rv.rates(thirds, "adam") == "3.33e-05"
+    counts = rv.bracketing(capped)
     assert counts["gn at the cap"] == 1 and counts["gn interior"] == 0 and counts["adam interior"] == 1
-    assert "not recorded yet (0 of 5 seeds)" in rm.verdict_table({"x": []}, seeds=5)
+    assert "not recorded yet (0 of 5 seeds)" in rv.verdict_table({"x": []}, seeds=5)

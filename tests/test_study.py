@@ -18,8 +18,8 @@ BASE = RunSpec(DataSpec("mnist", n_train=64, n_val=16), ModelSpec(hidden=32), Op
 class Store:
     """Records made up from `acc(spec)` (NaN: a failed run); `run` records the specs asked for."""
 
-    def __init__(self, acc):
-        self.acc, self.recs = acc, {}
+    def __init__(self, acc, val: bool = True):
+        self.acc, self.recs, self.val = acc, {}, val
 
     def __call__(self, specs):
         return [self.recs.get(s.key) for s in specs]
@@ -28,8 +28,9 @@ class Store:
         for s in specs:
             a = self.acc(s)
             ok = math.isfinite(a)
-            hist = History({"epoch": [1], "loss": [1.0]}, {"epoch": [0, 1], "val_acc": [0.1, a if ok else 0.1]})
-            self.recs[s.key] = Record(s, hist, {"val_acc": a, "train_loss": 1.0} if ok else {}, {},
+            key = "val_acc" if self.val else "test_acc"  # a run without a validation split has no val_acc
+            hist = History({"epoch": [1], "loss": [1.0]}, {"epoch": [0, 1], key: [0.1, a if ok else 0.1]})
+            self.recs[s.key] = Record(s, hist, {key: a, "train_loss": 1.0} if ok else {}, {},
                                       None if ok else "NonFiniteLossError: diverged")
 
 
@@ -55,6 +56,9 @@ def test_rates_take_the_one_grid_and_cap_of_their_optimiser():
         Rates((0.1,), criterion="test_acc")  # the test set never chooses
     with pytest.raises(ValueError, match="positive"):
         Rates(())
+    with pytest.raises(ValueError, match="None only for a fixed rate"):
+        Rates((0.1, 0.3), criterion=None)  # a grid needs a criterion to choose by
+    assert Rates.fixed(0.1).criterion is None
 
 
 def test_a_rate_chosen_on_the_first_seed_trains_the_others_and_a_tied_arm_waits_for_it():
@@ -78,7 +82,7 @@ def test_a_rate_chosen_on_the_first_seed_trains_the_others_and_a_tied_arm_waits_
 def test_a_fixed_rate_per_seed_keeps_its_failed_runs_and_a_failed_first_seed_frees_no_other():
     fails = lambda s: math.nan if s.seed == 1 else 0.9
     per_seed = Arm(gp.at_seeds(BASE, range(3)), Rates.fixed(0.1, each_seed=True))
-    _, out = drive({"a": per_seed}, Store(fails))
+    _, out = drive({"a": per_seed}, Store(fails, val=False))  # nothing is chosen: no validation split needed
     assert [r.ok for r in out["a"].records] == [True, False, True]  # a table can say which seed failed
     assert out["a"].selections[1].best is None
     first_fails = lambda s: math.nan if s.seed == 0 else 0.9

@@ -35,12 +35,15 @@ def at_seeds(spec: RunSpec, seeds) -> list[RunSpec]:
     return [spec.replace(seed=s, **{"model.seed": s}) for s in seeds]
 
 
-def score(rec: Record, criterion: str) -> float:
-    """Higher is better: the final validation accuracy, or minus the final training loss; -inf for a failure."""
-    if criterion not in CRITERIA:
+def score(rec: Record, criterion: str | None) -> float:
+    """Higher is better: the final validation accuracy, its peak, or minus the final training loss; -inf for a
+    failure. criterion None (a fixed rate, where nothing is chosen): 0 for a run that finished."""
+    if criterion is not None and criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
     if not rec.ok:
         return -np.inf
+    if criterion is None:
+        return 0.0
     value = (rec.metrics["val_acc"] if criterion == "val_acc" else max(rec.history.epochs["val_acc"])
              if criterion == "peak_val_acc" else -rec.metrics["train_loss"])
     return value if np.isfinite(value) else -np.inf

@@ -157,50 +157,6 @@ def sweep_command(setting: str) -> str:
     return f"python -m revgn.sweep revgn.experiments.right_inverse:{GRIDS[setting].__name__}"
 
 
-#: steps timed next to METHODS but not swept: the logits' Moore-Penrose step by CG, to show what the direct solve saves
-TIMED_ONLY = {"Moore-Penrose GN (logits), by CG": replace(METHODS["Moore-Penrose GN (logits)"], solver="cg"),
-              "Moore-Penrose GN (x_L), by PCG": replace(METHODS["Moore-Penrose GN (x_L)"], solver="pcg")}
-
-
-def step_costs(setting: str, repeats: int = 5, labels=None, after_epochs: int = 0) -> dict[str, dict[str, float]]:
-    """Seconds per step of every method (and of TIMED_ONLY; or of `labels`) on one batch of the setting, side
-    by side (`revgn.bench.time_optimizers`: interleaved rounds, from the seed-0 initial network, or from it
-    trained `after_epochs` epochs by the layer-wise step at rate 1, where CG needs more iterations): {label:
-    {"median_s", "cg_iterations"}} (the mean CG iterations of the timed steps, for the steps solved by CG; 0
-    otherwise)."""
-    from ..bench import median, time_optimizers
-    from ..losses import get_loss
-    from ..train import train
-
-    spec = SETTINGS[setting]
-    sets = runs.splits_of(spec.data)
-    x, y = sets["train"].x[:spec.batch_size], sets["train"].y[:spec.batch_size]
-    model = spec.model.build(x.shape[1], sets["train"].num_classes, getattr(torch, spec.data.dtype))
-    if after_epochs:
-        train(model, OptimSpec("gn", 1.0).build(spec.seed), sets["train"], loss=spec.loss, epochs=after_epochs,
-              batch_size=spec.batch_size, seed=spec.seed, progress=False)
-    everything = {**METHODS, **TIMED_ONLY}
-    opts = {label: everything[label].build(spec.seed) for label in (labels or everything)}
-    iterations = {label: [] for label in opts}
-
-    class Counting:  # keeps each step's CG iterations (a list append: nothing next to a step's cost)
-        def __init__(self, label, opt):
-            self.label, self.opt = label, opt
-
-        def setup(self, model, batch_size):
-            self.opt.setup(model, batch_size)
-
-        def step(self, *args):
-            value = self.opt.step(*args)
-            if "cg_iterations" in self.opt.step_info:
-                iterations[self.label].append(self.opt.step_info["cg_iterations"])
-            return value
-
-    times = time_optimizers(model, x, y, get_loss(spec.loss), {k: Counting(k, o) for k, o in opts.items()}, repeats)
-    return {label: {"median_s": median(t), "cg_iterations": float(np.mean(iterations[label][1:]))
-                    if iterations[label] else 0.0} for label, t in times.items()}
-
-
 # ------------------------------------------------------------------------- Theorem 4.3, measured
 
 GN_METHODS = tuple(label for label, opt in METHODS.items() if opt.name in ("gn", "gn-mp"))

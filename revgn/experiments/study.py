@@ -32,14 +32,31 @@ CAPS = {"gn": GN_CAP, "gn-mp": GN_CAP}
 
 
 @dataclass(frozen=True)
+class Scale:
+    """A chapter's scale as a tier: "book" (minutes on a 2-core CPU) or "paper" (the paper's settings), and
+    the first of five paired seeds."""
+
+    scale: str = "book"
+    seed: int = 0
+
+    def pick(self, book, paper):
+        return book if self.scale == "book" else paper
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return tuple(range(self.seed, self.seed + 5))
+
+
+@dataclass(frozen=True)
 class Rates:
     """How an arm's rate is set: chosen by `criterion` (`gn_protocol.CRITERIA`) from a grid starting at `grid`,
     widened beyond an edge at most `extensions` times and never past `cap`; at every seed (`each_seed`) or on
     the first seed and reused for the others (a seed whose reused run then fails has no best record). A grid of
-    one rate is a fixed rate: nothing is chosen (with each_seed=False the others run once the first finished)."""
+    one rate is a fixed rate: nothing is chosen (with each_seed=False the others run once the first finished),
+    so it needs no criterion (None: a run need not evaluate a validation split)."""
 
     grid: tuple[float, ...]
-    criterion: str = "val_acc"
+    criterion: str | None = "val_acc"
     cap: float | None = None
     each_seed: bool = False
     extensions: int = 3
@@ -48,8 +65,9 @@ class Rates:
         object.__setattr__(self, "grid", tuple(float(lr) for lr in self.grid))
         if not self.grid or min(self.grid) <= 0:
             raise ValueError(f"Rates.grid must hold positive rates, got {self.grid!r}")
-        if self.criterion not in gp.CRITERIA:
-            raise ValueError(f"Rates.criterion must be one of {gp.CRITERIA}, got {self.criterion!r}")
+        if self.criterion not in gp.CRITERIA and not (self.criterion is None and len(self.grid) == 1):
+            raise ValueError(f"Rates.criterion must be one of {gp.CRITERIA} (None only for a fixed rate), got "
+                             f"{self.criterion!r}")
 
     @classmethod
     def tuned(cls, optimizer: str, scale: float = 1.0, **kw) -> "Rates":
@@ -61,7 +79,8 @@ class Rates:
 
     @classmethod
     def fixed(cls, lr: float, each_seed: bool = False) -> "Rates":
-        return cls((lr,), each_seed=each_seed)
+        """One rate, nothing chosen (no criterion)."""
+        return cls((lr,), criterion=None, each_seed=each_seed)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,142 @@
+"""What a regime map's records say (`regime_map.summaries`): the verdict on "exact GN generalises worse than a
+tuned Adam" per regime, as a value (`Outcome`) and in words, and the tables and readings chapter 07 prints.
+
+Every comparison is GN minus Adam test accuracy, paired over a regime's seeds (`revgn.stats.paired`), and the
+one verdict rule of the book (`revgn.stats.verdict`) decides it.
+"""
+from __future__ import annotations
+
+import enum
+
+import numpy as np
+
+from ..book import table
+from ..stats import TEST, Verdict, paired, verdict
+from . import gn_protocol as gp
+from .regime_map import OPTIMISERS
+
+
+class Outcome(enum.Enum):
+    """What a regime's records say of the claim "exact GN generalises worse than Adam" (`outcome`): a value
+    that chapters count and group by, rendered in words by `gap_verdict`."""
+
+    HOLDS = "claim holds: GN worse"
+    FAILS = "claim fails: GN better"
+    NO_DIFFERENCE = "no detectable difference"
+    NO_VERDICT = "no verdict"
+    NO_COMPARISON = "no comparison"  # exact GN refused at every rate
+
+
+def outcome(summaries: list[dict]) -> Outcome:
+    """The regime's `Outcome`: the verdict rule on its paired gap (GN minus Adam test accuracy)."""
+    if not summaries:
+        return Outcome.NO_VERDICT
+    if any(r["gap"] is None for r in summaries):
+        return Outcome.NO_COMPARISON
+    return {Verdict.BELOW: Outcome.HOLDS, Verdict.ABOVE: Outcome.FAILS, Verdict.NEITHER: Outcome.NO_DIFFERENCE,
+            Verdict.TOO_FEW: Outcome.NO_VERDICT}[gap(summaries).verdict]
+
+
+def gap_verdict(summaries: list[dict], seeds: int | None = None) -> tuple[str, str]:
+    """A regime's gap, paired over its seeds ("-1.2 [-2.0, -0.4] points (5 seeds)"), and the verdict of
+    `revgn.stats.verdict` on it: "claim holds: GN worse", "claim fails: GN better", "no detectable
+    difference", or no verdict with fewer than five seeds. seeds: how many the regime has (for "not recorded")."""
+    if not summaries:
+        return f"not recorded yet (0 of {seeds or '?'} seeds)", "no verdict"
+    if any(r["gap"] is None for r in summaries):
+        return "exact GN refused at every rate", "no comparison"
+    c = gap(summaries)
+    return c.text(), verdict(c, above="claim fails: GN better", below="claim holds: GN worse")
+
+
+def gap(summaries: list[dict], endpoint: str = "end"):
+    """GN minus Adam test accuracy over a regime's seeds, paired (`revgn.stats.paired`; every seed must have run),
+    each run scored at `endpoint` (`gn_protocol.ENDPOINTS`: its last evaluation, or its own validation peak)."""
+    if endpoint == "end":
+        return paired([r["gn"]["test_acc"] for r in summaries], [r["adam"]["test_acc"] for r in summaries])
+    return paired(*([gp.at_endpoint(r[o]["record"], "test_acc", endpoint) for r in summaries] for o in OPTIMISERS))
+
+
+def endpoint_table(regimes: dict[str, list[dict]]) -> str:
+    """A Markdown table: each complete regime's gap and verdict scored at the stop (its last evaluation) and at
+    each run's own validation peak, and whether the verdict depends on which."""
+    rows = []
+    for label, summ in regimes.items():
+        if not summ or any(r["gap"] is None for r in summ):
+            continue
+        at = {e: gap(summ, e) for e in gp.ENDPOINTS}
+        words = {e: verdict(c, above="claim fails: GN better", below="claim holds: GN worse") for e, c in at.items()}
+        rows.append([label, at["end"].text(), words["end"], at["best_val"].text(), words["best_val"],
+                     "yes" if at["end"].verdict is not at["best_val"].verdict else "no"])
+    return (table(["regime", "gap at the stop", "verdict", "gap at each run's validation peak", "verdict",
+                   "depends on the endpoint"], rows) + f"\n\nTest: {TEST}.")
+
+
+def rates(summaries: list[dict], o: str) -> str:
+    """The rates chosen at a regime's seeds ("1, 2 (cap)"); "*" marks a choice at an uncapped grid edge."""
+    mark = lambda sel: " (cap)" if sel.capped else "*" if sel.bracketed is False else ""
+    chosen = dict.fromkeys(f"{r[o]['lr']:.3g}{mark(r[o]['selection'])}" if r[o]["lr"] is not None else "refused"
+                           for r in summaries)
+    return ", ".join(chosen) or "-"
+
+
+def margins(regimes: dict[str, list[dict]], records_of) -> str:
+    """How firmly the first seed chose each regime's rates, and how much the choice matters, one Markdown bullet
+    per regime: the validation images by which each optimiser's chosen rate beat its runner-up, and the first seed's test gap
+    (points) at the chosen rates and with either runner-up instead. records_of(specs) -> records, as in `walk`.
+    A rate chosen on one seed is reused for the others, so a margin of a few images is a choice that noise could
+    have turned; the runner-up gaps say whether that would have moved the verdict."""
+    out = []
+    for label, summ in regimes.items():
+        if not summ or any(summ[0][o].get("record") is None for o in OPTIMISERS):
+            continue
+        first, name = summ[0], {"gn": "GN", "adam": "Adam"}
+        best = {o: first[o]["record"] for o in OPTIMISERS}
+        ups = {o: first[o]["selection"].runner_up for o in OPTIMISERS}
+        up = {o: records_of(gp.rate_grid(best[o].spec, [ups[o]]))[0] if ups[o] is not None else None for o in OPTIMISERS}
+        n_val = best["gn"].spec.data.n_val
+        won = ", ".join(f"{name[o]}'s {first[o]['lr']:.3g} beat {ups[o]:.3g} by "
+                        f"{round(first[o]['selection'].margin * n_val)}" for o in OPTIMISERS if ups[o] is not None)
+        gap = lambda g, a: f"{100 * (g.metrics['test_acc'] - a.metrics['test_acc']):+.1f}"
+        swaps = [f"{gap(up['gn'], best['adam'])} with GN's runner-up" if up["gn"] and up["gn"].ok else None,
+                 f"{gap(best['gn'], up['adam'])} with Adam's" if up["adam"] and up["adam"].ok else None]
+        out.append(f"* {label}: {won} of {n_val:,} validation images; seed {best['gn'].spec.seed}'s test gap "
+                   f"{gap(best['gn'], best['adam'])} points at the chosen rates"
+                   + "".join(f", {x}" for x in swaps if x) + ".")
+    return "\n".join(out)
+
+
+def verdict_table(regimes: dict[str, list[dict]], seeds: int | None = None) -> str:
+    """The Markdown verdict table of labelled regimes (label -> the summaries of its seeds), with the rates."""
+    rows = [[label, *gap_verdict(summ, seeds), rates(summ, "gn"), rates(summ, "adam")] for label, summ in regimes.items()]
+    return (table(["regime", "gap, GN - Adam [95% interval]", "verdict", "GN rate", "Adam rate"], rows)
+            + f"\n\nTest: {TEST}. Rates: chosen on validation accuracy; (cap): GN at its cap, 2.")
+
+
+def bracketing(summaries: list[dict]) -> dict[str, int]:
+    """How the chosen rates of some summaries sit in their grids: interior, at the cap, or at an uncapped edge
+    (the walk ran out of extensions), per optimiser: {"gn interior": k, ...}."""
+    out = {}
+    for o in OPTIMISERS:
+        sels = [r[o]["selection"] for r in summaries if r[o]["lr"] is not None]
+        out.update({f"{o} interior": sum(bool(x.bracketed) and not x.capped for x in sels),
+                    f"{o} at the cap": sum(x.capped for x in sels),
+                    f"{o} at an edge": sum(x.bracketed is False for x in sels)})
+    return out
+
+
+def fit_or_generalise(summaries: list[dict]) -> dict:
+    """Where GN's test deficit comes from, paired over seeds: the training-accuracy gap (fitting), and the
+    difference of the generalisation gaps, (train - test accuracy) of GN minus that of Adam (generalising).
+    test gap = training gap - generalisation-gap difference. "which": the verdict."""
+    gn_tr, ad_tr = ([r[o]["train_acc"] for r in summaries] for o in OPTIMISERS)
+    gn_te, ad_te = ([r[o]["test_acc"] for r in summaries] for o in OPTIMISERS)
+    fit = paired(gn_tr, ad_tr)
+    gen = paired(np.subtract(gn_tr, gn_te), np.subtract(ad_tr, ad_te))
+    test = paired(gn_te, ad_te)
+    fits_less, gen_worse = fit.verdict is Verdict.BELOW, gen.verdict is Verdict.ABOVE
+    which = ("no verdict" if fit.verdict is Verdict.TOO_FEW else
+             "in both" if fits_less and gen_worse else
+             "in fitting" if fits_less else
+             "in generalising" if gen_worse else "inconclusive")
+    return {"train": fit, "generalisation": gen, "test": test, "which": which}
