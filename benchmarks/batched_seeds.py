@@ -11,7 +11,7 @@ run (median over repeats) and checked to take the same steps. The ratio decides 
 worth adopting in `revgn.train` (they are kept only if they win).
 
 Exact GN's own linear algebra is measured the same way: per half-layer, the float64 Gram matrix G = A A^T of
-the n x m features, its Cholesky factor, G^{-1} T and the weight step (G^{-1} T)^T A (`revgn.gn.features_pinv`,
+the n x m features, its Cholesky factor, G^{-1} T and the weight step (G^{-1} T)^T A (`revgn.pinv.features_pinv`,
 eq-gram), for five seeds one after another against one batched call on the stacked (S, n, m) features.
 """
 from __future__ import annotations

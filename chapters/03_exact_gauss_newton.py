@@ -156,7 +156,9 @@ import torch
 import revgn
 from revgn import verify
 from revgn.bench import Shape, compare
-from revgn.gn import Pinv, RankDeficientError, gn_direction
+from revgn.gn import gn_direction
+from revgn.pinv import Pinv
+from revgn.solvers import RankDeficientError
 from revgn.losses import CrossEntropy, SquareLoss
 from revgn.models import RevMLP
 from revgn.book import markdown

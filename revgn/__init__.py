@@ -1,18 +1,19 @@
 """revgn: exact Gauss-Newton in reversible networks, lazy training and generalisation.
 
-Library core (one idea per module): `data` (verified dataset loaders), `models` (RevMLP and friends), `losses`
-(losses and their GN errors), `gn` (the exact, tractable GN step), `curvature` (J, J^T and J J^T + mu I as
-operators; explicit, matrix-free and factored GN steps), `solvers` (Cholesky, eigh with a filter, CG; refused
-steps), `damping` (GN as spectral filters), `linearize` (linearisation, centering, output scaling), `kernels`
-(the NTK, CKA, kappa, distances from init), `optimizers` (SGD, Adam, exact GN, Moore-Penrose, LM, iterative
-linearisation), `train` (the one training loop), `history` (what a run produced; stop rules), `checkpoint`
-(resumable runs), `spec` (run specs: schema, validation, content address), `runs` (running a spec), `records`
-(content-addressed records and their store), `fingerprint` (the code that made a record), `recompute`
-(recomputed records as evidence that two fingerprints give the same numbers), `sweep` (grids of specs on
-submitit), `stats` (paired intervals, the verdict rule as a value). Around it: `experiments/` (`study`,
-experiments as data and their one walk; chapter-specific: `lazy_training`, `iterative_linearisation`,
-`gn_protocol`, `regime_map`, `ablations`, `right_inverse`, `paper_mnist`), `book`, `findings` (the README's
-findings block), `plots`, `verify`, `bench`, `functional`, `utils`.
+Library core (one idea per module): `data` (dataset loaders), `download` (their files, fetched and verified),
+`models` (RevMLP and friends), `losses` (losses and their GN errors), `gn` (the exact, tractable GN step),
+`curvature` (J, J^T and J J^T + mu I as operators; explicit, matrix-free and factored GN steps), `solvers`
+(Cholesky, eigh with a filter, CG; refused steps), `damping` (GN as spectral filters), `linearize`
+(linearisation, centering, output scaling), `kernels` (the NTK, CKA, kappa, distances from init), `optimizers`
+(SGD, Adam, exact GN, Moore-Penrose, LM, iterative linearisation), `train` (the one training loop), `history`
+(what a run produced; stop rules), `checkpoint` (resumable runs), `spec` (run specs: schema, validation,
+content address), `runs` (running a spec), `records` (content-addressed records and their store),
+`fingerprint` (the code that made a record), `recompute` (recomputed records as evidence that two fingerprints
+give the same numbers), `sweep` (grids of specs on submitit), `stats` (paired intervals, the verdict rule as a
+value). Around it: `experiments/` (`study`, experiments as data and their one walk; chapter-specific:
+`lazy_training`, `iterative_linearisation`, `gn_protocol`, `regime_map`, `ablations`, `right_inverse`,
+`paper_mnist`), `book`, `findings` (the README's findings block), `plots`, `verify`, `bench`, `functional`,
+`utils`.
 """
 from . import book, data, models, utils
 

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .gn import Pinv
+from .pinv import Pinv
 from .curvature import explicit_gn_direction, matrix_free_gn_direction
 from .losses import CrossEntropy
 from .models import RevMLP
@@ -156,7 +156,7 @@ def step_peak_bytes(shape: Shape, method: str, device="cpu") -> int:
 
 def mnist_problem(shape: Shape, device="cpu", dtype=torch.float32, seed: int = 0):
     """`make_problem` with the first n MNIST training images and labels (d = 784): real features, whose
-    conditioning decides how much work route "refined" does (`revgn.gn.refined_features_pinv`)."""
+    conditioning decides how much work route "refined" does (`revgn.pinv.refined_features_pinv`)."""
     from .data import load
 
     if shape.d != 784:
@@ -184,7 +184,7 @@ def gn_residual(model: RevMLP, x: torch.Tensor, y: torch.Tensor, pinv: Pinv) -> 
 
 def pinv_seconds(model: RevMLP, x: torch.Tensor, y: torch.Tensor, opt: Optimizer, repeats: int = 3) -> tuple[float, float]:
     """Median seconds of a step of `opt` and of the part of it spent in exact GN's pseudo-inverses
-    (`revgn.gn.features_pinv`: the Gram matrix, its factorisation, the solve, any refinement), timed by
+    (`revgn.pinv.features_pinv`: the Gram matrix, its factorisation, the solve, any refinement), timed by
     wrapping that function for the duration."""
     from . import gn
 

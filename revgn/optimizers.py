@@ -18,7 +18,8 @@ from torch import nn
 
 from .curvature import gram_gn_direction, matrix_free_gn_direction, spectral_step
 from .damping import gn_filter, lm_filter
-from .gn import Pinv, iter_block_directions, layerwise_preconditioner
+from .gn import iter_block_directions, layerwise_preconditioner
+from .pinv import Pinv
 from .losses import NonFiniteLossError, check_finite
 from .models import RevMLP
 from .solvers import StepNotSolved

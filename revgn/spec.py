@@ -149,7 +149,7 @@ class ModelSpec:
 #: the fields of `OptimSpec` each optimiser reads, beyond its name and rate
 READS = {"gn": {"pinv"}, "gn-mp": {"mu", "output", "cg_rtol", "cg_maxiter", "solver"},
          "sgd": {"momentum", "weight_decay", "decay"}, "adam": set()}
-#: the fields exact GN reads for each pseudo-inverse (`revgn.gn.Pinv`); the rank rule decides only exact steps
+#: the fields exact GN reads for each pseudo-inverse (`revgn.pinv.Pinv`); the rank rule decides only exact steps
 PINV_READS = {"exact": {"rank_rule", "gram"}, "noise": {"noise", "rank_rule", "gram"}, "truncate": {"rtol", "atol"},
               "damp": {"damping"}, "ridge": {"ridge", "ridge_relative"}}
 
@@ -164,8 +164,8 @@ class OptimSpec:
     "gram", J J^T of a RevMLP's logits formed from its factors and solved by Cholesky, or "pcg" (output "body"),
     CG preconditioned by the blocks' own inverses (`revgn.gn.layerwise_preconditioner`); either way a step whose
     true relative residual exceeds 10 cg_rtol is refused), "sgd" (momentum, weight_decay, decay) or "adam".
-    rank_rule: when exact GN refuses features as rank-deficient (`revgn.gn.Pinv.rank_rule`: "matrix_rank", the
-    default, or "rounding"); gram: how it forms and solves the Gram matrix (`revgn.gn.Pinv.gram`: "float64", the
+    rank_rule: when exact GN refuses features as rank-deficient (`revgn.pinv.Pinv.rank_rule`: "matrix_rank", the
+    default, or "rounding"); gram: how it forms and solves the Gram matrix (`revgn.pinv.Pinv.gram`: "float64", the
     default, or "refined", the same exact step by a float32 Gram refined against the features). Each optimiser
     reads only its own fields (`READS`): setting another is an error."""
 
@@ -190,7 +190,7 @@ class OptimSpec:
     gram: str = "float64"
 
     def __post_init__(self):
-        from .gn import GRAM_ROUTES, PINV_KINDS, RANK_RULES
+        from .pinv import GRAM_ROUTES, PINV_KINDS, RANK_RULES
 
         _choice("optimizer.name", self.name, READS)
         _choice("optimizer.pinv", self.pinv, PINV_KINDS)
@@ -224,7 +224,7 @@ class OptimSpec:
         return f"{self.name!r}" + (f" with pinv {self.pinv!r}" if self.name == "gn" else "")
 
     def build(self, seed: int):
-        from .gn import Pinv
+        from .pinv import Pinv
         from .optimizers import SGD, Adam, GaussNewton, MoorePenroseGaussNewton
 
         if self.name == "gn-mp":

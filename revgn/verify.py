@@ -6,7 +6,8 @@ import itertools
 import torch
 
 from .functional import flatten, params_of
-from .gn import Pinv, block_directions, gn_direction
+from .gn import block_directions, gn_direction
+from .pinv import Pinv
 from .curvature import explicit_gn_direction, jacobian_matrix, matrix_free_gn_direction
 from .losses import SquareLoss
 from .models import RevMLP

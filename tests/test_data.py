@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from revgn import data
+from revgn import data, download
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -54,14 +54,14 @@ def cache(tmp_path, monkeypatch):
     root = tmp_path / "cache"
     remote = tmp_path / "remote"
     remote.mkdir()
-    monkeypatch.setenv(data.ENV_VAR, str(root))
+    monkeypatch.setenv(download.ENV_VAR, str(root))
     return root, remote
 
 
 def serve(monkeypatch, remote: Path, key: str, relpath: str, payload: bytes, sha: str | None = None) -> None:
     (remote / Path(relpath).name).write_bytes(payload)
-    res = data.Resource(relpath, sha or sha256(payload), (f"file://{remote / Path(relpath).name}",))
-    monkeypatch.setitem(data.RESOURCES, key, res)
+    res = download.Resource(relpath, sha or sha256(payload), (f"file://{remote / Path(relpath).name}",))
+    monkeypatch.setitem(download.RESOURCES, key, res)
 
 
 @pytest.fixture
@@ -111,15 +111,15 @@ def test_corrupt_download_is_refused_and_does_not_poison_the_cache(cache, monkey
     root, remote = cache
     good = idx_bytes(np.zeros((3, 28, 28), np.uint8))
     serve(monkeypatch, remote, "mnist/train-images", "mnist/img.gz", good[:-1] + b"X", sha=sha256(good))
-    with pytest.raises(data.DataError) as err:
-        data.fetch("mnist/train-images")
+    with pytest.raises(download.DataError) as err:
+        download.fetch("mnist/train-images")
     msg = str(err.value)
     assert "SHA-256" in msg and sha256(good) in msg and "discarded" in msg
     assert not (root / "mnist/img.gz").exists()
     assert not list(root.rglob("*.partial"))
     # The good file appears upstream: the next call succeeds.
     (remote / "img.gz").write_bytes(good)
-    assert data.fetch("mnist/train-images").read_bytes() == good
+    assert download.fetch("mnist/train-images").read_bytes() == good
 
 
 def test_corrupt_user_file_names_hashes_and_is_left_in_place(cache, monkeypatch):
@@ -129,8 +129,8 @@ def test_corrupt_user_file_names_hashes_and_is_left_in_place(cache, monkeypatch)
     user_copy = root / "mnist/img.gz"
     user_copy.parent.mkdir(parents=True)
     user_copy.write_bytes(b"not the real thing")
-    with pytest.raises(data.DataError) as err:
-        data.fetch("mnist/train-images")
+    with pytest.raises(download.DataError) as err:
+        download.fetch("mnist/train-images")
     msg = str(err.value)
     assert str(user_copy) in msg and sha256(good) in msg and sha256(b"not the real thing") in msg
     assert "REVGN_DATA" in msg
@@ -139,27 +139,27 @@ def test_corrupt_user_file_names_hashes_and_is_left_in_place(cache, monkeypatch)
 
 def test_missing_file_says_where_it_looked_and_how_to_fix(cache, monkeypatch):
     root, _ = cache
-    with pytest.raises(data.DataError) as err:
+    with pytest.raises(download.DataError) as err:
         data.load("cifar10-subset", "train")
     msg = str(err.value)
     assert str(root / "cifar-10-subset/train_subset.bin") in msg and "REVGN_DATA" in msg
-    with pytest.raises(data.DataError, match="downloading is off"):
-        data.fetch("mnist/train-images", download=False)
+    with pytest.raises(download.DataError, match="downloading is off"):
+        download.fetch("mnist/train-images", download=False)
 
 
 def test_unreachable_url_gives_a_clear_error(cache, monkeypatch):
     root, remote = cache
-    monkeypatch.setitem(data.RESOURCES, "mnist/train-images",
-                        data.Resource("mnist/x.gz", "0" * 64, (f"file://{remote}/absent.gz",)))
-    with pytest.raises(data.DataError, match="could not download mnist/x.gz"):
-        data.fetch("mnist/train-images")
+    monkeypatch.setitem(download.RESOURCES, "mnist/train-images",
+                        download.Resource("mnist/x.gz", "0" * 64, (f"file://{remote}/absent.gz",)))
+    with pytest.raises(download.DataError, match="could not download mnist/x.gz"):
+        download.fetch("mnist/train-images")
 
 
 def cifar_archive(members: dict[str, bytes] | None = None) -> tuple[bytes, dict[str, str], dict]:
     recs = {}
     if members is None:
         members = {}
-        for i, name in enumerate(data.CIFAR10_MEMBERS):
+        for i, name in enumerate(download.CIFAR10_MEMBERS):
             payload, images, labels = cifar_bytes(4 if name != "test_batch.bin" else 3, seed=i)
             members[f"cifar-10-batches-bin/{name}"] = payload
             recs[name] = (images, labels)
@@ -172,14 +172,14 @@ def test_cifar10_archive_download_and_extraction(cache, monkeypatch):
     root, remote = cache
     archive, sha1, recs = cifar_archive()
     serve(monkeypatch, remote, "cifar10/archive", "cifar-10/cifar-10-binary.tar.gz", archive)
-    monkeypatch.setattr(data, "CIFAR10_MEMBERS", sha1)
+    monkeypatch.setattr(download, "CIFAR10_MEMBERS", sha1)
     train = data.load("cifar10", "train", flatten=False, normalize=False, dtype=torch.float64)
     test = data.load("cifar10", "test")
     assert train.x.shape == (20, 3, 32, 32) and test.x.shape == (3, 3072)
     images, labels = recs["data_batch_1.bin"]
     assert torch.equal(train.y[:4], torch.from_numpy(labels.astype(np.int64)))
     assert torch.equal((train.x[:4] * 255).round().to(torch.uint8), torch.from_numpy(images))
-    extracted = sorted(p.name for p in (root / data.CIFAR10_DIR).iterdir())
+    extracted = sorted(p.name for p in (root / download.CIFAR10_DIR).iterdir())
     assert extracted == sorted(sha1), "only the expected members are kept"
 
 
@@ -189,18 +189,18 @@ def test_truncated_archive_leaves_nothing_behind(cache, monkeypatch):
     truncated = archive[: len(archive) // 2]
     # The upstream hash is that of the truncated file, so the hash check passes and extraction must catch it.
     serve(monkeypatch, remote, "cifar10/archive", "cifar-10/cifar-10-binary.tar.gz", truncated)
-    monkeypatch.setattr(data, "CIFAR10_MEMBERS", sha1)
-    with pytest.raises(data.DataError, match="truncated"):
+    monkeypatch.setattr(download, "CIFAR10_MEMBERS", sha1)
+    with pytest.raises(download.DataError, match="truncated"):
         data.load("cifar10", "train")
-    assert not (root / data.CIFAR10_DIR).exists()
+    assert not (root / download.CIFAR10_DIR).exists()
     assert not list(root.rglob("*.partial"))
 
 
 def test_archive_with_path_traversal_is_refused(tmp_path):
     evil = tmp_path / "evil.tar.gz"
     evil.write_bytes(tar_gz({"ok.bin": b"1", "../escape.bin": b"2"}))
-    with pytest.raises(data.DataError, match="escape"):
-        data.safe_extract(evil, tmp_path / "out")
+    with pytest.raises(download.DataError, match="escape"):
+        download.safe_extract(evil, tmp_path / "out")
     assert not (tmp_path / "escape.bin").exists() and not (tmp_path / "out").exists()
 
 
@@ -211,18 +211,18 @@ def test_archive_with_symlink_is_refused(tmp_path):
         link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
         tar.addfile(link)
     (tmp_path / "a.tar.gz").write_bytes(buf.getvalue())
-    with pytest.raises(data.DataError, match="not a regular file"):
-        data.safe_extract(tmp_path / "a.tar.gz", tmp_path / "out")
+    with pytest.raises(download.DataError, match="not a regular file"):
+        download.safe_extract(tmp_path / "a.tar.gz", tmp_path / "out")
 
 
 def test_malformed_idx_and_cifar_records_are_reported(tmp_path):
     bad = tmp_path / "bad.gz"
     bad.write_bytes(gzip.compress(bytes([0, 0, 8, 1, 0, 0, 0, 9, 1, 2])))
-    with pytest.raises(data.DataError, match="header says shape"):
+    with pytest.raises(download.DataError, match="header says shape"):
         data.read_idx(bad)
     rec = tmp_path / "bad.bin"
     rec.write_bytes(b"\x00" * 3000)
-    with pytest.raises(data.DataError, match="3,073-byte"):
+    with pytest.raises(download.DataError, match="3,073-byte"):
         data.read_cifar_records(rec)
 
 
@@ -238,7 +238,7 @@ needs_shared = pytest.mark.skipif(not (SHARED / "mnist").exists(), reason="../sh
 
 @needs_shared
 def test_real_mnist(monkeypatch):
-    monkeypatch.setenv(data.ENV_VAR, str(SHARED))
+    monkeypatch.setenv(download.ENV_VAR, str(SHARED))
     train = data.load("mnist", "train", download=False)
     test = data.load("mnist", "test", download=False, flatten=False)
     assert train.x.shape == (60000, 784) and test.x.shape == (10000, 1, 28, 28)
@@ -250,7 +250,7 @@ def test_real_mnist(monkeypatch):
 
 @needs_shared
 def test_real_cifar10_subset(monkeypatch):
-    monkeypatch.setenv(data.ENV_VAR, str(SHARED))
+    monkeypatch.setenv(download.ENV_VAR, str(SHARED))
     train = data.load("cifar10-subset", "train", download=False, flatten=False, normalize=False)
     test = data.load("cifar10-subset", "test", download=False)
     assert train.x.shape == (4000, 3, 32, 32) and test.x.shape == (1000, 3072)
@@ -277,12 +277,12 @@ def test_a_missing_cifar10_subset_is_rebuilt_from_the_official_archive(cache, mo
     root, remote = cache
     archive, sha1, recs = cifar_archive()
     serve(monkeypatch, remote, "cifar10/archive", "cifar-10/cifar-10-binary.tar.gz", archive)
-    monkeypatch.setattr(data, "CIFAR10_MEMBERS", sha1)
+    monkeypatch.setattr(download, "CIFAR10_MEMBERS", sha1)
     payload, _, _ = cifar_bytes(4, seed=0)  # data_batch_1.bin of the fake archive
-    prefix = payload[: 3 * data.CIFAR_RECORD]
-    sub = data.Resource("cifar-10-subset/train_subset.bin", sha256(prefix), derived_from=("data_batch_1.bin", 3))
-    monkeypatch.setitem(data.RESOURCES, "cifar10-subset/train", sub)
-    with pytest.raises(data.DataError, match="downloading is off.*rebuild it from the official CIFAR-10"):
+    prefix = payload[: 3 * download.CIFAR_RECORD]
+    sub = download.Resource("cifar-10-subset/train_subset.bin", sha256(prefix), derived_from=("data_batch_1.bin", 3))
+    monkeypatch.setitem(download.RESOURCES, "cifar10-subset/train", sub)
+    with pytest.raises(download.DataError, match="downloading is off.*rebuild it from the official CIFAR-10"):
         data.load("cifar10-subset", "train", download=False)
     train = data.load("cifar10-subset", "train", flatten=False, normalize=False, dtype=torch.float64)
     images, labels = recs["data_batch_1.bin"]
@@ -291,9 +291,9 @@ def test_a_missing_cifar10_subset_is_rebuilt_from_the_official_archive(cache, mo
     assert torch.equal((train.x * 255).round().to(torch.uint8), torch.from_numpy(images[:3]))
     # a prefix that does not hash as published is refused, and nothing is written
     (root / sub.relpath).unlink()
-    monkeypatch.setitem(data.RESOURCES, "cifar10-subset/train", data.Resource(sub.relpath, "0" * 64,
+    monkeypatch.setitem(download.RESOURCES, "cifar10-subset/train", download.Resource(sub.relpath, "0" * 64,
                                                                             derived_from=("data_batch_1.bin", 3)))
-    with pytest.raises(data.DataError, match="do not hash to"):
+    with pytest.raises(download.DataError, match="do not hash to"):
         data.load("cifar10-subset", "train")
     assert not (root / sub.relpath).exists() and not list(root.rglob("*.partial"))
 
@@ -301,8 +301,8 @@ def test_a_missing_cifar10_subset_is_rebuilt_from_the_official_archive(cache, mo
 def test_the_real_subset_is_a_prefix_of_the_archive_members_it_names():
     """The shipped subset's SHA-256 is what _derive checks: its resources name the members and record counts
     of the README's description (4,000 of data_batch_1, 1,000 of test_batch)."""
-    assert data.RESOURCES["cifar10-subset/train"].derived_from == ("data_batch_1.bin", 4000)
-    assert data.RESOURCES["cifar10-subset/test"].derived_from == ("test_batch.bin", 1000)
+    assert download.RESOURCES["cifar10-subset/train"].derived_from == ("data_batch_1.bin", 4000)
+    assert download.RESOURCES["cifar10-subset/test"].derived_from == ("test_batch.bin", 1000)
     train = SHARED / "cifar-10-subset" / "train_subset.bin"
     if train.exists():
-        assert train.stat().st_size == 4000 * data.CIFAR_RECORD
+        assert train.stat().st_size == 4000 * download.CIFAR_RECORD

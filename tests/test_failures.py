@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 import torch
 
-from revgn import data, runs
+from revgn import data, download, runs
 from revgn.experiments import gn_protocol as gp
-from revgn.gn import RankDeficientError
+from revgn.solvers import RankDeficientError
 from revgn.losses import CrossEntropy, NonFiniteLossError
 from revgn.models import MLP, RevMLP
 from revgn.optimizers import SGD, Adam, GaussNewton, apply_step
@@ -189,7 +189,7 @@ def _sender(total: int, chunk: int, pause: float):
 
 
 def _resource(monkeypatch, url: str, sha: str = "0" * 64) -> None:
-    monkeypatch.setitem(data.RESOURCES, "test/file", data.Resource("test/file.bin", sha, (url,)))
+    monkeypatch.setitem(download.RESOURCES, "test/file", download.Resource("test/file.bin", sha, (url,)))
 
 
 def test_a_trickling_server_is_a_stall_not_a_hang(cache, monkeypatch):
@@ -198,8 +198,8 @@ def test_a_trickling_server_is_a_stall_not_a_hang(cache, monkeypatch):
     with _Server(_sender(1000, 1, 0.2)) as url:  # one byte every 0.2 s: no single read ever times out
         _resource(monkeypatch, url)
         t0 = time.monotonic()
-        with pytest.raises(data.DataError, match="stalled"):
-            data.fetch("test/file", stall_s=1.0)
+        with pytest.raises(download.DataError, match="stalled"):
+            download.fetch("test/file", stall_s=1.0)
         assert time.monotonic() - t0 < 5
     assert not list(root.rglob("*.partial"))
 
@@ -209,8 +209,8 @@ def test_a_download_has_an_overall_deadline(cache, monkeypatch):
     with _Server(_sender(1 << 30, 1 << 16, 0.05)) as url:  # fast enough never to stall, too long to finish
         _resource(monkeypatch, url)
         t0 = time.monotonic()
-        with pytest.raises(data.DataError, match="deadline"):
-            data.fetch("test/file", deadline_s=1.0, stall_s=5.0)
+        with pytest.raises(download.DataError, match="deadline"):
+            download.fetch("test/file", deadline_s=1.0, stall_s=5.0)
         assert time.monotonic() - t0 < 5
     assert not list(root.rglob("*.partial"))
 
@@ -226,23 +226,23 @@ def test_a_silent_server_costs_one_stall_timeout(cache, monkeypatch):
     with _Server(Silent) as url:
         _resource(monkeypatch, url)
         t0 = time.monotonic()
-        with pytest.raises(data.DataError, match="timed out"):
-            data.fetch("test/file", stall_s=0.5)
+        with pytest.raises(download.DataError, match="timed out"):
+            download.fetch("test/file", stall_s=0.5)
         assert time.monotonic() - t0 < 3
 
 
 def test_bad_download_limits_are_named(cache, monkeypatch):
     _resource(monkeypatch, "http://127.0.0.1:9/none")
-    monkeypatch.setenv(data.DEADLINE_VAR, "soon")
+    monkeypatch.setenv(download.DEADLINE_VAR, "soon")
     with pytest.raises(ValueError, match="REVGN_DOWNLOAD_DEADLINE"):
-        data.fetch("test/file")
+        download.fetch("test/file")
 
 
 KILLED_DOWNLOAD = """
 import sys
-from revgn import data
-data.RESOURCES["test/file"] = data.Resource("test/file.bin", "0" * 64, (sys.argv[1],))
-data.fetch("test/file", stall_s=60)
+from revgn import download
+download.RESOURCES["test/file"] = download.Resource("test/file.bin", "0" * 64, (sys.argv[1],))
+download.fetch("test/file", stall_s=60)
 """
 
 
@@ -251,7 +251,7 @@ def test_a_killed_download_leaves_no_partial_file_once_called_again(cache, monke
     root, _ = cache
     with _Server(_sender(1 << 30, 1 << 14, 0.05)) as url:
         proc = subprocess.Popen([sys.executable, "-c", KILLED_DOWNLOAD, url], cwd=ROOT,
-                                env={**os.environ, data.ENV_VAR: str(root)})
+                                env={**os.environ, download.ENV_VAR: str(root)})
         folder = root / "test"
         for _ in range(1200):  # up to a minute: importing torch in the child is slow on a loaded machine
             if list(folder.glob(".file.bin.*.partial")):
@@ -266,8 +266,8 @@ def test_a_killed_download_leaves_no_partial_file_once_called_again(cache, monke
     else:  # SIGKILL cannot be caught: the next call cleans up what the dead process left
         assert left
         _resource(monkeypatch, "http://127.0.0.1:9/unreachable")
-        with pytest.raises(data.DataError):
-            data.fetch("test/file", stall_s=0.5)
+        with pytest.raises(download.DataError):
+            download.fetch("test/file", stall_s=0.5)
         assert not list(folder.glob(".file.bin.*.partial"))
 
 
@@ -344,9 +344,9 @@ def test_re_extraction_never_deletes_a_users_file(cache, monkeypatch):
     root, remote = cache
     archive, members, _ = cifar_archive()
     serve(monkeypatch, remote, "cifar10/archive", "cifar-10/cifar-10-binary.tar.gz", archive)
-    monkeypatch.setattr(data, "CIFAR10_MEMBERS", members)
+    monkeypatch.setattr(download, "CIFAR10_MEMBERS", members)
     data.load("cifar10", "test")
-    folder = root / data.CIFAR10_DIR
+    folder = root / download.CIFAR10_DIR
     mine = folder / "my_notes.txt"
     mine.write_text("mine")
     (folder / "test_batch.bin").unlink()  # forces a re-extraction

@@ -8,7 +8,9 @@ import torch
 
 from revgn.curvature import explicit_gn_direction, jacobian_matrix, matrix_free_gn_direction
 from revgn.functional import flatten
-from revgn.gn import Pinv, RankDeficientError, block_directions, features_pinv, gn_direction, stack_blocks
+from revgn.gn import block_directions, gn_direction, stack_blocks
+from revgn.pinv import Pinv, features_pinv
+from revgn.solvers import RankDeficientError
 from revgn.losses import CrossEntropy, SquareLoss
 from revgn.models import RevMLP
 from revgn.verify import block_moore_penrose_errors, function_space_residual, one_step_losses
@@ -308,7 +310,7 @@ def test_the_refined_gram_route_solves_against_the_features_themselves(dtype, rt
     """Features with s_min/s_max = 1e-3 (as MNIST's at h = 8000, n = 1024): the Gram formed in the features'
     own dtype is refined until A Delta^T = T to REFINED_RTOL, it is the pseudo-inverse of the stored features,
     and it was not handed to the float64 route (refined_features_pinv answered)."""
-    from revgn.gn import refined_features_pinv
+    from revgn.pinv import refined_features_pinv
 
     A, T = _conditioned_features(smallest=1e-3)
     A, T = A.to(dtype), T.to(dtype)
@@ -323,7 +325,7 @@ def test_the_refined_gram_route_solves_against_the_features_themselves(dtype, rt
 
 
 def test_the_symmetric_gram_is_the_gram():
-    from revgn.gn import symmetric_gram
+    from revgn.pinv import symmetric_gram
 
     A = torch.randn(37, 50, generator=torch.Generator().manual_seed(0), dtype=F64)
     for blocks in (1, 2, 4, 37):
@@ -335,7 +337,7 @@ def test_the_refined_route_hands_what_its_gram_cannot_settle_to_the_float64_rout
     lambda_min (1e-8 of it), so refined_features_pinv cannot place the features against the rank rule and
     answers None; features_pinv then takes the float64 route: the same refusal under "matrix_rank", the same
     step, bit for bit, under "rounding" (a step float64 accepts is never refused by "refined")."""
-    from revgn.gn import refined_features_pinv
+    from revgn.pinv import refined_features_pinv
 
     A, T = _conditioned_features(smallest=1e-4)
     assert refined_features_pinv(A, T, Pinv(rank_rule="rounding", gram="refined")) is None

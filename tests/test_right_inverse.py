@@ -16,7 +16,8 @@ import torch
 from revgn.experiments.study import ArmResult
 from revgn.curvature import jacobian_matrix
 from revgn.functional import flatten
-from revgn.gn import RankDeficientError, gn_direction
+from revgn.gn import gn_direction
+from revgn.solvers import RankDeficientError
 from revgn.losses import CrossEntropy
 from revgn.models import RevMLP
 from revgn.solvers import StepNotSolved

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from revgn.gn import Pinv, gn_direction
+from revgn.gn import gn_direction
+from revgn.pinv import Pinv
 from revgn.losses import CrossEntropy, NonFiniteLossError, SquareLoss
 from revgn.models import RevMLP
 from revgn.history import History

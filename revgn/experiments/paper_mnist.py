@@ -40,7 +40,7 @@ PAPER_RATES = {"gn": 0.1, "sgd": 0.1, "adam": 1e-4}
 #: recorded: `refused_by_matrix_rank`), where s_min/s_max = 6.6e-4; yet those float32 features are full rank
 #: by some 300 times their own rounding (Weyl's bound, 10 eps ||A||_F ~ 2e-6 s_max). The paper's code inverts
 #: them (its pseudo-inverse truncates only below an absolute 1e-7). The GN arm therefore uses the rule
-#: "rounding" (`revgn.gn.rounding_threshold`): the same exact step, refused only below the features' precision.
+#: "rounding" (`revgn.pinv.rounding_threshold`): the same exact step, refused only below the features' precision.
 RANK_RULE = {"gn": "rounding"}
 METHODS = tuple(PAPER_RATES)
 SEEDS = (0, 1, 2, 3, 4)  # the paper uses three; five make a verdict under the book's rule
