@@ -16,7 +16,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .curvature import gram_gn_direction, matrix_free_gn_direction, spectral_step
+from .curvature import (TangentKernel, explicit_gn_direction, gram_gn_direction, matrix_free_gn_direction,
+                        spectral_step)
 from .damping import gn_filter, lm_filter
 from .gn import iter_block_directions, layerwise_preconditioner
 from .pinv import Pinv
@@ -219,11 +220,14 @@ class MoorePenroseGaussNewton(Optimizer):
     the target eps R^T, the smallest change of x_L that moves the logits by eps; this is what each block of the
     layer-wise step is minimum-norm for, solved for all blocks at once. solver="cg": CG on J J^T with jvp/vjp
     products (any model, either output); solver="pcg" (a RevMLP, output="body"): the same CG preconditioned by
-    the blocks' own inverses (`revgn.gn.layerwise_preconditioner`); solver="gram": J J^T formed from a RevMLP's per-half-layer factors and
-    solved by Cholesky (logits only; the same step, without iterations). Every step reports the true relative
-    residual ||J Delta - target|| / ||target||, the norm of the parameter step and, for CG, its iterations
-    (`step_info`); a step whose residual exceeds `REFUSE` x rtol, or whose system is singular, is refused
-    (`StepNotSolved`, `RankDeficientError`: both `StepRefused`), leaving the model as it was.
+    the blocks' own inverses (`revgn.gn.layerwise_preconditioner`); solver="gram": J J^T formed from a RevMLP's
+    per-half-layer factors and solved by Cholesky (logits only; the same step, without iterations);
+    solver="explicit": J formed whole and pseudo-inverted (undamped; small problems and checks). Every step
+    reports the true relative residual ||J Delta - target|| / ||target||, the norm of the parameter step and,
+    for CG, its iterations (`step_info`); a step whose residual exceeds `REFUSE` x rtol, or whose system is
+    singular, is refused (`StepNotSolved`, `RankDeficientError`: both `StepRefused`), leaving the model as it
+    was. refuse=False takes CG's step after at most `maxiter` iterations whatever its residual (truncated CG,
+    as in Hessian-free optimisation; the benchmarks time a fixed number of iterations this way).
     """
 
     REFUSE = 10.0  # slack over rtol for the true residual (CG stops on its recursive one)
@@ -232,22 +236,24 @@ class MoorePenroseGaussNewton(Optimizer):
     RTOL = {torch.float64: 1e-6, torch.float32: 1e-5}
 
     def __init__(self, lr: float = 1.0, damping: float = 0.0, rtol: float | None = None, maxiter: int | None = None,
-                 output: str = "logits", solver: str = "cg"):
+                 output: str = "logits", solver: str = "cg", refuse: bool = True):
         if output not in ("logits", "body"):
             raise ValueError(f"output must be 'logits' or 'body', got {output!r}")
-        if solver not in ("cg", "gram", "pcg"):
-            raise ValueError(f"solver must be 'cg', 'gram' or 'pcg', got {solver!r}")
+        if solver not in ("cg", "gram", "pcg", "explicit"):
+            raise ValueError(f"solver must be 'cg', 'gram', 'pcg' or 'explicit', got {solver!r}")
+        if solver == "explicit" and damping:
+            raise ValueError("solver='explicit' pseudo-inverts J undamped; damping needs 'cg', 'pcg' or 'gram'")
         if solver == "gram" and output != "logits":
             raise ValueError("solver='gram' forms J J^T of the logits (C x n rows); x_L's (d x n rows) needs 'cg'")
         if solver == "pcg" and output != "body":
             raise ValueError("solver='pcg' preconditions x_L's J J^T by the blocks' own inverses: it needs output "
                              "'body'")
         self.lr, self.damping, self.rtol, self.maxiter, self.output = _check_lr(lr), damping, rtol, maxiter, output
-        self.solver, self.name = solver, f"gn-{solver}"
+        self.solver, self.name, self.refuse = solver, f"gn-{solver}", refuse
         self._step_info = {}
 
     def setup(self, model: nn.Module, batch_size: int) -> None:
-        if (self.output == "body" or self.solver != "cg") and not isinstance(model, RevMLP):
+        if (self.output == "body" or self.solver in ("gram", "pcg")) and not isinstance(model, RevMLP):
             raise TypeError(f"output={self.output!r} with solver={self.solver!r} needs a RevMLP (x_L, or its "
                             "per-half-layer factors); this model is not one")
 
@@ -266,17 +272,22 @@ class MoorePenroseGaussNewton(Optimizer):
             value = check_finite(loss(logits, y), "Moore-Penrose GN step")
             eps = loss.error(logits, y)
             target = eps if self.output == "logits" else eps @ model.readout.T
+        body = {"output": "body"} if self.output == "body" else {}
         if self.solver == "gram":
             direction, residual = gram_gn_direction(model, x, target, damping=self.damping)
             info = {"gram_residual": residual}
+        elif self.solver == "explicit":
+            direction = explicit_gn_direction(model, x, target, **body)
+            residual = TangentKernel(model, x, **body).relative_residual(direction, torch.zeros_like(target), target)
+            info = {"explicit_residual": residual}
         else:
             # pcg: the blocks' own inverses precondition J J^T (additive Schwarz), built from this batch's features
             precondition = layerwise_preconditioner(model, x) if self.solver == "pcg" else None
             direction, cg = matrix_free_gn_direction(model, x, target, damping=self.damping, rtol=rtol,
                                                      maxiter=self.maxiter, precondition=precondition,
-                                                     **({"output": "body"} if self.output == "body" else {}))
+                                                     strict=self.refuse, **body)
             residual, info = cg.relative_residual, {"cg_iterations": cg.iterations, "cg_residual": cg.relative_residual}
-        if not residual <= self.REFUSE * rtol:
+        if self.refuse and not residual <= self.REFUSE * rtol:
             raise StepNotSolved(f"the {self.solver} step's true relative residual {residual:.2e} exceeds "
                                 f"{self.REFUSE:g} x rtol = {self.REFUSE * rtol:.1e}; step refused")
         apply_step(model, direction, self.lr)

@@ -120,3 +120,35 @@ def test_the_library_imports_without_a_cycle_and_no_production_module_is_named_r
         if m not in state:
             visit(m, [])
     assert not [m for m in modules if "reference" in m]
+
+
+def test_the_moore_penrose_optimiser_routes_agree_and_a_truncated_cg_step_is_taken_only_when_asked():
+    """solver="explicit" (the whole Jacobian, pseudo-inverted) and CG give one step; with maxiter=1 CG's step
+    is refused by default and taken with refuse=False (the benchmarks' fixed-iteration timing), its residual
+    still reported."""
+    import copy
+
+    from revgn.losses import CrossEntropy
+    from revgn.models import RevMLP
+    from revgn.optimizers import MoorePenroseGaussNewton
+    from revgn.solvers import StepNotSolved
+
+    torch.manual_seed(0)
+    model = RevMLP(8, 3, depth=1, hidden=16, seed=0, dtype=torch.float64)
+    x, y = torch.randn(4, 8, dtype=torch.float64), torch.tensor([0, 1, 2, 0])
+    moved = {}
+    for solver in ("explicit", "cg"):
+        net = copy.deepcopy(model)
+        MoorePenroseGaussNewton(1.0, solver=solver, rtol=1e-10).step(net, x, y, CrossEntropy())
+        moved[solver] = torch.cat([p.flatten() for p in net.parameters()])
+    assert torch.allclose(moved["explicit"], moved["cg"], rtol=0, atol=1e-10)
+    before = [p.clone() for p in model.parameters()]
+    with pytest.raises(StepNotSolved):
+        MoorePenroseGaussNewton(1.0, rtol=1e-10, maxiter=1).step(model, x, y, CrossEntropy())
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # refused: the model as it was
+    truncated = MoorePenroseGaussNewton(1.0, rtol=1e-10, maxiter=1, refuse=False)
+    truncated.step(model, x, y, CrossEntropy())
+    assert truncated.step_info["cg_iterations"] == 1 and truncated.step_info["cg_residual"] > 1e-9
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    with pytest.raises(ValueError, match="undamped"):
+        MoorePenroseGaussNewton(1.0, solver="explicit", damping=0.1)
