@@ -49,8 +49,8 @@ class Resource:
     sha256: str
     urls: tuple[str, ...] = ()
     md5: str | None = None  # the digest the authors publish, checked in addition where known
-    #: (member of the official CIFAR-10 binary archive, leading records): a file without a URL of its own that
-    #: is rebuilt from the archive when missing (then checked against `sha256` like any download)
+    #: for a file without a URL of its own, the member of the official CIFAR-10 binary archive and the number of
+    #: its leading records it holds; rebuilt from the archive when missing, then checked like any download
     derived_from: tuple[str, int] | None = None
 
 
