@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -20,7 +21,8 @@ from .curvature import (TangentKernel, explicit_gn_direction, gram_gn_direction,
                         spectral_step)
 from .damping import gn_filter, lm_filter
 from .gn import iter_block_directions, layerwise_preconditioner
-from .pinv import Pinv
+from .pinv import SPEC_FIELDS as PINV_FIELDS
+from .pinv import Pinv, pinv_of_spec
 from .losses import NonFiniteLossError, check_finite
 from .models import RevMLP
 from .solvers import StepNotSolved
@@ -362,3 +364,27 @@ class IterativeLinearisation(Optimizer):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._t = state["t"]
         self.inner.load_state_dict(state["inner"])
+
+
+@dataclass(frozen=True)
+class SpecReader:
+    """How a run spec's optimiser (`revgn.spec.OptimSpec`) names one of these optimisers: the spec fields it
+    reads beyond its name and rate (reads(o)), and the optimiser built from them (build(o, seed))."""
+
+    reads: Callable[[Any], tuple[str, ...]]
+    build: Callable[[Any, int], Optimizer]
+
+
+#: every optimiser a run spec can name, with the spec fields it reads: a new one is added here, beside its class
+#: (and its fields to `OptimSpec`, at defaults that leave the committed keys as they are)
+FROM_SPEC = {
+    "gn": SpecReader(lambda o: ("pinv", *PINV_FIELDS[o.pinv]),
+                     lambda o, seed: GaussNewton(o.lr, pinv_of_spec(o), seed=seed)),
+    "gn-mp": SpecReader(lambda o: ("mu", "output", "cg_rtol", "cg_maxiter", "solver"),
+                        lambda o, seed: MoorePenroseGaussNewton(o.lr, damping=o.mu, rtol=o.cg_rtol,
+                                                                maxiter=o.cg_maxiter or None, output=o.output,
+                                                                solver=o.solver)),
+    "sgd": SpecReader(lambda o: ("momentum", "weight_decay", "decay"),
+                      lambda o, seed: SGD(o.lr, momentum=o.momentum, weight_decay=o.weight_decay, decay=o.decay)),
+    "adam": SpecReader(lambda o: (), lambda o, seed: Adam(o.lr)),
+}

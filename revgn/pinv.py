@@ -101,6 +101,17 @@ class Pinv:
         return self.kind in ("exact", "noise")
 
 
+#: the fields of a run spec's optimiser (`revgn.spec.OptimSpec`) each kind reads; the rank rule and the Gram
+#: route decide only the exact kinds' steps
+SPEC_FIELDS = {"exact": ("rank_rule", "gram"), "noise": ("noise", "rank_rule", "gram"), "truncate": ("rtol", "atol"),
+               "damp": ("damping",), "ridge": ("ridge", "ridge_relative")}
+
+
+def pinv_of_spec(o) -> Pinv:
+    """The pseudo-inverse a run spec's optimiser names: its kind `o.pinv` with the fields that kind reads."""
+    return Pinv(o.pinv, **{f: getattr(o, f) for f in SPEC_FIELDS[o.pinv]})
+
+
 def _extreme_eigenvalues(G: torch.Tensor, chol: torch.Tensor, iterations: int = 8) -> tuple[float, float]:
     """Estimates of (lambda_min, lambda_max) of the SPD matrix G from block power and inverse iteration.
 

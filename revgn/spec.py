@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .optimizers import FROM_SPEC
+from .pinv import GRAM_ROUTES, PINV_KINDS, RANK_RULES
 from .utils import check_int
 
 SCHEMA = 2  # part of every key: bump it when the meaning of a field changes
@@ -146,14 +148,6 @@ class ModelSpec:
                       device=device, bottleneck=self.bottleneck)
 
 
-#: the fields of `OptimSpec` each optimiser reads, beyond its name and rate
-READS = {"gn": {"pinv"}, "gn-mp": {"mu", "output", "cg_rtol", "cg_maxiter", "solver"},
-         "sgd": {"momentum", "weight_decay", "decay"}, "adam": set()}
-#: the fields exact GN reads for each pseudo-inverse (`revgn.pinv.Pinv`); the rank rule decides only exact steps
-PINV_READS = {"exact": {"rank_rule", "gram"}, "noise": {"noise", "rank_rule", "gram"}, "truncate": {"rtol", "atol"},
-              "damp": {"damping"}, "ridge": {"ridge", "ridge_relative"}}
-
-
 @dataclass(frozen=True)
 class OptimSpec:
     """An optimiser of `revgn.train`: "gn" (the layer-wise right inverse, with the pseudo-inverse `pinv` and its
@@ -167,7 +161,7 @@ class OptimSpec:
     rank_rule: when exact GN refuses features as rank-deficient (`revgn.pinv.Pinv.rank_rule`: "matrix_rank", the
     default, or "rounding"); gram: how it forms and solves the Gram matrix (`revgn.pinv.Pinv.gram`: "float64", the
     default, or "refined", the same exact step by a float32 Gram refined against the features). Each optimiser
-    reads only its own fields (`READS`): setting another is an error."""
+    reads only its own fields (`revgn.optimizers.FROM_SPEC`): setting another is an error."""
 
     name: str = "adam"
     lr: float = 1e-3
@@ -190,9 +184,7 @@ class OptimSpec:
     gram: str = "float64"
 
     def __post_init__(self):
-        from .pinv import GRAM_ROUTES, PINV_KINDS, RANK_RULES
-
-        _choice("optimizer.name", self.name, READS)
+        _choice("optimizer.name", self.name, FROM_SPEC)
         _choice("optimizer.pinv", self.pinv, PINV_KINDS)
         _choice("optimizer.output", self.output, ("logits", "body"))
         _choice("optimizer.solver", self.solver, ("cg", "gram", "pcg"))
@@ -217,26 +209,15 @@ class OptimSpec:
                              f"needs output 'body', got {self.output!r}")
 
     def reads(self) -> set[str]:
-        """The fields this optimiser reads (`READS`; exact GN's also by its pseudo-inverse, `PINV_READS`)."""
-        return {"name", "lr"} | READS[self.name] | (PINV_READS[self.pinv] if self.name == "gn" else set())
+        """The fields this optimiser reads (`revgn.optimizers.FROM_SPEC`; exact GN's by its pseudo-inverse too)."""
+        return {"name", "lr"} | set(FROM_SPEC[self.name].reads(self))
 
     def describe_reader(self) -> str:
         return f"{self.name!r}" + (f" with pinv {self.pinv!r}" if self.name == "gn" else "")
 
     def build(self, seed: int):
-        from .pinv import Pinv
-        from .optimizers import SGD, Adam, GaussNewton, MoorePenroseGaussNewton
-
-        if self.name == "gn-mp":
-            return MoorePenroseGaussNewton(self.lr, damping=self.mu, rtol=self.cg_rtol,
-                                           maxiter=self.cg_maxiter or None, output=self.output, solver=self.solver)
-        if self.name == "gn":
-            pinv = Pinv(self.pinv, rtol=self.rtol, atol=self.atol, damping=self.damping, ridge=self.ridge,
-                        noise=self.noise, ridge_relative=self.ridge_relative, rank_rule=self.rank_rule, gram=self.gram)
-            return GaussNewton(self.lr, pinv, seed=seed)
-        if self.name == "sgd":
-            return SGD(self.lr, momentum=self.momentum, weight_decay=self.weight_decay, decay=self.decay)
-        return Adam(self.lr)
+        """The optimiser this spec names (`revgn.optimizers.FROM_SPEC`); `seed` draws any noise of its steps."""
+        return FROM_SPEC[self.name].build(self, seed)
 
 
 @dataclass(frozen=True)
