@@ -9,7 +9,8 @@ J, J^T and J J^T + mu I in three ways, and hands the system to a solver of `revg
   spectral filter (`kernel_step`, `spectral_step`, `explicit_gn_direction`);
 - matrix-free: `TangentKernel` (jvp/vjp products only, any model), then CG (`matrix_free_gn_direction`);
 - factored: `factored_kernel` (a RevMLP's per-half-layer factors, eq-ntk-factors), then Cholesky
-  (`gram_gn_direction`).
+  (`gram_gn_direction`); for x_L of a RevMLP, `revgn.block_kernel.BlockKernel` (J J^T through the blocks, with
+  the blocks' own inverses), then preconditioned CG (`block_pcg_direction`).
 
 The tractable exact step of a RevMLP, which never forms J J^T, is `revgn.gn`'s.
 """
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 from torch.func import jacrev, jvp, vjp
 
+from .block_kernel import BlockKernel
 from .functional import Params, as_function, params_of, unflatten
 from .solvers import CGResult, cholesky_factor, conjugate_gradient, spectral_solve
 
@@ -123,11 +125,27 @@ def matrix_free_gn_direction(model: nn.Module, x: torch.Tensor, error: torch.Ten
     default, of x_L with output="body" (a RevMLP).
     The result's `relative_residual` is the true one, ||J Delta + damping u - eps|| / ||eps||, recomputed with
     one more product (CG's recursive residual drifts from it in floating point). `precondition`: as in
-    `conjugate_gradient` (for x_L's Jacobian of a RevMLP, `revgn.gn.layerwise_preconditioner`)."""
+    `conjugate_gradient` (for x_L's Jacobian of a RevMLP, `BlockKernel.inverse`)."""
     K = _checked_kernel(model, x, error, damping, "output", **kwargs)
     res = conjugate_gradient(K, error, rtol=rtol, maxiter=maxiter, strict=strict, precondition=precondition)
     step = K.JT(res.solution)
     res.relative_residual = K.relative_residual(step, res.solution, error)
+    return step, res
+
+
+def block_pcg_direction(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *, damping: float = 0.0,
+                        rtol: float = 1e-10, maxiter: int | None = None,
+                        strict: bool = True) -> tuple[Params, CGResult]:
+    """The step of `matrix_free_gn_direction` for x_L of a RevMLP (target: n x d), by CG on `BlockKernel`
+    preconditioned by the blocks' own inverses (`BlockKernel.inverse`), and Delta = J^T u through the blocks.
+    The result's `relative_residual` is the true one, recomputed by a jvp (autograd: another route than the
+    products CG used). Raises `RankDeficientError` where a block's features are rank-deficient (no block
+    inverse exists; plain CG, `matrix_free_gn_direction`, still solves such a system)."""
+    K = BlockKernel(model, x, damping)
+    res = conjugate_gradient(K, target, rtol=rtol, maxiter=maxiter, strict=strict, precondition=K.inverse)
+    step = K.JT(res.solution)
+    res.relative_residual = _checked_kernel(model, x, target, damping, "x_L", output="body").relative_residual(
+        step, res.solution, target)
     return step, res
 
 

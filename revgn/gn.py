@@ -17,21 +17,13 @@ Gram matrix (eq-gram).
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 
-from .models import HalfLayerCache, RevMLP
-from .pinv import Pinv, features_pinv, rank_error
-
-
-def _through_half_layer(t_in: torch.Tensor, V: torch.Tensor, W: torch.Tensor, cache: HalfLayerCache):
-    """D_x[sigma(x V^T) W^T] t_in: how a half-layer's output moves when its input moves by t_in (n x d/2)."""
-    z = t_in @ V.T
-    if cache.activation == "relu":
-        # z * sigma'(Z) with sigma'(Z) = (A > 0): the kernel autograd uses for ReLU's backward pass.
-        z = torch.ops.aten.threshold_backward(z, cache.features[:, :cache.hidden], 0.0)
-    return z @ W.T
+from .block_kernel import half_layer_tangent
+from .models import RevMLP
+from .pinv import Pinv, features_pinv
 
 
 def _split(D: torch.Tensor, has_bias: bool):
@@ -53,16 +45,7 @@ def iter_block_directions(model: RevMLP, caches, error: torch.Tensor, pinv: Pinv
     if not torch.isfinite(error).all():
         raise FloatingPointError("the GN error contains NaN or inf; refusing to compute a step")
     t = error @ model.readout.T  # the smallest change of x_L that moves the logits by `error`
-    solve = lambda where, cache, T: features_pinv(cache.features, T, pinv, where=where, generator=generator)
-    yield from body_block_directions(model, caches, t, solve)
-
-
-def body_block_directions(model: RevMLP, caches, t: torch.Tensor, solve) -> Iterator[dict[str, torch.Tensor]]:
-    """The recursion of `iter_block_directions` for a target t (n x d) of x_L: each block's own step, from the
-    last block to the first, with the pseudo-inverse step of one half-layer's features given as
-    solve(where, cache, T) -> (A^+ T)^T (`features_pinv`, or a factored one: `layerwise_preconditioner`). Linear
-    in t, and differentiable in t when `solve` is."""
-    n = t.shape[0]
+    n = error.shape[0]
     half = model.width // 2
     for l in reversed(range(model.depth)):
         block, (c1, c2) = model.blocks[l], caches[l]
@@ -71,11 +54,11 @@ def body_block_directions(model: RevMLP, caches, t: torch.Tensor, solve) -> Iter
         bias = block.b1 is not None
         t1, t2 = t.split(half, dim=1)
         where = f"block {l + 1}/{model.depth}, half-layer"
-        w1, b1 = _split(solve(f"{where} 1", c1, t1), bias)
-        t2 = t2 - _through_half_layer(t1, block.V1, block.W2, c2)  # T2 - M: the tangent through the inverse
-        w2, b2 = _split(solve(f"{where} 2", c2, t2), bias)
+        w1, b1 = _split(features_pinv(c1.features, t1, pinv, where=f"{where} 1", generator=generator), bias)
+        t2 = t2 - half_layer_tangent(t1, block.V1, block.W2, c2)  # T2 - M: the tangent through the inverse
+        w2, b2 = _split(features_pinv(c2.features, t2, pinv, where=f"{where} 2", generator=generator), bias)
         if l > 0:
-            t = torch.cat([t1 - _through_half_layer(t2, block.V2, block.W1, c1), t2], dim=1)
+            t = torch.cat([t1 - half_layer_tangent(t2, block.V2, block.W1, c1), t2], dim=1)
         prefix = f"blocks.{l}."
         step = {prefix + "W1": w1, prefix + "W2": w2}
         if bias:
@@ -105,38 +88,3 @@ def gn_direction(model: RevMLP, x: torch.Tensor, error: torch.Tensor, pinv: Pinv
     _, _, caches = model.forward_with_features(x)
     return stack_blocks(block_directions(model, caches, error, pinv, generator))
 
-
-def layerwise_preconditioner(model: RevMLP, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The blocks' own inverses as a preconditioner for J J^T, J the Jacobian of x_L (n x d) on the batch x.
-
-    J J^T = sum_b J_b J_b^T over the blocks' parameters. With R = [J_1^+; ...; J_L^+] the layer-wise steps
-    (`body_block_directions`, eq-stack without its 1/L), the blocks' parameters are disjoint, so
-    R^T R = sum_b (J_b J_b^T)^{-1}: the additive Schwarz (block Jacobi) preconditioner of J J^T, exact for one
-    block. Returns v (n x d) -> R^T R v: R v from each half-layer's Cholesky factor of its Gram matrix, formed
-    once here (float64), and R^T by a vjp of that linear map. Raises `RankDeficientError` where a block's
-    features are rank-deficient: then no block inverse exists, and a "pcg" step is refused before anything
-    moves (the unpreconditioned solver "cg" still solves it).
-    """
-    from torch.func import vjp
-
-    with torch.no_grad():
-        _, _, caches = model.forward_with_features(x)
-        factors = {}
-        for l, pair in enumerate(caches):
-            for half, c in enumerate(pair, 1):
-                A64 = c.features.to(torch.float64)
-                chol, info = torch.linalg.cholesky_ex(A64 @ A64.T)
-                if info.item() != 0 or c.features.shape[1] < c.features.shape[0]:
-                    raise rank_error(f"block {l + 1}/{model.depth}, half-layer {half}", *c.features.shape,
-                                      "its Gram matrix is not numerically positive definite")
-                factors[id(c)] = chol
-    solve = lambda where, c, T: torch.cholesky_solve(T.to(torch.float64), factors[id(c)]).to(T.dtype).T @ c.features
-    inverse = lambda t: {k: v for d in body_block_directions(model, caches, t, solve) for k, v in d.items()}
-
-    def apply(v: torch.Tensor) -> torch.Tensor:
-        # torch.func differentiates in v under no_grad too; the weights' own autograd graph is not wanted
-        with torch.no_grad():
-            step, transpose = vjp(inverse, v)
-            return transpose(step)[0]
-
-    return apply

@@ -12,15 +12,16 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from .curvature import (TangentKernel, explicit_gn_direction, gram_gn_direction, matrix_free_gn_direction,
-                        spectral_step)
+from .curvature import (TangentKernel, block_pcg_direction, explicit_gn_direction, gram_gn_direction,
+                        matrix_free_gn_direction, spectral_step)
 from .damping import gn_filter, lm_filter
-from .gn import iter_block_directions, layerwise_preconditioner
+from .gn import iter_block_directions
 from .pinv import SPEC_FIELDS as PINV_FIELDS
 from .pinv import Pinv, pinv_of_spec
 from .losses import NonFiniteLossError, check_finite
@@ -221,9 +222,10 @@ class MoorePenroseGaussNewton(Optimizer):
     output="logits": J is the logits' Jacobian (eq-gn). output="body" (a RevMLP): J is the Jacobian of x_L and
     the target eps R^T, the smallest change of x_L that moves the logits by eps; this is what each block of the
     layer-wise step is minimum-norm for, solved for all blocks at once. solver="cg": CG on J J^T with jvp/vjp
-    products (any model, either output); solver="pcg" (a RevMLP, output="body"): the same CG preconditioned by
-    the blocks' own inverses (`revgn.gn.layerwise_preconditioner`); solver="gram": J J^T formed from a RevMLP's
-    per-half-layer factors and solved by Cholesky (logits only; the same step, without iterations);
+    products (any model, either output); solver="pcg" (a RevMLP, output="body"): CG on x_L's J J^T applied
+    through the blocks, preconditioned by the blocks' own inverses (`revgn.block_kernel.BlockKernel`);
+    solver="gram": J J^T formed from a RevMLP's per-half-layer factors and solved by Cholesky (logits only; the
+    same step, without iterations);
     solver="explicit": J formed whole and pseudo-inverted (undamped; small problems and checks). Every step
     reports the true relative residual ||J Delta - target|| / ||target||, the norm of the parameter step and,
     for CG, its iterations (`step_info`); a step whose residual exceeds `REFUSE` x rtol, or whose system is
@@ -283,11 +285,9 @@ class MoorePenroseGaussNewton(Optimizer):
             residual = TangentKernel(model, x, **body).relative_residual(direction, torch.zeros_like(target), target)
             info = {"explicit_residual": residual}
         else:
-            # pcg: the blocks' own inverses precondition J J^T (additive Schwarz), built from this batch's features
-            precondition = layerwise_preconditioner(model, x) if self.solver == "pcg" else None
-            direction, cg = matrix_free_gn_direction(model, x, target, damping=self.damping, rtol=rtol,
-                                                     maxiter=self.maxiter, precondition=precondition,
-                                                     strict=self.refuse, **body)
+            solve = block_pcg_direction if self.solver == "pcg" else partial(matrix_free_gn_direction, **body)
+            direction, cg = solve(model, x, target, damping=self.damping, rtol=rtol, maxiter=self.maxiter,
+                                  strict=self.refuse)
             residual, info = cg.relative_residual, {"cg_iterations": cg.iterations, "cg_residual": cg.relative_residual}
         if self.refuse and not residual <= self.REFUSE * rtol:
             raise StepNotSolved(f"the {self.solver} step's true relative residual {residual:.2e} exceeds "

@@ -156,7 +156,7 @@ class OptimSpec:
     Jacobian or, with output "body", of x_L's; by
     `solver` "cg", matrix-free CG to `cg_rtol` in at most `cg_maxiter` iterations (0: twice the unknowns), or
     "gram", J J^T of a RevMLP's logits formed from its factors and solved by Cholesky, or "pcg" (output "body"),
-    CG preconditioned by the blocks' own inverses (`revgn.gn.layerwise_preconditioner`); either way a step whose
+    CG on J J^T through the blocks preconditioned by their own inverses (`revgn.block_kernel`); either way a step whose
     true relative residual exceeds 10 cg_rtol is refused), "sgd" (momentum, weight_decay, decay) or "adam".
     rank_rule: when exact GN refuses features as rank-deficient (`revgn.pinv.Pinv.rank_rule`: "matrix_rank", the
     default, or "rounding"); gram: how it forms and solves the Gram matrix (`revgn.pinv.Pinv.gram`: "float64", the

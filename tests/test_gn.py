@@ -371,15 +371,31 @@ def test_the_gram_route_is_a_spec_field_that_leaves_old_keys_alone():
         Pinv(gram="float32")
 
 
-@pytest.mark.parametrize("cfg", CONFIGS[1:6:2], ids=IDS[1:6:2])  # depths 1, 2, 3; with and without biases
-def test_the_layerwise_preconditioner_is_the_blocks_own_inverse_kernels_summed(cfg):
-    """M = R^T R with R the blocks' own Moore-Penrose steps for x_L: symmetric, and equal to
-    sum_b (J_b J_b^T)^{-1} from the explicit Jacobian (so, with one block, to (J J^T)^{-1} itself)."""
-    from revgn.functional import params_of
-    from revgn.gn import layerwise_preconditioner
+@pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
+def test_the_kernel_through_the_blocks_is_the_autograd_kernel(cfg):
+    """BlockKernel's J J^T v + mu v and J^T u (function space, through the blocks) against jvp/vjp of x_L
+    (`TangentKernel`): two routes, equal to 1e-12 in float64, parameters in the model's order."""
+    from revgn.block_kernel import BlockKernel
+    from revgn.curvature import TangentKernel
 
     model, x, _, _ = problem(*cfg)
-    apply = layerwise_preconditioner(model, x)
+    blocks, autograd = BlockKernel(model, x, damping=0.3), TangentKernel(model, x, damping=0.3, output="body")
+    v = torch.randn(autograd.outputs.shape, generator=torch.Generator().manual_seed(1), dtype=F64)
+    assert ((blocks(v) - autograd(v)).norm() / autograd(v).norm()).item() <= 1e-12
+    JT, JT_autograd = blocks.JT(v), autograd.JT(v)
+    assert list(JT) == list(JT_autograd)
+    assert ((flatten(JT) - flatten(JT_autograd)).norm() / flatten(JT_autograd).norm()).item() <= 1e-12
+
+
+@pytest.mark.parametrize("cfg", CONFIGS[1:6:2], ids=IDS[1:6:2])  # depths 1, 2, 3; with and without biases
+def test_the_blocks_inverses_are_the_blocks_own_inverse_kernels_summed(cfg):
+    """BlockKernel.inverse: symmetric, and equal to sum_b (J_b J_b^T)^{-1} from the explicit Jacobian (so,
+    with one block, to (J J^T)^{-1} itself)."""
+    from revgn.block_kernel import BlockKernel
+    from revgn.functional import params_of
+
+    model, x, _, _ = problem(*cfg)
+    apply = BlockKernel(model, x).inverse
     n, d = len(x), model.width
     M = torch.stack([apply(e.reshape(n, d)).reshape(-1) for e in torch.eye(n * d, dtype=F64)], dim=1)
     assert (M - M.T).abs().max() <= 1e-9 * M.abs().max()
@@ -392,17 +408,34 @@ def test_the_layerwise_preconditioner_is_the_blocks_own_inverse_kernels_summed(c
     assert ((M - expected).norm() / expected.norm()).item() <= 1e-8
 
 
+def test_the_blocks_inverses_refuse_rank_deficient_features_before_anything_moves():
+    """More examples than features (n > h): no block inverse exists, so a pcg step is refused and the model
+    is left as it was, with an error naming the first such half-layer."""
+    from revgn.block_kernel import BlockKernel
+    from revgn.optimizers import MoorePenroseGaussNewton
+
+    model, x, y, _ = problem(2, 8, 20, False, "ce")
+    with pytest.raises(RankDeficientError, match=r"block 1/2, half-layer 1: the n x h features \(n=20, h=8\)"):
+        BlockKernel(model, x).inverse(torch.zeros(len(x), model.width, dtype=F64))
+    before = flatten({k: p.detach().clone() for k, p in model.named_parameters()})
+    opt = MoorePenroseGaussNewton(1.0, output="body", solver="pcg", rtol=1e-10)
+    opt.setup(model, len(x))
+    with pytest.raises(RankDeficientError):
+        opt.step(model, x, y, CrossEntropy())
+    assert torch.equal(flatten(dict(model.named_parameters())).detach(), before)
+
+
 @pytest.mark.parametrize("depth", [1, 2, 3])
 def test_preconditioned_cg_solves_the_same_system_in_fewer_iterations(depth):
-    """The x_L Moore-Penrose step by CG and by CG preconditioned with the blocks' inverses: the same step
-    (to the solver tolerance), the true residual below it, and far fewer iterations (one, with one block)."""
-    from revgn.gn import layerwise_preconditioner
+    """The x_L Moore-Penrose step by CG (jvp/vjp) and by CG through the blocks preconditioned with the
+    blocks' inverses: the same step (to the solver tolerance), the true residual below it, and far fewer
+    iterations (one, with one block)."""
+    from revgn.curvature import block_pcg_direction
 
     model, x, _, eps = problem(depth, 40, 12, False, "ce")
     t = eps @ model.readout.T
     plain, cg = matrix_free_gn_direction(model, x, t, rtol=1e-10, output="body")
-    pre, pcg = matrix_free_gn_direction(model, x, t, rtol=1e-10, output="body",
-                                        precondition=layerwise_preconditioner(model, x))
+    pre, pcg = block_pcg_direction(model, x, t, rtol=1e-10)
     assert ((flatten(pre) - flatten(plain)).norm() / flatten(plain).norm()).item() <= 1e-8
     assert pcg.relative_residual <= 1e-9
     assert pcg.iterations <= (1 if depth == 1 else cg.iterations // 2), (pcg.iterations, cg.iterations)
