@@ -15,7 +15,7 @@ from scipy import stats as _st
 
 MIN_SEEDS = 5  # the project's standard of evidence: fewer pairs give an interval, not a verdict
 LEVEL = 0.95
-TEST = "paired t-test, two-sided, 95% interval"
+TEST = "paired t-test, two-sided, 95% interval"  # the test behind `LEVEL`'s intervals, as chapters name it
 
 
 class Verdict(enum.Enum):
@@ -39,13 +39,19 @@ class Verdict(enum.Enum):
 
 @dataclass(frozen=True)
 class Paired:
-    """The mean per-seed difference a - b, its `LEVEL` interval [lo, hi], the p-value and the number of pairs."""
+    """The mean per-seed difference a - b, its two-sided Student-t interval [lo, hi] at `level`, the paired
+    t-test's p-value and the number of pairs; `test` names the test."""
 
     mean: float
     lo: float
     hi: float
     p: float
     n: int
+    level: float = LEVEL
+
+    @property
+    def test(self) -> str:
+        return f"paired t-test, two-sided, {self.level:.0%} interval"
 
     @property
     def verdict(self) -> Verdict:
@@ -78,13 +84,13 @@ def paired(a, b, level: float = LEVEL) -> Paired:
     d = a - b
     n, mean = len(d), float(d.mean())
     if n == 1:
-        return Paired(mean, math.nan, math.nan, math.nan, 1)
+        return Paired(mean, math.nan, math.nan, math.nan, 1, level)
     se = float(d.std(ddof=1)) / math.sqrt(n)
     if se == 0:
-        return Paired(mean, mean, mean, 0.0 if mean != 0 else 1.0, n)
+        return Paired(mean, mean, mean, 0.0 if mean != 0 else 1.0, n, level)
     half = float(_st.t.ppf(0.5 + level / 2, n - 1)) * se
     p = float(2 * _st.t.sf(abs(mean) / se, n - 1))
-    return Paired(mean, mean - half, mean + half, p, n)
+    return Paired(mean, mean - half, mean + half, p, n, level)
 
 
 def verdict(c: Paired, above: str, below: str, neither: str = "no detectable difference") -> str:

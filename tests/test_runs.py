@@ -70,6 +70,11 @@ def test_the_paired_interval_is_a_student_t_interval_and_the_rule_needs_five_see
     assert stats.verdict(stats.paired([0, 0, 0, 0, 0], [1, 1.1, 1, 1.2, 1]), "A better", "A worse") == "A worse"
     assert stats.verdict(stats.paired([2, 3, 4, 5], [0, 0, 0, 0]), "A better", "A worse") == "no verdict (4 of 5 seeds)"
     assert math.isnan(stats.paired([1.0], [0.0]).lo)
+    # the comparison names its test; a 90% interval is narrower by the t quantiles' ratio and says so
+    assert c.test == stats.TEST == "paired t-test, two-sided, 95% interval"
+    c90 = stats.paired(a, b, level=0.9)
+    assert c90.test == "paired t-test, two-sided, 90% interval"
+    assert (c90.hi - c90.lo) / (c.hi - c.lo) == pytest.approx(2.1318467863266495 / 2.7764451051977987)  # t_{0.95,4}
     # the rule as a value: what the words render, and b - a as its mirror image
     V = stats.Verdict
     assert c.verdict is V.NEITHER and not c.verdict.decided
@@ -251,14 +256,21 @@ class FakeRuns:
                 else Record(s, History(), {}, {}, failure="NonFiniteLossError: diverged") for s in specs]
 
 
+def tuned(runs: FakeRuns, lrs, **kw):
+    """`gn_protocol.tuning` walked to its end: every run it asks for is answered at once."""
+    needed, sel = gp.tuning(tiny(), lrs, "val_acc", runs.all, **kw)
+    assert sel is not None and [s.optimizer.lr for s in needed] == runs.asked[-len(needed):]
+    return sel
+
+
 def test_tuning_extends_the_grid_until_the_best_rate_is_bracketed():
     peak = lambda best: (lambda lr: -abs(math.log(lr / best)))  # validation accuracy peaks at `best`
-    sel = gp.tune(FakeRuns(peak(0.1)), tiny(), (1.0, 3.0, 10.0), "val_acc")
+    sel = tuned(FakeRuns(peak(0.1)), (1.0, 3.0, 10.0))
     assert sel.lr == pytest.approx(1 / 9) and sel.bracketed  # grid extended down to 1/27: 1/9 is interior
     assert min(sel.scores) < sel.lr < max(sel.scores)
-    up = gp.tune(FakeRuns(peak(30.0)), tiny(), (0.1, 0.3, 1.0), "val_acc", cap=2.0)
+    up = tuned(FakeRuns(peak(30.0)), (0.1, 0.3, 1.0), cap=2.0)
     assert up.lr == 2.0 and up.bracketed and max(up.scores) == 2.0  # stopped at the cap: reported as bracketed by it
-    far = gp.tune(FakeRuns(peak(1e-6)), tiny(), (1.0, 3.0), "val_acc", extensions=2)
+    far = tuned(FakeRuns(peak(1e-6)), (1.0, 3.0), extensions=2)
     assert not far.bracketed and len(far.scores) == 4 and far.lr == pytest.approx(1 / 9)  # out of extensions: said so
-    diverging = gp.tune(FakeRuns(lambda lr: lr if lr < 1.5 else np.nan), tiny(), (0.3, 1.0, 3.0), "val_acc")
+    diverging = tuned(FakeRuns(lambda lr: lr if lr < 1.5 else np.nan), (0.3, 1.0, 3.0))
     assert diverging.lr == 1.0 and diverging.bracketed  # a failed rate above the best brackets it

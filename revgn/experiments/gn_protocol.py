@@ -201,8 +201,3 @@ def records_at(specs: list[RunSpec], first: Selection, records_of) -> list[Recor
     """Each seed's record at the rate chosen on the first seed (failed or not; none if every rate failed)."""
     return [] if first.best is None else records_of([rate_grid(s, [first.lr])[0] for s in specs])
 
-
-def tune(runs, spec: RunSpec, lrs, criterion: str, *, cap: float | None = None, extensions: int = 3) -> Selection:
-    """`tuning` with every run it asks for trained (or loaded) through `runs`, a `revgn.runs.Runs`."""
-    return tuning(spec, lrs, criterion, lambda specs: runs.all(specs, desc=f"{spec.optimizer.name} rates"), cap=cap,
-                  extensions=extensions)[1]
