@@ -64,9 +64,11 @@
 # changes sign (the step overshoots), so a choice of 2 is reported as *at the cap*. We report the test accuracy
 # of the chosen run, and the **gap** = GN minus Adam test accuracy. A negative gap means the claim holds at that
 # point. GN and Adam are *paired*: at a seed they share the training subset, the validation split, the initial
-# weights and the batch order. A regime is one setting at five seeds. On the main grid and CIFAR-10 the rates
-# are chosen at every seed; for the single-factor changes, and in the full-MNIST tier, they are chosen on seed
-# 0 and reused for the other seeds (to save compute; the tables say which). For the chosen runs we also record:
+# weights and the batch order. A regime is one setting at five seeds, and each seed draws its own training images
+# and validation split, so a regime's verdict holds across draws of the data, not for one draw. On the main grid
+# and CIFAR-10 the rates are chosen at every seed; for the single-factor changes, and in the full-MNIST tier,
+# they are chosen on seed 0 and reused for the other seeds (to save compute; the tables say which). For the
+# chosen runs we also record:
 #
 # * **saturation**: the relative fall of the training loss over the last half of training. We call a run
 #   saturated when it is below 10%;

@@ -121,3 +121,19 @@ def test_walk_arm_lists_each_seeds_record_at_its_rate():
         store.run(needed)
     assert [s.lr for s in sels] == [0.3, 0.3] and [r.spec.seed for r in recs] == [0, 1]
     assert isinstance(ArmResult(sels, recs).selection, gp.Selection)
+
+
+def test_a_seed_sets_the_training_and_the_study_says_what_it_does_to_the_subset():
+    """gn_protocol.at_seeds: a seed sets the initial weights and batch order; the training subset is the
+    spec's own ("shared") or the seed's draw ("drawn", the regime map's points, whose specs are built this way)."""
+    from revgn.experiments import regime_map as rm
+
+    shared, drawn = gp.at_seeds(BASE, [0, 3]), gp.at_seeds(BASE, [0, 3], subset="drawn")
+    assert [(s.seed, s.model.seed, s.data.subset_seed) for s in shared] == [(0, 0, 0), (3, 3, 0)]
+    assert [(s.seed, s.model.seed, s.data.subset_seed) for s in drawn] == [(0, 0, 0), (3, 3, 3)]
+    assert shared[0].key == drawn[0].key and shared[1].key != drawn[1].key
+    with pytest.raises(ValueError, match="subset must be one of"):
+        gp.at_seeds(BASE, [0], subset="fixed")
+    point = rm.SETTINGS["book"].base.vary(seed=2)
+    spec = point.spec("gn", 0.1, rm.SETTINGS["book"])
+    assert (spec.seed, spec.model.seed, spec.data.subset_seed) == (2, 2, 2)

@@ -29,10 +29,19 @@ def rate_grid(spec: RunSpec, lrs) -> list[RunSpec]:
     return [spec.replace(**{"optimizer.lr": float(lr)}) for lr in lrs]
 
 
-def at_seeds(spec: RunSpec, seeds) -> list[RunSpec]:
-    """The spec at each seed: initial weights, batch order and any noise of the step change; the data
-    split and subset do not (they are the same for every compared method)."""
-    return [spec.replace(seed=s, **{"model.seed": s}) for s in seeds]
+SUBSETS = ("shared", "drawn")
+
+
+def at_seeds(spec: RunSpec, seeds, subset: str = "shared") -> list[RunSpec]:
+    """The spec at each seed. A seed always sets the initial weights, the batch order and any noise of the
+    step; compared methods at one seed share all of them (paired seeds). `subset` says what a seed does to the
+    training images, a choice of the study: "shared", the spec's own draw at every seed (the variation over
+    seeds is the training's alone), or "drawn", each seed draws its own subset (`data.subset_seed`; the
+    variation then includes which images were drawn, as the regime map's points have it)."""
+    if subset not in SUBSETS:
+        raise ValueError(f"subset must be one of {SUBSETS}, got {subset!r}")
+    drawn = lambda s: {"data.subset_seed": s} if subset == "drawn" else {}
+    return [spec.replace(seed=s, **{"model.seed": s}, **drawn(s)) for s in seeds]
 
 
 def score(rec: Record, criterion: str | None) -> float:

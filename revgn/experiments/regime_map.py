@@ -65,19 +65,22 @@ class Point:
         return replace(self, **changes)
 
     def spec(self, optimiser: str, lr: float, s: "Settings") -> RunSpec:
-        """The run of `optimiser` ("gn" or "adam") at rate lr on this point. Adam's run does not depend on
-        the pseudo-inverse, so points that differ only in `pinv` share their Adam runs."""
+        """The run of `optimiser` ("gn" or "adam") at rate lr on this point, at its seed with its own draw of
+        the training subset (`gn_protocol.at_seeds`, subset "drawn": a regime's verdict holds across draws).
+        Adam's run does not depend on the pseudo-inverse, so points that differ only in `pinv` share their Adam
+        runs."""
         if optimiser not in OPTIMISERS:
             raise ValueError(f"optimiser must be one of {OPTIMISERS}, got {optimiser!r}")
         opt = OptimSpec("gn", lr, **(TRUNCATION if self.pinv == "truncate" else {})) if optimiser == "gn" \
             else OptimSpec("adam", lr)
-        return RunSpec(DataSpec(self.dataset, n_train=self.n_train, n_val=s.n_val[self.dataset], subset_seed=self.seed,
+        base = RunSpec(DataSpec(self.dataset, n_train=self.n_train, n_val=s.n_val[self.dataset],
                                 n_test=s.n_test[self.dataset]),
                        ModelSpec(depth=self.depth, hidden=self.hidden, init_std=self.init_std,
-                                 first_activation=self.first_activation, seed=self.seed),
-                       opt, loss="ce", batch_size=self.batch, epochs=self.epochs, seed=self.seed,
+                                 first_activation=self.first_activation),
+                       opt, loss="ce", batch_size=self.batch, epochs=self.epochs,
                        eval_train_size=2000, evaluate=("val", "test"), track_batch_change=True,
                        measure=("ntk_distance",), kernel_inputs=s.kernel_inputs, patience=self.patience)
+        return gp.at_seeds(base, [self.seed], subset="drawn")[0]
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ turns a study and its records into one `ArmResult` per arm::
     needed, results = walk(arms, records_of)       # the specs still to run; {label: ArmResult} of the done arms
     results["GN"].selection.lr, results["GN"].records
 
-An arm's specs are its run at each paired seed (`gn_protocol.at_seeds`: the data split and subset shared, the
-initial weights and batch order per seed); their rate is the policy's (`Rates`): chosen on validation from a
+An arm's specs are its run at each paired seed (`gn_protocol.at_seeds`: the initial weights and batch order per
+seed, the training subset shared or drawn per seed as the study says); their rate is the policy's (`Rates`): chosen on validation from a
 bracketed grid (`gn_protocol.tuning`) at every seed or on the first seed and reused, or one fixed rate. An arm
 tied to others (a switch of optimiser at their chosen rates, a target set by their records) is a `Tied`: it
 becomes an `Arm` once the arms it needs have results. A `Study` names its tiers and where their records live
