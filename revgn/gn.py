@@ -33,7 +33,7 @@ def _split(D: torch.Tensor, has_bias: bool):
 @torch.no_grad()
 def iter_block_directions(model: RevMLP, caches, error: torch.Tensor, pinv: Pinv = Pinv(),
                           generator: torch.Generator | None = None) -> Iterator[dict[str, torch.Tensor]]:
-    """Each block's own GN step (eq-tangent, eq-dw1, eq-dw2), from the last block to the first, as {parameter name: step}.
+    """Each block's own GN step (eq-tangent, eq-dw1, eq-dw2), last block first, as {parameter name: step}.
 
     caches: from `model.forward_with_features(x)`. error: n x C logit-space error. Block l's step alone moves
     x_L by error @ R^T (and so the logits by `error`) to first order; it is the Moore-Penrose solution for
