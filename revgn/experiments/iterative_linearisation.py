@@ -1,4 +1,9 @@
-"""The iterative-linearisation experiments (Goldwaser & Ge 2023), each a function the chapter calls."""
+"""The iterative-linearisation experiments (Goldwaser & Ge 2023), each a function the chapter calls.
+
+They train through `revgn.train.train`, but not as `revgn.spec.RunSpec` runs: a linearised network re-anchored
+every K steps and the explicit-Jacobian Levenberg-Marquardt step are outside the run-spec schema, and the runs
+take minutes, so the chapter computes them when executed and records nothing.
+"""
 from __future__ import annotations
 
 import math

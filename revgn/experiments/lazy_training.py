@@ -1,7 +1,9 @@
 """The lazy-training experiments (Chizat, Oyallon & Bach 2019), each a function the chapter calls.
 
 All of them train through `revgn.train.train`; all two-layer runs are full-batch GD on the square loss in
-float64. Equation numbers refer to the chapter "Lazy training and the scaling criterion".
+float64. They are not `revgn.spec.RunSpec` runs: their models (scaled and centred wrappers, linearisations of
+a network) and their teacher-student data are outside the run-spec schema, and each takes seconds to minutes,
+so the chapter computes them when executed and records nothing.
 """
 from __future__ import annotations
 
