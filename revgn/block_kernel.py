@@ -12,7 +12,7 @@ and N_i its input tangent (`half_layer_tangent`),
 So both J J^T v and the additive Schwarz preconditioner sum_b (J_b J_b^T)^{-1} v, with J_b J_b^T =
 P_b G_b G_b^T P_b^T, are products with n x n Gram matrices and tangents through half-layers, in function space:
 no parameter-sized product, no autograd. A product costs 7 tangents through a half-layer at L = 2 (each two
-n x h x d/2 matmuls), where a jvp after a vjp costs about 16 such matmuls and a forward pass.
+n x h x d/2 matmuls), where a vjp and then a jvp cost about 20 such matmuls and a forward pass.
 `revgn.curvature.TangentKernel` is the same J J^T by jvp/vjp, for any model; the tests hold the two together.
 """
 from __future__ import annotations
