@@ -145,3 +145,27 @@ def test_backfill_takes_the_fingerprint_of_a_clean_commit_and_leaves_dirty_trees
     assert filled == fpmod.at_commit(head, prov["torch"], prov["kernels"])
     assert "fingerprint" not in json.loads((tmp_path / "dirty.json").read_text())["provenance"]
     assert fpmod.backfill(tmp_path)["had one"] == 1
+
+
+def test_every_module_a_run_imports_is_in_the_fingerprint():
+    """The modules `revgn.runs` reaches by its imports (transitively, function-local imports too) are the
+    training path, but for two that cannot change a run's numbers: `download` (bytes it verifies by SHA-256)
+    and `fingerprint` itself. A module missing here would let its edits change records unseen."""
+    import ast
+
+    def imported(name: str) -> set[str]:
+        tree = ast.parse((HERE / name).read_text())
+        out = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                out |= {node.module.split(".")[0] + ".py"} if node.module else {a.name + ".py" for a in node.names}
+        return {m for m in out if (HERE / m).exists()}
+
+    reached, todo = set(), ["runs.py"]
+    while todo:
+        name = todo.pop()
+        if name not in reached:
+            reached.add(name)
+            todo += imported(name)
+    assert reached - set(fpmod.TRAINING_PATH) == {"download.py", "fingerprint.py"}
+    assert set(fpmod.TRAINING_PATH) <= reached
