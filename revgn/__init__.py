@@ -14,8 +14,8 @@ content address), `runs` (running a spec), `records` (content-addressed records 
 give the same numbers), `sweep` (grids of specs on submitit), `stats` (paired intervals, the verdict rule as a
 value). Around it: `experiments/` (`study`, experiments as data and their one walk; chapter-specific:
 `lazy_training`, `iterative_linearisation`, `gn_protocol`, `gn_experiments`, `gn_lazy_regime`, `ablations`,
-`regime_map`, `regime_verdicts`, `right_inverse`, `paper_mnist`), `book`, `findings` (the README's findings block), `plots`, `verify`, `bench`, `functional`,
-`utils`.
+`regime_map`, `regime_verdicts`, `right_inverse`, `paper_mnist`), `book`, `findings` (the README's findings
+block), `plots`, `verify`, `bench`, `functional`, `utils`.
 """
 from . import book, data, models, utils
 

@@ -225,12 +225,11 @@ class MoorePenroseGaussNewton(Optimizer):
     products (any model, either output); solver="pcg" (a RevMLP, output="body"): CG on x_L's J J^T applied
     through the blocks, preconditioned by the blocks' own inverses (`revgn.block_kernel.BlockKernel`);
     solver="gram": J J^T formed from a RevMLP's per-half-layer factors and solved by Cholesky (logits only; the
-    same step, without iterations);
-    solver="explicit": J formed whole and pseudo-inverted (undamped; small problems and checks). Every step
-    reports the true relative residual ||J Delta - target|| / ||target||, the norm of the parameter step and,
-    for CG, its iterations (`step_info`); a step whose residual exceeds `REFUSE` x rtol, or whose system is
-    singular, is refused (`StepNotSolved`, `RankDeficientError`: both `StepRefused`), leaving the model as it
-    was. refuse=False takes CG's step after at most `maxiter` iterations whatever its residual (truncated CG,
+    same step, without iterations); solver="explicit": J formed whole and pseudo-inverted (undamped; small
+    problems and checks). Every step reports the true relative residual ||J Delta - target|| / ||target||, the
+    norm of the parameter step and, for CG, its iterations (`step_info`); a step whose residual exceeds `REFUSE`
+    x rtol, or whose system is singular, is refused (`StepNotSolved`, `RankDeficientError`: both
+    `StepRefused`), leaving the model as it was. refuse=False takes CG's step after at most `maxiter` iterations whatever its residual (truncated CG,
     as in Hessian-free optimisation; the benchmarks time a fixed number of iterations this way).
     """
 

@@ -15,7 +15,14 @@ from scipy import stats as _st
 
 MIN_SEEDS = 5  # the project's standard of evidence: fewer pairs give an interval, not a verdict
 LEVEL = 0.95
-TEST = "paired t-test, two-sided, 95% interval"  # the test behind `LEVEL`'s intervals, as chapters name it
+
+
+def paired_test_name(level: float = LEVEL) -> str:
+    """The test behind `paired`'s intervals at `level`, as chapters name it."""
+    return f"paired t-test, two-sided, {level:.0%} interval"
+
+
+TEST = paired_test_name()
 
 
 class Verdict(enum.Enum):
@@ -51,7 +58,7 @@ class Paired:
 
     @property
     def test(self) -> str:
-        return f"paired t-test, two-sided, {self.level:.0%} interval"
+        return paired_test_name(self.level)
 
     @property
     def verdict(self) -> Verdict:

@@ -6,8 +6,9 @@ turns a study and its records into one `ArmResult` per arm::
     results["GN"].selection.lr, results["GN"].records
 
 An arm's specs are its run at each paired seed (`gn_protocol.at_seeds`: the initial weights and batch order per
-seed, the training subset shared or drawn per seed as the study says); their rate is the policy's (`Rates`): chosen on validation from a
-bracketed grid (`gn_protocol.tuning`) at every seed or on the first seed and reused, or one fixed rate. An arm
+seed, the training subset shared or drawn per seed as the study says); their rate is the policy's (`Rates`):
+chosen on validation from a bracketed grid (`gn_protocol.tuning`) at every seed or on the first seed and
+reused, or one fixed rate. An arm
 tied to others (a switch of optimiser at their chosen rates, a target set by their records) is a `Tied`: it
 becomes an `Arm` once the arms it needs have results. A `Study` names its tiers and where their records live
 (results/<topic>/<tier>/), and derives the sweep's `Grid` (what the records ask for next) from the walk.
