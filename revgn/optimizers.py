@@ -229,8 +229,9 @@ class MoorePenroseGaussNewton(Optimizer):
     problems and checks). Every step reports the true relative residual ||J Delta - target|| / ||target||, the
     norm of the parameter step and, for CG, its iterations (`step_info`); a step whose residual exceeds `REFUSE`
     x rtol, or whose system is singular, is refused (`StepNotSolved`, `RankDeficientError`: both
-    `StepRefused`), leaving the model as it was. refuse=False takes CG's step after at most `maxiter` iterations whatever its residual (truncated CG,
-    as in Hessian-free optimisation; the benchmarks time a fixed number of iterations this way).
+    `StepRefused`), leaving the model as it was. refuse=False takes CG's step after at most `maxiter`
+    iterations whatever its residual (truncated CG, as in Hessian-free optimisation; the benchmarks time a
+    fixed number of iterations this way).
     """
 
     REFUSE = 10.0  # slack over rtol for the true residual (CG stops on its recursive one)
