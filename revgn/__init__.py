@@ -7,7 +7,8 @@ blocks, and the blocks' own inverses), `curvature` (J, J^T and J J^T + mu I as o
 matrix-free and factored GN steps), `solvers`
 (Cholesky, eigh with a filter, CG; refused steps), `damping` (GN as spectral filters), `linearize`
 (linearisation, centering, output scaling), `kernels` (the NTK, CKA, kappa, distances from init), `optimizers`
-(SGD, Adam, exact GN, Moore-Penrose, LM, iterative linearisation), `train` (the one training loop), `history`
+(the optimiser interface, SGD, Adam, iterative linearisation), `gn_optimizers` (exact GN, Moore-Penrose, LM),
+`train` (the one training loop), `history`
 (what a run produced; stop rules), `checkpoint` (resumable runs), `spec` (run specs: schema, validation,
 content address), `runs` (running a spec), `records` (content-addressed records and their store),
 `fingerprint` (the code that made a record), `recompute` (recomputed records as evidence that two fingerprints

@@ -19,10 +19,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .pinv import Pinv
+from .gn_optimizers import GaussNewton, MoorePenroseGaussNewton
 from .losses import CrossEntropy
 from .models import RevMLP
-from .optimizers import SGD, Adam, GaussNewton, MoorePenroseGaussNewton, Optimizer
+from .optimizers import SGD, Adam, Optimizer
+from .pinv import Pinv
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,8 @@ from .utils import REPO_ROOT, atomic_write_json, kernels, read_json
 #: the modules a training run executes: a change to any of them may change the numbers of a recorded run
 TRAINING_PATH = ("data.py", "models.py", "losses.py", "functional.py", "linearize.py", "gn.py", "pinv.py",
                  "block_kernel.py", "curvature.py", "solvers.py", "damping.py", "kernels.py", "optimizers.py",
-                 "history.py", "checkpoint.py", "train.py", "spec.py", "records.py", "runs.py", "utils.py")
+                 "gn_optimizers.py", "history.py", "checkpoint.py", "train.py", "spec.py", "records.py", "runs.py",
+                 "utils.py")
 _SKIP = {tokenize.COMMENT, tokenize.NL, tokenize.ENCODING, tokenize.ENDMARKER}
 
 

@@ -58,15 +58,12 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = 
         return K
     if method != "ntk-vp":
         raise ValueError(f"method must be 'jacobian', 'by-parameter', 'ntk-vp' or 'factors', got {method!r}")
-    f1, f2 = as_function(model, x1), as_function(model, x2)
-    out2, vjp_fn = vjp(f2, params)
-
-    def column(v):  # Theta(x1, x2) v = J1 (J2^T v)
-        (g,) = vjp_fn(v.view_as(out2))
-        return jvp(f1, (params,), (g,))[1].reshape(-1)
-
+    # the cross kernel from the two input sets' tangent operators: Theta(x1, x2) v = J1 (J2^T v)
+    K2 = TangentKernel(model, x2, params=params)
+    K1 = K2 if x2 is x1 else TangentKernel(model, x1, params=params)
+    out2 = K2.outputs
     basis = torch.eye(out2.numel(), dtype=out2.dtype, device=out2.device)
-    return vmap(column)(basis).T
+    return vmap(lambda v: K1.J(K2.JT(v.view_as(out2))).reshape(-1))(basis).T
 
 
 def ntk_vector_product(model: nn.Module, x: torch.Tensor, v: torch.Tensor, params: Params | None = None, **kwargs):

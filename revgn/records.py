@@ -1,6 +1,9 @@
 """Stored runs: a `Record` (spec, history, final metrics, provenance, or the failure), its place in a store
 folder (`<store>/<spec.key>.json`, with the scratch folder `<key>.partial` of its checkpoints and lock while it
-trains), the lock itself, and one-line summaries of a set of records (when, where, by which code).
+trains), the lock itself, and one-line summaries of a set of records (when, where, by which code). A
+measurement that is not one training run (Theorem 4.3's flow comparison, over several runs) is a record of
+its own kind, stored the same way under the key of its kind and setting (`save_measurement`,
+`load_measurement`).
 
 A record is written once, atomically, when its run ends; reading one checks that its content hashes to its
 name and holds a finished run's metrics or a failure, never both, so a damaged file is an error naming it.
@@ -9,15 +12,18 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
+import json
 import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .fingerprint import current as current_fingerprint
 from .history import History
 from .spec import SCHEMA, RunSpec
-from .utils import REPO_ROOT, read_json
+from .utils import REPO_ROOT, atomic_write_json, read_json, run_metadata
 
 RESULTS = REPO_ROOT / "results"
 
@@ -185,3 +191,39 @@ def staleness(recs: list[Record]) -> str:
     parts = [f"{stale} computed by other code than this commit's and not shown to give the same numbers"] * bool(stale) \
         + [f"{unknown} computed from trees with uncommitted changes (code unknown)"] * bool(unknown)
     return f"Of these {len(recs)}: " + "; ".join(parts) + " (stale; `python -m revgn.recompute` checks them)."
+
+
+# ------------------------------------------------------------------- measurements: records of other kinds
+def measurement_key(kind: str, setting: dict) -> str:
+    """The content address of a measurement of `kind` (a name, e.g. "flow"): the SHA-256 of the canonical JSON
+    of its kind, `SCHEMA` and its setting (everything that decides its numbers, its seed included)."""
+    canonical = json.dumps({"kind": kind, "schema": SCHEMA, "setting": setting}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def save_measurement(store: str | Path, kind: str, setting: dict, result: dict, device: str = "cpu") -> Path:
+    """Write a measurement once, atomically, as <store>/<key>.json with its provenance (date, device, commit, the
+    code's fingerprint), like a run's record; returns its path."""
+    setting = json.loads(json.dumps(setting))  # tuples become lists: the form it is read back in
+    key = measurement_key(kind, setting)
+    provenance = {**run_metadata(device), "fingerprint": current_fingerprint()}
+    return atomic_write_json(Path(store) / f"{key}.json", {"kind": kind, "schema": SCHEMA, "setting": setting,
+                                                           "result": result, "provenance": provenance})
+
+
+def load_measurement(store: str | Path, kind: str, setting: dict) -> dict | None:
+    """The recorded measurement of `kind` at `setting` ({"setting", "result", "provenance", ...}), or None when
+    there is none; a file that is unreadable or whose content is not the measurement its name says is an error
+    naming it."""
+    setting = json.loads(json.dumps(setting))
+    path = Path(store) / f"{measurement_key(kind, setting)}.json"
+    if not path.exists():
+        return None
+    fix = "delete it (or restore it with git); it is then recomputed"
+    d = read_json(path, f"{kind} record", fix)
+    if not (isinstance(d, dict) and {"kind", "schema", "setting", "result", "provenance"} <= set(d)):
+        raise ValueError(f"{path} is not a measurement record: expected kind, schema, setting, result, provenance; {fix}")
+    if measurement_key(d["kind"], d["setting"]) != path.stem or d["schema"] != SCHEMA:
+        raise ValueError(f"{path} holds another measurement than its name says ({d['kind']!r}, schema {d['schema']}, "
+                         f"setting {d['setting']}); {fix}")
+    return d

@@ -25,9 +25,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .optimizers import FROM_SPEC
+from .gn_optimizers import GaussNewton, MoorePenroseGaussNewton
+from .optimizers import SGD, Adam
 from .pinv import GRAM_ROUTES, PINV_KINDS, RANK_RULES
 from .utils import check_int
+
+#: every optimiser a run spec can name: each reads its own fields (`spec_fields`) and builds itself (`from_spec`);
+#: a new one is added here, and its fields to `OptimSpec` at defaults that leave the committed keys as they are
+OPTIMIZERS = {"gn": GaussNewton, "gn-mp": MoorePenroseGaussNewton, "sgd": SGD, "adam": Adam}
 
 SCHEMA = 2  # part of every key: bump it when the meaning of a field changes
 #: RunSpec fields added within schema 2, with their defaults: at the default they leave the key unchanged
@@ -161,7 +166,7 @@ class OptimSpec:
     rank_rule: when exact GN refuses features as rank-deficient (`revgn.pinv.Pinv.rank_rule`: "matrix_rank", the
     default, or "rounding"); gram: how it forms and solves the Gram matrix (`revgn.pinv.Pinv.gram`: "float64", the
     default, or "refined", the same exact step by a float32 Gram refined against the features). Each optimiser
-    reads only its own fields (`revgn.optimizers.FROM_SPEC`): setting another is an error."""
+    reads only its own fields (its `spec_fields`, `OPTIMIZERS`): setting another is an error."""
 
     name: str = "adam"
     lr: float = 1e-3
@@ -184,7 +189,7 @@ class OptimSpec:
     gram: str = "float64"
 
     def __post_init__(self):
-        _choice("optimizer.name", self.name, FROM_SPEC)
+        _choice("optimizer.name", self.name, OPTIMIZERS)
         _choice("optimizer.pinv", self.pinv, PINV_KINDS)
         _choice("optimizer.output", self.output, ("logits", "body"))
         _choice("optimizer.solver", self.solver, ("cg", "gram", "pcg"))
@@ -209,15 +214,15 @@ class OptimSpec:
                              f"needs output 'body', got {self.output!r}")
 
     def reads(self) -> set[str]:
-        """The fields this optimiser reads (`revgn.optimizers.FROM_SPEC`; exact GN's by its pseudo-inverse too)."""
-        return {"name", "lr"} | set(FROM_SPEC[self.name].reads(self))
+        """The fields this optimiser reads (its `spec_fields`; exact GN's by its pseudo-inverse too)."""
+        return {"name", "lr"} | set(OPTIMIZERS[self.name].spec_fields(self))
 
     def describe_reader(self) -> str:
         return f"{self.name!r}" + (f" with pinv {self.pinv!r}" if self.name == "gn" else "")
 
     def build(self, seed: int):
-        """The optimiser this spec names (`revgn.optimizers.FROM_SPEC`); `seed` draws any noise of its steps."""
-        return FROM_SPEC[self.name].build(self, seed)
+        """The optimiser this spec names (`OPTIMIZERS`, its `from_spec`); `seed` draws any noise of its steps."""
+        return OPTIMIZERS[self.name].from_spec(self, seed)
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,11 @@ import torch
 
 from revgn import data, download, runs
 from revgn.experiments import gn_protocol as gp
-from revgn.solvers import RankDeficientError
+from revgn.gn_optimizers import GaussNewton
 from revgn.losses import CrossEntropy, NonFiniteLossError
 from revgn.models import MLP, RevMLP
-from revgn.optimizers import SGD, Adam, GaussNewton, apply_step
+from revgn.optimizers import SGD, Adam, apply_step
+from revgn.solvers import RankDeficientError
 from revgn.train import evaluate, train
 from revgn.utils import atomic_write_bytes, atomic_write_json, remove_stale_partials
 from test_data import cache, cifar_archive, serve, sha256  # noqa: F401  (cache is a fixture)

@@ -9,10 +9,10 @@ import torch
 from revgn.curvature import explicit_gn_direction, jacobian_matrix, matrix_free_gn_direction
 from revgn.functional import flatten
 from revgn.gn import block_directions, gn_direction, stack_blocks
-from revgn.pinv import Pinv, features_pinv
-from revgn.solvers import RankDeficientError
 from revgn.losses import CrossEntropy, SquareLoss
 from revgn.models import RevMLP
+from revgn.pinv import Pinv, features_pinv
+from revgn.solvers import RankDeficientError
 from revgn.verify import block_moore_penrose_errors, function_space_residual, one_step_losses
 
 F64 = torch.float64
@@ -111,7 +111,7 @@ def test_narrow_bottleneck_raises_a_clear_error():
     model, x, _, eps = problem(2, 12, 16, False, "mse")
     with pytest.raises(RankDeficientError, match=r"h=12 < n=16.*independent columns"):
         gn_direction(model, x, eps)
-    from revgn.optimizers import GaussNewton
+    from revgn.gn_optimizers import GaussNewton
     with pytest.raises(ValueError, match="batch size n <= bottleneck width h"):
         GaussNewton().setup(model, 16)
     # A regularised pseudo-inverse is allowed: it is knowingly inexact.
@@ -283,7 +283,7 @@ def test_the_rounding_rule_still_refuses_features_below_their_own_rounding_befor
 def assert_a_duplicated_example_moves_nothing(pinv: Pinv, dtype: torch.dtype) -> None:
     """A GN step on a batch holding one example twice (rank-deficient features) is refused and leaves every
     weight of the model as it was: the step is atomic."""
-    from revgn.optimizers import GaussNewton
+    from revgn.gn_optimizers import GaussNewton
 
     model, x, y, _ = problem(2, 32, 10, False, "mse")
     model, x = model.to(dtype), torch.cat([x, x[:1]]).to(dtype)
@@ -412,7 +412,7 @@ def test_the_blocks_inverses_refuse_rank_deficient_features_before_anything_move
     """More examples than features (n > h): no block inverse exists, so a pcg step is refused and the model
     is left as it was, with an error naming the first such half-layer."""
     from revgn.block_kernel import BlockKernel
-    from revgn.optimizers import MoorePenroseGaussNewton
+    from revgn.gn_optimizers import MoorePenroseGaussNewton
 
     model, x, y, _ = problem(2, 8, 20, False, "ce")
     with pytest.raises(RankDeficientError, match=r"block 1/2, half-layer 1: the n x h features \(n=20, h=8\)"):
@@ -444,8 +444,8 @@ def test_preconditioned_cg_solves_the_same_system_in_fewer_iterations(depth, dam
 
 
 def test_the_pcg_solver_is_a_spec_field_for_x_L_steps_only():
+    from revgn.gn_optimizers import MoorePenroseGaussNewton
     from revgn.runs import OptimSpec, RunSpec
-    from revgn.optimizers import MoorePenroseGaussNewton
 
     base = RunSpec(optimizer=OptimSpec("gn-mp", 1.0, output="body"), evaluate=("test",))
     pcg = base.replace(**{"optimizer.solver": "pcg"})

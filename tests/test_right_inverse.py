@@ -13,15 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from revgn.experiments.study import ArmResult
 from revgn.curvature import jacobian_matrix
+from revgn.experiments.study import ArmResult
 from revgn.functional import flatten
 from revgn.gn import gn_direction
-from revgn.solvers import RankDeficientError
+from revgn.gn_optimizers import GaussNewton, MoorePenroseGaussNewton
 from revgn.losses import CrossEntropy
 from revgn.models import RevMLP
-from revgn.solvers import StepNotSolved
-from revgn.optimizers import GaussNewton, MoorePenroseGaussNewton
+from revgn.solvers import RankDeficientError, StepNotSolved
 
 F64 = torch.float64
 CONFIGS = [(1, 30, 12), (2, 24, 10), (3, 36, 8)]  # (depth, hidden, n)
@@ -147,8 +146,10 @@ def test_run_specs_train_the_moore_penrose_steps_and_record_each_steps_residual_
 def test_theorem_4_3_on_the_batch_the_right_inverses_agree_to_o_alpha_and_off_it_they_do_not(tmp_path):
     """Equal time t = alpha k at shrinking alpha: on the trained batch the methods' logits converge to one
     another (the same error flow); on held-out images they stay apart. A record is resumed seed by seed, to
-    the same numbers, and a record of another setting is refused."""
+    the same numbers, and a file holding another seed's record is refused."""
     from revgn.experiments import right_inverse as ri
+    from revgn.fingerprint import current as current_fingerprint
+    from revgn.records import measurement_key
 
     flow = ri.Flow("mnist", hidden=32, batch=8, held_out=20, alphas=(0.5, 0.25, 0.125), seeds=(0, 1))
     ri.record_flow(flow, store=tmp_path)
@@ -163,14 +164,19 @@ def test_theorem_4_3_on_the_batch_the_right_inverses_agree_to_o_alpha_and_off_it
         assert all(max(v) < 1 for v in rec["error_decay"].values())  # each method reduced the batch's error
     summary = ri.flow_summary(flow, recs)
     assert all(s.interval.n == 2 and s.vanishes is None for s in summary["batch"].values())  # 2 < 5 seeds
-    first = (tmp_path / "seed1.json").read_text()
-    (tmp_path / "seed1.json").unlink()
-    assert ri.record_flow(flow, store=tmp_path) == [tmp_path / "seed1.json"]  # only the missing seed
-    again = json.loads((tmp_path / "seed1.json").read_text())
-    assert {k: again[k] for k in ("distance", "moved", "error_decay")} == \
-           {k: v for k, v in json.loads(first).items() if k in ("distance", "moved", "error_decay")}
-    with pytest.raises(ValueError, match="seed0.json records another setting"):
-        ri.load_flow(ri.Flow("mnist", hidden=32, batch=8, held_out=20, alphas=(0.5, 0.25), seeds=(0,)), tmp_path)
+    # one content-addressed measurement record per seed, keyed by the setting and the seed
+    paths = {seed: tmp_path / f"{measurement_key('flow', flow.setting(seed))}.json" for seed in flow.seeds}
+    assert sorted(tmp_path.glob("*.json")) == sorted(paths.values())
+    first = json.loads(paths[1].read_text())
+    assert first["provenance"]["fingerprint"]["fingerprint"] == current_fingerprint()["fingerprint"]
+    paths[1].unlink()
+    assert ri.record_flow(flow, store=tmp_path) == [paths[1]]  # only the missing seed
+    assert json.loads(paths[1].read_text())["result"] == first["result"]
+    other = ri.Flow("mnist", hidden=32, batch=8, held_out=20, alphas=(0.5, 0.25), seeds=(0,))
+    assert ri.load_flow(other, tmp_path) == []  # another setting is another record, not this one
+    paths[1].write_text(paths[0].read_text())  # a file holding another seed's measurement is refused, by name
+    with pytest.raises(ValueError, match=f"{paths[1].name} holds another measurement"):
+        ri.load_flow(flow, tmp_path)
     with pytest.raises(ValueError, match="whole steps"):
         ri.Flow(alphas=(0.3,))
 

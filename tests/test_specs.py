@@ -49,7 +49,7 @@ OTHER = {
     "optimizer.gram": "refined",
 }
 # Fields that are only valid together with another change: a switch of optimiser needs both of its fields.
-# An optimiser field comes with the optimiser (or pseudo-inverse) that reads it (`revgn.optimizers.FROM_SPEC`).
+# An optimiser field comes with the optimiser (or pseudo-inverse) that reads it (its `spec_fields`).
 COMPANION = {"then": {"switch_epoch": 1, "epochs": 3}, "switch_epoch": {"then": OptimSpec("sgd", 0.1), "epochs": 3},
              **{f"optimizer.{f}": {"optimizer.name": "gn-mp"} for f in ("solver", "output", "cg_rtol", "cg_maxiter", "mu")},
              **{f"optimizer.{f}": {"optimizer.name": "sgd"} for f in ("momentum", "weight_decay", "decay")},

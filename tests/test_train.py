@@ -9,11 +9,12 @@ import torch
 from torch import nn
 
 from revgn.gn import gn_direction
-from revgn.pinv import Pinv
+from revgn.gn_optimizers import GaussNewton, MoorePenroseGaussNewton
+from revgn.history import History
 from revgn.losses import CrossEntropy, NonFiniteLossError, SquareLoss
 from revgn.models import RevMLP
-from revgn.history import History
-from revgn.optimizers import SGD, Adam, GaussNewton, MoorePenroseGaussNewton
+from revgn.optimizers import SGD, Adam
+from revgn.pinv import Pinv
 from revgn.train import train
 
 F64 = torch.float64

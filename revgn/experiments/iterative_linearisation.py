@@ -15,7 +15,8 @@ from ..damping import kstep_gd_filter, lm_filter
 from ..kernels import empirical_ntk, kernel_distance
 from ..linearize import Linearized
 from ..models import MLP, ConvNet
-from ..optimizers import SGD, DampedGaussNewton, IterativeLinearisation
+from ..gn_optimizers import DampedGaussNewton
+from ..optimizers import SGD, IterativeLinearisation
 from ..train import train
 
 

@@ -16,14 +16,14 @@ results/right_inverse/<setting>/; `walk` reads it.
 
 `Flow` measures Theorem 4.3 itself: from one initial network, each GN step trains one fixed batch for the
 same time t = alpha k at shrinking rates alpha, and the methods' outputs are compared on that batch and on
-held-out images (`python -m revgn.experiments.right_inverse flow mnist`, recorded per seed under
-results/right_inverse/flow/<dataset>/; `flow_summary` reads it).
+held-out images (`python -m revgn.experiments.right_inverse flow mnist`, recorded per seed as a measurement
+record keyed by its setting, `revgn.records.save_measurement`, under results/right_inverse/flow/<dataset>/;
+`flow_summary` reads it).
 """
 from __future__ import annotations
 
 import argparse
 import itertools
-import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -31,11 +31,10 @@ import numpy as np
 import torch
 
 from .. import runs
-from ..records import RESULTS
+from ..records import RESULTS, load_measurement, save_measurement
 from ..spec import DataSpec, ModelSpec, OptimSpec, RunSpec
 from ..stats import Paired, paired
 from ..sweep import Grid
-from ..utils import atomic_write_json, read_json, run_metadata
 from . import gn_protocol as gp
 from .study import Arm, Rates, Study, walk_arm
 
@@ -197,16 +196,17 @@ class Flow:
                        eval_train_size=self.batch)
         return gp.at_seeds(base, [seed])[0]
 
-    def setting(self) -> dict:
-        """What decides the numbers (the seeds aside): a record of another setting is refused."""
-        return {k: v for k, v in asdict(self).items() if k != "seeds"}
+    def setting(self, seed: int) -> dict:
+        """What decides the numbers of one seed's measurement: its record's key (`revgn.records.measurement_key`)."""
+        return {**{k: v for k, v in asdict(self).items() if k != "seeds"}, "seed": seed}
 
 
 FLOWS = {"mnist": Flow("mnist"), "cifar10-subset": Flow("cifar10-subset")}
 
 
-def flow_path(flow: Flow, seed: int, store: str | Path | None = None) -> Path:
-    return Path(store or RESULTS / "right_inverse" / "flow" / flow.dataset) / f"seed{seed}.json"
+def flow_store(flow: Flow, store: str | Path | None = None) -> Path:
+    """Where `flow`'s records live: one measurement record ("flow") per seed, keyed by its setting and seed."""
+    return Path(store or RESULTS / "right_inverse" / "flow" / flow.dataset)
 
 
 def flow_seed(flow: Flow, seed: int) -> dict:
@@ -247,31 +247,20 @@ def flow_seed(flow: Flow, seed: int) -> dict:
 
 
 def record_flow(flow: Flow, seeds=None, store: str | Path | None = None) -> list[Path]:
-    """Compute and record every seed of `flow` (or of `seeds`) not yet recorded; each seed's file is written
+    """Compute and record every seed of `flow` (or of `seeds`) not yet recorded; each seed's record is written
     atomically when it is complete, so an interrupted run resumes at the first missing seed."""
     written = []
     for seed in flow.seeds if seeds is None else seeds:
-        path = flow_path(flow, seed, store)
-        if path.exists():
-            continue
-        result = flow_seed(flow, seed)
-        written.append(atomic_write_json(path, {"setting": flow.setting(), "seed": seed, **result,
-                                                "provenance": run_metadata("cpu")}))
+        if load_measurement(flow_store(flow, store), "flow", flow.setting(seed)) is None:
+            written.append(save_measurement(flow_store(flow, store), "flow", flow.setting(seed), flow_seed(flow, seed)))
     return written
 
 
 def load_flow(flow: Flow, store: str | Path | None = None) -> list[dict]:
-    """The recorded seeds of `flow` (missing seeds are skipped); a record of another setting is an error."""
-    recs = []
-    for seed in flow.seeds:
-        path = flow_path(flow, seed, store)
-        if not path.exists():
-            continue
-        rec = read_json(path, "flow record", "delete it to recompute it")
-        if rec.get("setting") != json.loads(json.dumps(flow.setting())) or rec.get("seed") != seed:
-            raise ValueError(f"{path} records another setting than {flow}: delete it to recompute it")
-        recs.append(rec)
-    return recs
+    """The recorded seeds of `flow` in seed order (missing seeds are skipped), each {"seed", "provenance" and the
+    measured "distance", "moved", "error_decay"}."""
+    recs = [(seed, load_measurement(flow_store(flow, store), "flow", flow.setting(seed))) for seed in flow.seeds]
+    return [{"seed": seed, **rec["result"], "provenance": rec["provenance"]} for seed, rec in recs if rec is not None]
 
 
 @dataclass(frozen=True)
