@@ -27,12 +27,17 @@ from .functional import Params, as_function, params_of, unflatten
 from .solvers import CGResult, cholesky_factor, conjugate_gradient, spectral_solve
 
 
-def jacobian_matrix(model: nn.Module, x: torch.Tensor, params: Params | None = None, **kwargs) -> torch.Tensor:
-    """J = d vec(f(x)) / d theta as an (n * out) x p matrix, rows example-major, columns in parameter order."""
+def jacobian_matrix(model: nn.Module, x: torch.Tensor, params: Params | None = None, *, wrt=None,
+                    **kwargs) -> torch.Tensor:
+    """J = d vec(f(x)) / d theta as an (n * out) x p matrix, rows example-major, columns in parameter order: the
+    library's one Jacobian builder. `wrt`: only these parameters' columns (the others held at `params`), so a
+    caller can build J one parameter tensor at a time (memory: that tensor's columns)."""
     params = params_of(model) if params is None else params
-    jac = jacrev(as_function(model, x, **kwargs))(params)
+    f = as_function(model, x, **kwargs)
+    part = params if wrt is None else {k: params[k] for k in wrt}
+    jac = jacrev(lambda sub: f({**params, **sub}))(part)
     rows = next(iter(jac.values())).shape[0] * next(iter(jac.values())).shape[1]
-    return torch.cat([jac[k].reshape(rows, -1) for k in params], dim=1)
+    return torch.cat([jac[k].reshape(rows, -1) for k in part], dim=1)
 
 
 class TangentKernel:

@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 from torch import nn
-from torch.func import jacrev, jvp, vjp, vmap
+from torch.func import jvp, vjp, vmap
 
 from .curvature import TangentKernel, factored_kernel, jacobian_matrix
 from .functional import Params, as_function, params_of, tree_norm
@@ -47,14 +47,10 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = 
         J2 = J1 if x2 is x1 else jacobian_matrix(model, x2, params)
         return J1 @ J2.T
     if method == "by-parameter":
-        f1, f2 = as_function(model, x1), as_function(model, x2)
         K = 0
         for name in params:
-            def jac(f, name=name):
-                J = jacrev(lambda p: f({**params, name: p}))(params[name])
-                return J.reshape(J.shape[0] * J.shape[1], -1)
-            J1 = jac(f1)
-            K = K + J1 @ (J1 if x2 is x1 else jac(f2)).T
+            J1 = jacobian_matrix(model, x1, params, wrt=(name,))
+            K = K + J1 @ (J1 if x2 is x1 else jacobian_matrix(model, x2, params, wrt=(name,))).T
         return K
     if method != "ntk-vp":
         raise ValueError(f"method must be 'jacobian', 'by-parameter', 'ntk-vp' or 'factors', got {method!r}")

@@ -38,6 +38,8 @@ def test_the_tangent_kernel_applies_J_its_transpose_and_the_damped_kernel_as_the
     assert torch.allclose(flatten(K.JT(u)), J.T @ u.reshape(-1), rtol=0, atol=1e-12)
     assert torch.allclose(K(u).reshape(-1), J @ (J.T @ u.reshape(-1)) + 0.3 * u.reshape(-1), rtol=0, atol=1e-12)
     assert torch.equal(TangentKernel(model, x, **kwargs)(u), K.J(K.JT(u)))  # undamped: nothing added
+    # one Jacobian builder: J one parameter tensor at a time is J's own columns, to the bit
+    assert torch.equal(torch.cat([jacobian_matrix(model, x, wrt=(k,), **kwargs) for k in params_of(model)], 1), J)
 
 
 def test_levenberg_marquardt_is_one_step_whichever_way_the_kernel_is_applied_and_solved():
