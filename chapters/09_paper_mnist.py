@@ -107,7 +107,8 @@ for ax, (key, name) in zip(axes.flat, panels):
     for m in pm.METHODS:
         done = [r for r in recs[m] if r is not None and r.ok]
         if done:
-            plot_band(ax, done, key, COLORS[m], f"{m} ({len(done)} seeds)")
+            n = len(done)
+            plot_band(ax, done, key, COLORS[m], f"{m} ({n} seed{'s' * (n != 1)})")
     if not ax.lines:
         empty(ax)
     ax.set(ylabel=name, yscale="log" if "loss" in key else "linear")
