@@ -50,11 +50,20 @@ class TangentKernel:
 
     def __init__(self, model: nn.Module, x: torch.Tensor, *, params: Params | None = None, damping: float = 0.0,
                  **kwargs):
+        self._linearise(as_function(model, x, **kwargs), params_of(model) if params is None else params, damping)
+
+    @classmethod
+    def of_function(cls, f: Callable[[Params], torch.Tensor], params: Params, *,
+                    damping: float = 0.0) -> "TangentKernel":
+        """The same operator for any function of the parameters, f(params) -> outputs (no model, no inputs)."""
+        kernel = cls.__new__(cls)
+        kernel._linearise(f, params, damping)
+        return kernel
+
+    def _linearise(self, f: Callable[[Params], torch.Tensor], params: Params, damping: float) -> None:
         if damping < 0:
             raise ValueError(f"damping must be >= 0, got {damping}")
-        self.params = params_of(model) if params is None else params
-        self.damping = damping
-        self.f = as_function(model, x, **kwargs)
+        self.params, self.damping, self.f = params, damping, f
         self.outputs, self._pullback = vjp(self.f, self.params)
 
     def J(self, step: Params) -> torch.Tensor:

@@ -105,18 +105,19 @@ def _unit_like(params: Params, generator: torch.Generator) -> Params:
 
 def jacobian_norm(f: Callable[[Params], torch.Tensor], params: Params, *, max_iterations: int = 100,
                   rtol: float = 1e-6, seed: int = 0) -> float:
-    """||Dh||: the largest singular value of J, by power iteration on J^T J (one jvp and one vjp per step).
+    """||Dh||: the largest singular value of J, by power iteration on J^T J (one jvp and one vjp per step, those
+    of the tangent kernel of f, `revgn.curvature.TangentKernel`).
 
     The estimate sigma^2 = ||J u||^2 (a Rayleigh quotient, never above the true value) stops when it changes
     by less than rtol in relative terms, or after max_iterations.
     """
-    _, vjp_fn = vjp(f, params)
+    tangent = TangentKernel.of_function(f, params)
     u = _unit_like(params, torch.Generator().manual_seed(seed))
     sigma = 0.0
     for _ in range(max_iterations):
-        Ju = jvp(f, (params,), (u,))[1]
+        Ju = tangent.J(u)
         new = Ju.norm().item()
-        (g,) = vjp_fn(Ju)
+        g = tangent.JT(Ju)
         norm = tree_norm(g)
         if norm == 0:
             return 0.0

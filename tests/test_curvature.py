@@ -11,7 +11,7 @@ import torch
 from revgn.curvature import (TangentKernel, factored_kernel, gram_gn_direction, jacobian_matrix,
                              matrix_free_gn_direction, spectral_step)
 from revgn.damping import lm_filter
-from revgn.functional import flatten, params_of, unflatten
+from revgn.functional import as_function, flatten, params_of, unflatten
 from revgn.models import MLP, RevMLP
 from revgn.solvers import RankDeficientError, StepNotSolved, StepRefused, cholesky_factor, spectral_solve
 
@@ -38,6 +38,11 @@ def test_the_tangent_kernel_applies_J_its_transpose_and_the_damped_kernel_as_the
     assert torch.allclose(flatten(K.JT(u)), J.T @ u.reshape(-1), rtol=0, atol=1e-12)
     assert torch.allclose(K(u).reshape(-1), J @ (J.T @ u.reshape(-1)) + 0.3 * u.reshape(-1), rtol=0, atol=1e-12)
     assert torch.equal(TangentKernel(model, x, **kwargs)(u), K.J(K.JT(u)))  # undamped: nothing added
+    # the same operator from a function of the parameters (what kappa's power iteration uses)
+    of_f = TangentKernel.of_function(as_function(model, x, **kwargs), params_of(model), damping=0.3)
+    assert torch.equal(of_f.outputs, K.outputs) and torch.equal(of_f(u), K(u))
+    with pytest.raises(ValueError, match="damping must be >= 0"):
+        TangentKernel.of_function(as_function(model, x, **kwargs), params_of(model), damping=-1.0)
     # one Jacobian builder: J one parameter tensor at a time is J's own columns, to the bit
     assert torch.equal(torch.cat([jacobian_matrix(model, x, wrt=(k,), **kwargs) for k in params_of(model)], 1), J)
 
