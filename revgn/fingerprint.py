@@ -11,6 +11,11 @@ torch's version and the kernel settings (`revgn.utils.kernels`). A record whose 
 running code's is *stale* (`changes` says why: which modules, torch, the kernels); one without a fingerprint
 is of unknown code. Records made before fingerprints existed get theirs from their own commit
 (`python -m revgn.fingerprint backfill results/`), where that commit's tree was clean.
+
+A *measurement* (`revgn.records.Measurement`, say chapter 08's flow comparison) is computed by a function
+outside the training path, named in its provenance as `measured_by` ("revgn.experiments.right_inverse:
+measure_flow"); its fingerprint digests that function's module too (`current(also=...)`), so an edit there
+makes it stale as well.
 """
 from __future__ import annotations
 
@@ -52,10 +57,11 @@ def code_tokens(source: str) -> str:
     return " ".join(out)
 
 
-def source_digests(read: Callable[[str], str | None]) -> dict[str, str]:
-    """{module: digest of its `code_tokens`} for each module of TRAINING_PATH that read(name) finds."""
+def source_digests(read: Callable[[str], str | None], names: tuple[str, ...] = TRAINING_PATH) -> dict[str, str]:
+    """{module: digest of its `code_tokens`} for each module of `names` (paths under revgn/) that read(name)
+    finds."""
     out = {}
-    for name in TRAINING_PATH:
+    for name in names:
         text = read(name)
         if text is not None:
             out[name] = hashlib.sha256(code_tokens(text).encode()).hexdigest()[:16]
@@ -71,28 +77,56 @@ def combine(sources: dict[str, str], torch_version: str, kernel_settings: str) -
 _CURRENT: dict | None = None
 
 
-def current() -> dict:
-    """The fingerprint of the code running now (computed once per process: runs started later in the same
-    process run the same imported code)."""
+def _read_here(name: str) -> str | None:
+    path = Path(__file__).resolve().parent / name
+    return path.read_text() if path.exists() else None
+
+
+def current(also: tuple[str, ...] = ()) -> dict:
+    """The fingerprint of the code running now (the training path's part computed once per process: runs
+    started later in the same process run the same imported code); with `also` (modules under revgn/, as
+    `module_of` names them), the fingerprint of a measurement computed there."""
     global _CURRENT
     if _CURRENT is None:
         import torch
 
-        here = Path(__file__).resolve().parent
-        _CURRENT = combine(source_digests(lambda n: (here / n).read_text() if (here / n).exists() else None),
-                           torch.__version__, kernels())
-    return _CURRENT
+        _CURRENT = combine(source_digests(_read_here), torch.__version__, kernels())
+    if not also:
+        return _CURRENT
+    return combine({**_CURRENT["sources"], **source_digests(_read_here, tuple(also))}, _CURRENT["torch"],
+                   _CURRENT["kernels"])
 
 
-def at_commit(commit: str, torch_version: str, kernel_settings: str, repo: Path = REPO_ROOT) -> dict | None:
+def module_of(measured_by: str) -> str:
+    """The file under revgn/ of a measuring function named "revgn.<module>:<function>" (a measurement's
+    `measured_by`): "revgn.experiments.right_inverse:measure_flow" -> "experiments/right_inverse.py"."""
+    module, _, function = str(measured_by).partition(":")
+    parts = module.split(".")
+    if parts[0] != "revgn" or len(parts) < 2 or not function.isidentifier():
+        raise ValueError(f"measured_by must name a function of revgn as 'revgn.<module>:<function>', got "
+                         f"{measured_by!r}")
+    path = "/".join(parts[1:]) + ".py"
+    if _read_here(path) is None:
+        raise ValueError(f"measured_by={measured_by!r}: revgn has no module {path}")
+    return path
+
+
+def _also(recorded: dict) -> tuple[str, ...]:
+    """The modules beyond the training path that a recorded fingerprint digests (a measurement's own)."""
+    return tuple(sorted(set(recorded.get("sources", {})) - set(TRAINING_PATH)))
+
+
+def at_commit(commit: str, torch_version: str, kernel_settings: str, repo: Path = REPO_ROOT,
+              also: tuple[str, ...] = ()) -> dict | None:
     """The fingerprint code at `commit` had (None for an unknown commit), with the torch and kernels a record
-    names: what a record made there, from a clean tree, was computed by."""
+    names: what a record made there, from a clean tree, was computed by (with `also`, as in `current`)."""
     def read(name: str) -> str | None:
         out = subprocess.run(["git", "show", f"{commit}:revgn/{name}"], cwd=repo, capture_output=True, text=True)
         return out.stdout if out.returncode == 0 else None
 
     known = subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=repo, capture_output=True)
-    return combine(source_digests(read), torch_version, kernel_settings) if known.returncode == 0 else None
+    return combine(source_digests(read, TRAINING_PATH + tuple(also)), torch_version, kernel_settings) \
+        if known.returncode == 0 else None
 
 
 #: Fingerprints shown to compute the same numbers: classes of fingerprints, each with its evidence (records
@@ -120,9 +154,9 @@ def changes(recorded: dict | None, now: dict | None = None) -> list[str]:
     """Why a record's fingerprint is not the running code's: [] when it is (or was shown to compute the same
     numbers, `same_numbers`); else e.g. ["train.py changed", "torch 2.13.0, now 2.14.0"]; a record without one:
     ["no fingerprint (code unknown)"]."""
-    now = now or current()
     if not recorded or "fingerprint" not in recorded:
         return ["no fingerprint (code unknown)"]
+    now = now or current(_also(recorded))
     if same_numbers(recorded["fingerprint"], now["fingerprint"]):
         return []
     old, new = recorded.get("sources", {}), now["sources"]
@@ -131,16 +165,20 @@ def changes(recorded: dict | None, now: dict | None = None) -> list[str]:
     return out or ["fingerprint differs"]
 
 
-def backfill(folder: Path, repo: Path = REPO_ROOT) -> dict[str, int]:
+def backfill(folder: Path, repo: Path = REPO_ROOT, measured_by: dict[str, str] | None = None) -> dict[str, int]:
     """Give each record under `folder` that has none the fingerprint of its own commit, if that tree was clean
     (its provenance names a commit without "+dirty"); records from dirty trees are left as they are (their
-    code is unknown). Rewrites records atomically; their keys do not change. Returns counts."""
-    counts = {"had one": 0, "filled": 0, "dirty tree": 0, "unknown commit": 0}
+    code is unknown). A measurement's fingerprint digests its measuring function's module too: the one its
+    provenance names, else `measured_by[kind]` (written into its provenance); one of a kind not named is left
+    as it is ("measurer unknown"). Rewrites records atomically; their keys do not change. Returns counts."""
+    for name in (measured_by or {}).values():
+        module_of(name)  # a malformed name is an error before any record is touched
+    counts = {"had one": 0, "filled": 0, "dirty tree": 0, "unknown commit": 0, "measurer unknown": 0}
     cache: dict[tuple, dict | None] = {}
     for path in sorted(Path(folder).rglob("*.json")):
-        d = read_json(path, "run record")
-        if not (isinstance(d, dict) and "provenance" in d and "spec" in d):
-            continue  # not a run record (a benchmark or flow file)
+        d = read_json(path, "record")
+        if not (isinstance(d, dict) and "provenance" in d and ("spec" in d or {"kind", "setting"} <= set(d))):
+            continue  # neither a run record nor a measurement (a benchmark file)
         prov = d["provenance"]
         if "fingerprint" in prov:
             counts["had one"] += 1
@@ -149,13 +187,19 @@ def backfill(folder: Path, repo: Path = REPO_ROOT) -> dict[str, int]:
         if commit.endswith("+dirty"):
             counts["dirty tree"] += 1
             continue
-        key = (commit, prov.get("torch", "?"), prov.get("kernels", "?"))
+        measurer = prov.get("measured_by") or (measured_by or {}).get(d.get("kind"))
+        if "spec" not in d and not measurer:
+            counts["measurer unknown"] += 1
+            continue
+        also = (module_of(measurer),) if "spec" not in d else ()
+        key = (commit, prov.get("torch", "?"), prov.get("kernels", "?"), also)
         if key not in cache:
-            cache[key] = None if commit == "unknown" else at_commit(*key, repo=repo)
+            cache[key] = None if commit == "unknown" else at_commit(*key[:3], repo=repo, also=also)
         if cache[key] is None:
             counts["unknown commit"] += 1
             continue
-        d["provenance"] = {**prov, "fingerprint": cache[key], "fingerprint_from": "its commit (backfilled)"}
+        d["provenance"] = {**prov, **({"measured_by": measurer} if also else {}), "fingerprint": cache[key],
+                           "fingerprint_from": "its commit (backfilled)"}
         atomic_write_json(path, d)
         counts["filled"] += 1
     return counts
@@ -169,11 +213,16 @@ def main(argv=None) -> int:
     sub.add_parser("show", help="the running code's fingerprint")
     b = sub.add_parser("backfill", help="give records without one the fingerprint of their (clean) commit")
     b.add_argument("folder")
+    b.add_argument("--measured-by", nargs="+", default=[], metavar="KIND=revgn.MODULE:FUNCTION",
+                   help="the function that computed measurements of KIND, for those whose provenance names none")
     a = p.parse_args(argv)
     if a.command == "show":
         print(json.dumps(current(), indent=1))
-    else:
-        print(backfill(Path(a.folder)))
+        return 0
+    pairs = [m.partition("=") for m in a.measured_by]
+    if any(not k or not eq or not v for k, eq, v in pairs):
+        p.error(f"--measured-by takes KIND=revgn.MODULE:FUNCTION, got {a.measured_by}")
+    print(backfill(Path(a.folder), measured_by={k: v for k, _, v in pairs}))
     return 0
 
 

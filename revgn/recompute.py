@@ -3,13 +3,16 @@
 A record made by other code (`revgn.fingerprint`) is stale until shown otherwise: `verify` recomputes the
 cheapest few records of each other fingerprint, on their recorded thread count, and compares their histories
 number for number; where every one is bit-identical, the fingerprints join one class in
-`results/fingerprints.json` (with the recomputed keys as evidence) and their records are fresh again.
+`results/fingerprints.json` (with the recomputed keys as evidence) and their records are fresh again. A
+measurement (`revgn.records.Measurement`) is recomputed by the function it names (`measured_by`) from its
+setting, and its result compared the same way.
 
     python -m revgn.recompute results/regime_map [--sample 2] [--max-cost 10] [--only FINGERPRINT ...]
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -17,15 +20,18 @@ from pathlib import Path
 import torch
 
 from . import fingerprint
-from .fingerprint import current, equivalence_classes, same_numbers
-from .records import Record
+from .fingerprint import current, equivalence_classes, module_of, same_numbers
+from .records import FromCode, Measurement, Record
 from .runs import run
 from .utils import atomic_write_json
 
 
-def _cost(rec) -> float:
+def _cost(rec: FromCode) -> float:
     """A rough relative cost of recomputing a record: examples x epochs x width x depth (x 100 for x_L's
-    Moore-Penrose step, some 700 CG iterations a step); a 2,000-image, h = 512, 6-epoch run is 1."""
+    Moore-Penrose step, some 700 CG iterations a step); a 2,000-image, h = 512, 6-epoch run is 1. A
+    measurement's cost is not modelled: 0, so it is never skipped by `max_cost` (sampled in key order)."""
+    if isinstance(rec, Measurement):
+        return 0.0
     s = rec.spec
     n = s.data.n_train or 60000
     width = s.model.hidden if s.model.arch == "revmlp" else sum(s.model.mlp_hidden)
@@ -33,12 +39,37 @@ def _cost(rec) -> float:
     return s.epochs * n * width * s.model.depth * slow / (2000 * 6 * 512 * 2)
 
 
-def _reproduces(recorded, again) -> bool:
-    """Does a recomputed history hold every recorded number, bit for bit? (It may log more: a quantity the
+def _same(recorded: dict, fresh: dict) -> bool:
+    """Does a recomputed table hold every recorded number, bit for bit? (It may hold more: a quantity the
     code has learnt to record since, such as a step's norm, is not a change of the numbers.)"""
-    fresh = json.loads(json.dumps({"steps": again.steps, "epochs": again.epochs}))
-    return all(fresh[part].get(k) == v for part, table in (("steps", recorded.steps), ("epochs", recorded.epochs))
-               for k, v in table.items())
+    fresh = json.loads(json.dumps(fresh))
+    return all(fresh.get(k) == v for k, v in recorded.items())
+
+
+def _reproduces(rec: FromCode) -> bool:
+    """Recompute a record with the running code: a run from its spec (its history compared), a measurement by
+    its `measured_by` function from its setting (its result compared)."""
+    if isinstance(rec, Record):
+        again = run(rec.spec).history
+        return _same(rec.history.steps, again.steps) and _same(rec.history.epochs, again.epochs)
+    module, _, function = rec.provenance["measured_by"].partition(":")
+    return _same(rec.result, getattr(importlib.import_module(module), function)(rec.setting))
+
+
+def _load(path: Path) -> FromCode | None:
+    """The run record or measurement at `path`; None for any other file (a benchmark, the registry)."""
+    for kind in (Record, Measurement):
+        try:
+            return kind.load(path)
+        except ValueError:
+            pass
+    return None
+
+
+def _now(rec: FromCode) -> str:
+    """The running code's fingerprint for this kind of record (a measurement's digests its measurer too)."""
+    measured_by = rec.provenance.get("measured_by") if isinstance(rec, Measurement) else None
+    return current((module_of(measured_by),) if measured_by else ())["fingerprint"]
 
 
 def verify(folders, sample: int = 2, max_cost: float = 10.0, path: Path | None = None, log=print,
@@ -46,26 +77,28 @@ def verify(folders, sample: int = 2, max_cost: float = 10.0, path: Path | None =
     """Recompute, with the running code, the `sample` cheapest finished records of each other fingerprint found
     in `folders` (on their recorded thread count, so reductions run in the same order; a fingerprint whose
     cheapest record costs more than `max_cost` (`_cost`) is left unverified), and compare their
-    histories number for number. Where every one agrees bit for bit, that fingerprint joins the running
-    code's class in `fingerprint.EQUIVALENCES` (with the keys as evidence): its records are no longer stale. Returns
-    {fingerprint: "same numbers (k records)" or what differed}. `only`: verify just these fingerprints (say,
-    the class the previous code belonged to, skipping fingerprints already known to differ)."""
+    numbers (a run's history, a measurement's result) bit for bit. Where every one agrees, that fingerprint
+    joins the running code's class in `fingerprint.EQUIVALENCES` (with the keys as evidence): its records are no
+    longer stale. Returns {fingerprint: "same numbers (k records)" or what differed}. `only`: verify just these
+    fingerprints (say, the class the previous code belonged to, skipping fingerprints already known to
+    differ)."""
     path = fingerprint.EQUIVALENCES if path is None else path
-    now = current()["fingerprint"]
     classes = equivalence_classes(path)
-    groups: dict[str, list] = {}
+    groups: dict[tuple[str, str], list] = {}  # (its fingerprint, the running code's for its kind) -> records
     for folder in folders:
         for p in sorted(Path(folder).rglob("*.json")):
-            try:
-                rec = Record.load(p)
-            except ValueError:
-                continue  # not a run record
+            rec = _load(p)
+            if rec is None or (isinstance(rec, Record) and not rec.ok):
+                continue
             fp = (rec.fingerprint or {}).get("fingerprint", "unknown code")
-            if rec.ok and not same_numbers(fp, now, classes) and (only is None or fp in only):
-                groups.setdefault(fp, []).append(rec)
+            if isinstance(rec, Measurement) and "measured_by" not in rec.provenance:
+                continue  # its measurer is unknown (`revgn.fingerprint backfill --measured-by` names it)
+            now = _now(rec)
+            if not same_numbers(fp, now, classes) and (only is None or fp in only):
+                groups.setdefault((fp, now), []).append(rec)
     out = {}
     threads = torch.get_num_threads()
-    for fp, recs in groups.items():
+    for (fp, now), recs in groups.items():
         chosen, agree = [r for r in sorted(recs, key=_cost)[:sample] if _cost(r) <= max_cost], True
         if not chosen:
             out[fp] = f"not verified: its cheapest record costs {_cost(min(recs, key=_cost)):.0f} > {max_cost:g}"
@@ -73,11 +106,10 @@ def verify(folders, sample: int = 2, max_cost: float = 10.0, path: Path | None =
         for rec in chosen:
             torch.set_num_threads(int(rec.provenance.get("threads", threads)))
             try:
-                again = run(rec.spec)
+                same = _reproduces(rec)
             finally:
                 torch.set_num_threads(threads)
-            same = _reproduces(rec.history, again.history)
-            log(f"{fp} {rec.spec.key[:12]}: {'bit-identical' if same else 'DIFFERS'}")
+            log(f"{fp} {_key(rec)[:12]}: {'bit-identical' if same else 'DIFFERS'}")
             agree &= same
         if fp == "unknown code":  # from trees with uncommitted changes: a sample is evidence, not a fingerprint
             out[fp] = (f"{len(chosen)} of {len(recs)} records from dirty trees recomputed: "
@@ -89,11 +121,15 @@ def verify(folders, sample: int = 2, max_cost: float = 10.0, path: Path | None =
         merged = [c for c in classes if fp in c["members"] or now in c["members"]]
         members = sorted({fp, now, *(m for c in merged for m in c["members"])})
         evidence = [e for c in merged for e in c.get("evidence", [])] + \
-                   [{"recomputed": [r.spec.key for r in chosen], "old": fp, "new": now}]
+                   [{"recomputed": [_key(r) for r in chosen], "old": fp, "new": now}]
         classes = [c for c in classes if c not in merged] + [{"members": members, "evidence": evidence}]
         atomic_write_json(path, {"classes": classes})
         out[fp] = f"same numbers ({len(chosen)} of {len(recs)} records recomputed)"
     return out
+
+
+def _key(rec: FromCode) -> str:
+    return rec.spec.key if isinstance(rec, Record) else rec.key
 
 
 def main(argv=None) -> int:

@@ -2,8 +2,8 @@
 folder (`<store>/<spec.key>.json`, with the scratch folder `<key>.partial` of its checkpoints and lock while it
 trains), the lock itself, and one-line summaries of a set of records (when, where, by which code). A
 measurement that is not one training run (Theorem 4.3's flow comparison, over several runs) is a record of
-its own kind, stored the same way under the key of its kind and setting (`save_measurement`,
-`load_measurement`).
+its own kind (`Measurement`), stored the same way under the key of its kind and setting (`save_measurement`,
+`load_measurement`), and tied to the function that computed it as well as to the training path.
 
 A record is written once, atomically, when its run ends; reading one checks that its content hashes to its
 name and holds a finished run's metrics or a failure, never both, so a damaged file is an error naming it.
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .fingerprint import current as current_fingerprint
+from .fingerprint import module_of
 from .history import History
 from .spec import SCHEMA, RunSpec
 from .utils import REPO_ROOT, atomic_write_json, read_json, run_metadata
@@ -28,23 +29,11 @@ from .utils import REPO_ROOT, atomic_write_json, read_json, run_metadata
 RESULTS = REPO_ROOT / "results"
 
 
-@dataclass
-class Record:
-    """A finished run: its spec, its `History`, the final metrics, and where and when it was computed.
+class FromCode:
+    """What a record knows of the code that computed it, through its `provenance`: a run's `Record` and a
+    `Measurement` alike."""
 
-    `failure` is None for a run that finished, else the reason it stopped (a non-finite loss, features GN
-    cannot invert); the history then ends where the run stopped and `metrics` is empty.
-    """
-
-    spec: RunSpec
-    history: History
-    metrics: dict[str, float]
-    provenance: dict[str, str]
-    failure: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.failure is None
+    provenance: dict[str, Any]
 
     @property
     def fingerprint(self) -> dict | None:
@@ -60,6 +49,25 @@ class Record:
     @property
     def stale(self) -> bool:
         return bool(self.changes())
+
+
+@dataclass
+class Record(FromCode):
+    """A finished run: its spec, its `History`, the final metrics, and where and when it was computed.
+
+    `failure` is None for a run that finished, else the reason it stopped (a non-finite loss, features GN
+    cannot invert); the history then ends where the run stopped and `metrics` is empty.
+    """
+
+    spec: RunSpec
+    history: History
+    metrics: dict[str, float]
+    provenance: dict[str, str]
+    failure: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": SCHEMA, "key": self.spec.key, "spec": self.spec.to_dict(), "failure": self.failure,
@@ -181,9 +189,9 @@ def provenance(recs: list[Record], where: str | Path = "", code: bool = True) ->
             f"at commit{'s' if len(commits) > 1 else ''} {', '.join(commits)}." + (" " + staleness(recs) if code else ""))
 
 
-def staleness(recs: list[Record]) -> str:
-    """How many of some records other code computed (`Record.stale`), in a sentence. It depends on the code and
-    the CPU kernels that run now, so a chapter prints it outside its checked cells."""
+def staleness(recs: list[FromCode]) -> str:
+    """How many of some records (runs or measurements) other code computed (`FromCode.stale`), in a sentence.
+    It depends on the code and the CPU kernels that run now, so a chapter prints it outside its checked cells."""
     unknown = sum(r.fingerprint is None for r in recs)
     stale = sum(r.stale for r in recs) - unknown
     if not stale + unknown:
@@ -201,29 +209,52 @@ def measurement_key(kind: str, setting: dict) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def save_measurement(store: str | Path, kind: str, setting: dict, result: dict, device: str = "cpu") -> Path:
-    """Write a measurement once, atomically, as <store>/<key>.json with its provenance (date, device, commit, the
-    code's fingerprint), like a run's record; returns its path."""
+@dataclass
+class Measurement(FromCode):
+    """A recorded measurement of `kind` at `setting`: its `result` (JSON), computed by the function its
+    provenance names as `measured_by` ("revgn.<module>:<function>", called as function(setting) -> result,
+    which is how `revgn.recompute` recomputes it)."""
+
+    kind: str
+    setting: dict[str, Any]
+    result: dict[str, Any]
+    provenance: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        return measurement_key(self.kind, self.setting)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Measurement":
+        """Read a measurement; a file that is unreadable or whose content is not the measurement its name says
+        is an error naming it."""
+        path = Path(path)
+        fix = "delete it (or restore it with git); it is then recomputed"
+        d = read_json(path, "measurement record", fix)
+        if not (isinstance(d, dict) and {"kind", "schema", "setting", "result", "provenance"} <= set(d)):
+            raise ValueError(f"{path} is not a measurement record: expected kind, schema, setting, result, provenance; "
+                             f"{fix}")
+        if measurement_key(d["kind"], d["setting"]) != path.stem or d["schema"] != SCHEMA:
+            raise ValueError(f"{path} holds another measurement than its name says ({d['kind']!r}, schema "
+                             f"{d['schema']}, setting {d['setting']}); {fix}")
+        return cls(d["kind"], d["setting"], d["result"], d["provenance"])
+
+
+def save_measurement(store: str | Path, kind: str, setting: dict, result: dict, measured_by: str,
+                     device: str = "cpu") -> Path:
+    """Write a measurement once, atomically, as <store>/<key>.json with its provenance: date, device, commit,
+    `measured_by` (the function that computed `result` from `setting`, "revgn.<module>:<function>") and the
+    fingerprint of the training path and that function's module; returns its path."""
+    also = (module_of(measured_by),)  # a malformed name is an error before anything is written
     setting = json.loads(json.dumps(setting))  # tuples become lists: the form it is read back in
     key = measurement_key(kind, setting)
-    provenance = {**run_metadata(device), "fingerprint": current_fingerprint()}
+    provenance = {**run_metadata(device), "measured_by": measured_by, "fingerprint": current_fingerprint(also)}
     return atomic_write_json(Path(store) / f"{key}.json", {"kind": kind, "schema": SCHEMA, "setting": setting,
                                                            "result": result, "provenance": provenance})
 
 
-def load_measurement(store: str | Path, kind: str, setting: dict) -> dict | None:
-    """The recorded measurement of `kind` at `setting` ({"setting", "result", "provenance", ...}), or None when
-    there is none; a file that is unreadable or whose content is not the measurement its name says is an error
-    naming it."""
-    setting = json.loads(json.dumps(setting))
-    path = Path(store) / f"{measurement_key(kind, setting)}.json"
-    if not path.exists():
-        return None
-    fix = "delete it (or restore it with git); it is then recomputed"
-    d = read_json(path, f"{kind} record", fix)
-    if not (isinstance(d, dict) and {"kind", "schema", "setting", "result", "provenance"} <= set(d)):
-        raise ValueError(f"{path} is not a measurement record: expected kind, schema, setting, result, provenance; {fix}")
-    if measurement_key(d["kind"], d["setting"]) != path.stem or d["schema"] != SCHEMA:
-        raise ValueError(f"{path} holds another measurement than its name says ({d['kind']!r}, schema {d['schema']}, "
-                         f"setting {d['setting']}); {fix}")
-    return d
+def load_measurement(store: str | Path, kind: str, setting: dict) -> Measurement | None:
+    """The recorded measurement of `kind` at `setting`, or None when there is none; a file that is unreadable
+    or whose content is not the measurement its name says is an error naming it."""
+    path = Path(store) / f"{measurement_key(kind, json.loads(json.dumps(setting)))}.json"
+    return Measurement.load(path) if path.exists() else None

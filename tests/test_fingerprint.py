@@ -11,6 +11,7 @@ import pytest
 
 import revgn.fingerprint as fpmod
 from revgn import recompute
+from revgn.experiments.right_inverse import MEASURED_BY
 from revgn.fingerprint import code_tokens, combine, source_digests
 from revgn.runs import (DataSpec, ModelSpec, OptimSpec, Record, Runs, RunSpec, StaleRecordError, provenance,
                         record_path, run)
@@ -132,6 +133,45 @@ def test_agreement_is_earned_by_recomputation(tmp_path, monkeypatch):
     assert classes[0]["evidence"][0]["recomputed"] == [good.spec.key]
 
 
+@needs_mnist
+def test_a_measurement_is_tied_to_its_measurer_too_and_recomputed_by_it(tmp_path, monkeypatch, other_code):
+    """A measurement's fingerprint digests the training path and its measuring function's module: an edit of
+    either makes it stale; `recompute.verify` reruns the function it names and earns agreement bit for bit."""
+    from revgn.experiments import right_inverse as ri
+    from revgn.records import staleness
+
+    store, registry = tmp_path / "store", tmp_path / "fingerprints.json"
+    monkeypatch.setattr(fpmod, "EQUIVALENCES", registry)
+    flow = ri.Flow("mnist", hidden=16, batch=8, held_out=20, alphas=(0.5, 0.25), seeds=(0, 1))
+    paths = ri.record_flow(flow, store=store)
+    recs = ri.flow_records(flow, store)
+    assert [r.provenance["measured_by"] for r in recs] == [ri.MEASURED_BY] * 2 and not any(r.stale for r in recs)
+    assert recs[0].fingerprint == fpmod.current(("experiments/right_inverse.py",)) != fpmod.current()
+    # Both records claim a measurer edited since (a refactor of right_inverse.py that kept the numbers, say) ...
+    originals = [json.loads(p.read_text()) for p in paths]
+    sources = {**recs[0].fingerprint["sources"], "experiments/right_inverse.py": "0" * 16}
+    old = combine(sources, recs[0].fingerprint["torch"], recs[0].fingerprint["kernels"])
+    for p, d in zip(paths, originals):
+        p.write_text(json.dumps({**d, "provenance": {**d["provenance"], "fingerprint": old}}))
+    recs = ri.flow_records(flow, store)
+    assert [r.changes() for r in recs] == [["experiments/right_inverse.py changed"]] * 2
+    assert staleness(recs).startswith("Of these 2: 2 computed by other code")
+    # ... one holding a number the measurer does not reproduce refuses the class; without it, agreement.
+    tampered = json.loads(paths[1].read_text())
+    tampered["result"]["error_decay"][ri.GN_METHODS[0]][0] += 1e-12
+    paths[1].write_text(json.dumps(tampered))
+    out = recompute.verify([store], sample=2, log=lambda *_: None)
+    assert out[old["fingerprint"]].startswith("differs") and not registry.exists()
+    paths[1].write_text(json.dumps({**originals[1], "provenance": {**originals[1]["provenance"], "fingerprint": old}}))
+    assert recompute.verify([store], sample=2, log=lambda *_: None)[old["fingerprint"]].startswith("same numbers")
+    assert not any(r.stale for r in ri.flow_records(flow, store))
+    evidence = json.loads(registry.read_text())["classes"][0]["evidence"][0]
+    assert evidence["recomputed"] == sorted(r.key for r in recs) and evidence["old"] == old["fingerprint"]
+    other_code()  # an edit of the training path makes it stale again (its class holds the code before)
+    assert [r.changes() for r in ri.flow_records(flow, store)] == \
+        [["experiments/right_inverse.py changed", "optimizers.py changed"]] * 2
+
+
 def test_backfill_takes_the_fingerprint_of_a_clean_commit_and_leaves_dirty_trees_alone(tmp_path):
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True).stdout.strip()
     if not head:
@@ -140,11 +180,25 @@ def test_backfill_takes_the_fingerprint_of_a_clean_commit_and_leaves_dirty_trees
     for name, commit in (("clean.json", head), ("dirty.json", head + "+dirty")):
         (tmp_path / name).write_text(json.dumps({"spec": spec.to_dict(), "history": {}, "metrics": {},
                                                  "provenance": {**prov, "commit": commit}}))
-    assert fpmod.backfill(tmp_path) == {"had one": 0, "filled": 1, "dirty tree": 1, "unknown commit": 0}
+    # a measurement made before it named its measurer: filled only once the measuring function is named
+    (tmp_path / "flow.json").write_text(json.dumps({"kind": "flow", "setting": {"seed": 0}, "result": {},
+                                                    "provenance": {**prov, "commit": head}}))
+    counts = {"had one": 0, "filled": 1, "dirty tree": 1, "unknown commit": 0, "measurer unknown": 1}
+    assert fpmod.backfill(tmp_path) == counts
     filled = json.loads((tmp_path / "clean.json").read_text())["provenance"]["fingerprint"]
     assert filled == fpmod.at_commit(head, prov["torch"], prov["kernels"])
     assert "fingerprint" not in json.loads((tmp_path / "dirty.json").read_text())["provenance"]
-    assert fpmod.backfill(tmp_path)["had one"] == 1
+    assert fpmod.backfill(tmp_path, measured_by={"flow": MEASURED_BY})["filled"] == 1
+    flow = json.loads((tmp_path / "flow.json").read_text())["provenance"]
+    assert flow["measured_by"] == MEASURED_BY
+    assert flow["fingerprint"] == fpmod.at_commit(head, prov["torch"], prov["kernels"],
+                                                  also=("experiments/right_inverse.py",))
+    assert set(flow["fingerprint"]["sources"]) == set(filled["sources"]) | {"experiments/right_inverse.py"}
+    assert fpmod.backfill(tmp_path)["had one"] == 2
+    with pytest.raises(ValueError, match="measured_by must name a function of revgn"):
+        fpmod.backfill(tmp_path, measured_by={"flow": "right_inverse.measure_flow"})
+    with pytest.raises(ValueError, match="revgn has no module experiments/nope.py"):
+        fpmod.backfill(tmp_path, measured_by={"flow": "revgn.experiments.nope:measure"})
 
 
 def test_every_module_a_run_imports_is_in_the_fingerprint():

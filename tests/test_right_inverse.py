@@ -168,7 +168,8 @@ def test_theorem_4_3_on_the_batch_the_right_inverses_agree_to_o_alpha_and_off_it
     paths = {seed: tmp_path / f"{measurement_key('flow', flow.setting(seed))}.json" for seed in flow.seeds}
     assert sorted(tmp_path.glob("*.json")) == sorted(paths.values())
     first = json.loads(paths[1].read_text())
-    assert first["provenance"]["fingerprint"]["fingerprint"] == current_fingerprint()["fingerprint"]
+    assert first["provenance"]["measured_by"] == ri.MEASURED_BY  # the training path's code and the measurer's
+    assert first["provenance"]["fingerprint"] == current_fingerprint(("experiments/right_inverse.py",))
     paths[1].unlink()
     assert ri.record_flow(flow, store=tmp_path) == [paths[1]]  # only the missing seed
     assert json.loads(paths[1].read_text())["result"] == first["result"]
@@ -179,6 +180,28 @@ def test_theorem_4_3_on_the_batch_the_right_inverses_agree_to_o_alpha_and_off_it
         ri.load_flow(flow, tmp_path)
     with pytest.raises(ValueError, match="whole steps"):
         ri.Flow(alphas=(0.3,))
+
+
+def test_a_flow_record_is_keyed_by_the_runs_it_makes(monkeypatch):
+    """A flow's setting names the keys of its runs: a method that now runs another solver makes another
+    measurement (a new key), and a setting whose runs this code does not make is refused, not measured."""
+    from dataclasses import replace
+
+    from revgn.experiments import right_inverse as ri
+    from revgn.records import measurement_key
+
+    flow = ri.Flow("mnist", hidden=32, batch=8, held_out=20, alphas=(0.5, 0.25), seeds=(0,))
+    before = flow.setting(0)
+    assert before["runs"] == [flow.spec(m, a, 0).key for m in ri.GN_METHODS for a in flow.alphas]
+    logits = "Moore-Penrose GN (logits)"
+    monkeypatch.setitem(ri.METHODS, logits, replace(ri.METHODS[logits], solver="cg"))
+    after = flow.setting(0)
+    assert measurement_key("flow", after) != measurement_key("flow", before)
+    changed = [i for i, (k, j) in enumerate(zip(before["runs"], after["runs"])) if k != j]
+    at = ri.GN_METHODS.index(logits) * len(flow.alphas)
+    assert changed == list(range(at, at + len(flow.alphas)))  # the logits' runs, and only they
+    with pytest.raises(ValueError, match="seed 0: its runs are not the ones this code's methods make"):
+        ri.measure_flow(before)
 
 
 def _done(offsets: dict[str, list[float]], failed: str = "") -> dict:

@@ -9,8 +9,8 @@ gets a rate from a bracketed grid on validation accuracy, on seed 0, reused for 
 The logits' Moore-Penrose step is solved directly (J J^T formed from the RevMLP's per-half-layer factors,
 Cholesky: C backward passes, where CG needed hundreds of jvp/vjp pairs), x_L's by CG; either way a step must reach
 a true relative residual of 1e-7 (10 x cg_rtol). Runs are float64, so that CG reaches its tolerance (in float32 its
-true residual stalls near 1e-5). The flow records of `Flow` were computed with CG for the logits' step too, which
-agrees with the direct solve to that tolerance. `grid(setting)` is
+true residual stalls near 1e-5). A `Flow` record is keyed by the keys of the runs it makes, so it names the
+solver of each step it compares. `grid(setting)` is
 the sweep (`python -m revgn.sweep revgn.experiments.right_inverse:mnist`), recorded under
 results/right_inverse/<setting>/; `walk` reads it.
 
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .. import runs
-from ..records import RESULTS, load_measurement, save_measurement
+from ..records import RESULTS, Measurement, load_measurement, save_measurement
 from ..spec import DataSpec, ModelSpec, OptimSpec, RunSpec
 from ..stats import Paired, paired
 from ..sweep import Grid
@@ -197,8 +197,11 @@ class Flow:
         return gp.at_seeds(base, [seed])[0]
 
     def setting(self, seed: int) -> dict:
-        """What decides the numbers of one seed's measurement: its record's key (`revgn.records.measurement_key`)."""
-        return {**{k: v for k, v in asdict(self).items() if k != "seeds"}, "seed": seed}
+        """What decides the numbers of one seed's measurement, its record's key (`revgn.records.measurement_key`):
+        the flow's fields, the seed, and the keys of the runs it makes, so that a change of what a method runs
+        (its optimiser's solver, say) is another measurement, never a silent change of this one."""
+        keys = [self.spec(label, alpha, seed).key for label in GN_METHODS for alpha in self.alphas]
+        return {**{k: v for k, v in asdict(self).items() if k != "seeds"}, "seed": seed, "runs": keys}
 
 
 FLOWS = {"mnist": Flow("mnist"), "cifar10-subset": Flow("cifar10-subset")}
@@ -246,21 +249,43 @@ def flow_seed(flow: Flow, seed: int) -> dict:
     return out
 
 
+def measure_flow(setting: dict) -> dict:
+    """The flow measurement of one seed from its record's setting (`Flow.setting`): `flow_seed` as a function
+    of the setting alone, the function a flow record names as its `measured_by`."""
+    rest = {k: v for k, v in setting.items() if k not in ("seed", "runs")}
+    flow, seed = Flow(**rest, seeds=(setting["seed"],)), setting["seed"]
+    if flow.setting(seed)["runs"] != setting["runs"]:
+        raise ValueError(f"flow setting of seed {seed}: its runs are not the ones this code's methods make (a "
+                         "method's optimiser has changed since), so this code cannot measure it")
+    return flow_seed(flow, seed)
+
+
+#: how a flow record names `measure_flow` (the module's own name, also when it runs as `python -m`)
+MEASURED_BY = "revgn.experiments.right_inverse:measure_flow"
+
+
 def record_flow(flow: Flow, seeds=None, store: str | Path | None = None) -> list[Path]:
     """Compute and record every seed of `flow` (or of `seeds`) not yet recorded; each seed's record is written
     atomically when it is complete, so an interrupted run resumes at the first missing seed."""
     written = []
     for seed in flow.seeds if seeds is None else seeds:
-        if load_measurement(flow_store(flow, store), "flow", flow.setting(seed)) is None:
-            written.append(save_measurement(flow_store(flow, store), "flow", flow.setting(seed), flow_seed(flow, seed)))
+        setting = flow.setting(seed)
+        if load_measurement(flow_store(flow, store), "flow", setting) is None:
+            written.append(save_measurement(flow_store(flow, store), "flow", setting, measure_flow(setting),
+                                            MEASURED_BY))
     return written
 
 
+def flow_records(flow: Flow, store: str | Path | None = None) -> list[Measurement]:
+    """The recorded seeds of `flow` in seed order, as measurement records (missing seeds are skipped)."""
+    recs = (load_measurement(flow_store(flow, store), "flow", flow.setting(seed)) for seed in flow.seeds)
+    return [rec for rec in recs if rec is not None]
+
+
 def load_flow(flow: Flow, store: str | Path | None = None) -> list[dict]:
-    """The recorded seeds of `flow` in seed order (missing seeds are skipped), each {"seed", "provenance" and the
-    measured "distance", "moved", "error_decay"}."""
-    recs = [(seed, load_measurement(flow_store(flow, store), "flow", flow.setting(seed))) for seed in flow.seeds]
-    return [{"seed": seed, **rec["result"], "provenance": rec["provenance"]} for seed, rec in recs if rec is not None]
+    """The recorded seeds of `flow` in seed order (missing seeds are skipped), each {"seed", "provenance" and
+    the measured "distance", "moved", "error_decay"}."""
+    return [{"seed": r.setting["seed"], **r.result, "provenance": r.provenance} for r in flow_records(flow, store)]
 
 
 @dataclass(frozen=True)
