@@ -677,4 +677,7 @@ if costs:
 
 # %%
 print(staleness(asked))
-print("The flows: " + staleness([r for flow in ri.FLOWS.values() for r in ri.flow_records(flow)]))
+print(
+    "The flows: "
+    + staleness([r for flow in ri.FLOWS.values() for r in ri.flow_records(flow)])
+)
