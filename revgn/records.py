@@ -192,6 +192,8 @@ def provenance(recs: list[Record], where: str | Path = "", code: bool = True) ->
 def staleness(recs: list[FromCode]) -> str:
     """How many of some records (runs or measurements) other code computed (`FromCode.stale`), in a sentence.
     It depends on the code and the CPU kernels that run now, so a chapter prints it outside its checked cells."""
+    if not recs:
+        return "Nothing recorded."
     unknown = sum(r.fingerprint is None for r in recs)
     stale = sum(r.stale for r in recs) - unknown
     if not stale + unknown:

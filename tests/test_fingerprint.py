@@ -155,7 +155,7 @@ def test_a_measurement_is_tied_to_its_measurer_too_and_recomputed_by_it(tmp_path
         p.write_text(json.dumps({**d, "provenance": {**d["provenance"], "fingerprint": old}}))
     recs = ri.flow_records(flow, store)
     assert [r.changes() for r in recs] == [["experiments/right_inverse.py changed"]] * 2
-    assert staleness(recs).startswith("Of these 2: 2 computed by other code")
+    assert staleness(recs).startswith("Of these 2: 2 computed by other code") and staleness([]) == "Nothing recorded."
     # ... one holding a number the measurer does not reproduce refuses the class; without it, agreement.
     tampered = json.loads(paths[1].read_text())
     tampered["result"]["error_decay"][ri.GN_METHODS[0]][0] += 1e-12
