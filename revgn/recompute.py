@@ -2,9 +2,9 @@
 
 A record made by other code (`revgn.fingerprint`) is stale until shown otherwise: `verify` recomputes the
 cheapest few records of each other fingerprint, on their recorded thread count, and compares their histories
-number for number; where every one is bit-identical, the fingerprints join one class in
-`results/fingerprints.json` (with the recomputed keys as evidence) and their records are fresh again. A
-measurement (`revgn.records.Measurement`) is recomputed by the function it names (`measured_by`) from its
+number for number (and a failed run's reason word for word); where every one is bit-identical, the
+fingerprints join one class in `results/fingerprints.json` (with the recomputed keys as evidence) and their
+records are fresh again. A measurement (`revgn.records.Measurement`) is recomputed by the function it names (`measured_by`) from its
 setting, and its result compared the same way.
 
     python -m revgn.recompute results/regime_map [--sample 2] [--max-cost 10] [--only FINGERPRINT ...]
@@ -27,16 +27,18 @@ from .utils import atomic_write_json
 
 
 def _cost(rec: FromCode) -> float:
-    """A rough relative cost of recomputing a record: examples x epochs x width x depth (x 100 for x_L's
-    Moore-Penrose step, some 700 CG iterations a step); a 2,000-image, h = 512, 6-epoch run is 1. A
-    measurement's cost is not modelled: 0, so it is never skipped by `max_cost` (sampled in key order)."""
+    """A rough relative cost of recomputing a record: examples x epochs run x width x depth (x 100 for x_L's
+    Moore-Penrose step, some 700 CG iterations a step); a 2,000-image, h = 512, 6-epoch run is 1. A failed
+    run counts the epochs it began (it stopped in the one after its last evaluation). A measurement's cost
+    is not modelled: 0, so it is never skipped by `max_cost` (sampled in key order)."""
     if isinstance(rec, Measurement):
         return 0.0
     s = rec.spec
     n = s.data.n_train or 60000
     width = s.model.hidden if s.model.arch == "revmlp" else sum(s.model.mlp_hidden)
     slow = 100 if s.optimizer.name == "gn-mp" and s.optimizer.output == "body" else 1
-    return s.epochs * n * width * s.model.depth * slow / (2000 * 6 * 512 * 2)
+    epochs = s.epochs if rec.ok else min(s.epochs, (rec.history.epochs.get("epoch") or [-1])[-1] + 1)
+    return epochs * n * width * s.model.depth * slow / (2000 * 6 * 512 * 2)
 
 
 def _same(recorded: dict, fresh: dict) -> bool:
@@ -47,11 +49,13 @@ def _same(recorded: dict, fresh: dict) -> bool:
 
 
 def _reproduces(rec: FromCode) -> bool:
-    """Recompute a record with the running code: a run from its spec (its history compared), a measurement by
-    its `measured_by` function from its setting (its result compared)."""
+    """Recompute a record with the running code: a run from its spec (its history compared, and a failed run's
+    reason: the same refusal at the same step, in the same words), a measurement by its `measured_by` function
+    from its setting (its result compared)."""
     if isinstance(rec, Record):
-        again = run(rec.spec).history
-        return _same(rec.history.steps, again.steps) and _same(rec.history.epochs, again.epochs)
+        again = run(rec.spec)
+        return (again.failure == rec.failure and _same(rec.history.steps, again.history.steps)
+                and _same(rec.history.epochs, again.history.epochs))
     module, _, function = rec.provenance["measured_by"].partition(":")
     return _same(rec.result, getattr(importlib.import_module(module), function)(rec.setting))
 
@@ -74,10 +78,11 @@ def _now(rec: FromCode) -> str:
 
 def verify(folders, sample: int = 2, max_cost: float = 10.0, path: Path | None = None, log=print,
            only: set[str] | None = None) -> dict[str, str]:
-    """Recompute, with the running code, the `sample` cheapest finished records of each other fingerprint found
-    in `folders` (on their recorded thread count, so reductions run in the same order; a fingerprint whose
-    cheapest record costs more than `max_cost` (`_cost`) is left unverified), and compare their
-    numbers (a run's history, a measurement's result) bit for bit. Where every one agrees, that fingerprint
+    """Recompute, with the running code, the `sample` cheapest records of each other fingerprint found in
+    `folders` (a failed run's too: where and why it stopped is what it records), on their recorded thread
+    count so reductions run in the same order (a fingerprint whose cheapest record costs more than `max_cost`,
+    `_cost`, is left unverified), and compare their numbers (a run's history and failure, a measurement's
+    result) bit for bit. Where every one agrees, that fingerprint
     joins the running code's class in `fingerprint.EQUIVALENCES` (with the keys as evidence): its records are no
     longer stale. Returns {fingerprint: "same numbers (k records)" or what differed}. `only`: verify just these
     fingerprints (say, the class the previous code belonged to, skipping fingerprints already known to
@@ -88,7 +93,7 @@ def verify(folders, sample: int = 2, max_cost: float = 10.0, path: Path | None =
     for folder in folders:
         for p in sorted(Path(folder).rglob("*.json")):
             rec = _load(p)
-            if rec is None or (isinstance(rec, Record) and not rec.ok):
+            if rec is None:
                 continue
             fp = (rec.fingerprint or {}).get("fingerprint", "unknown code")
             if isinstance(rec, Measurement) and "measured_by" not in rec.provenance:

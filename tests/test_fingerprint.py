@@ -134,6 +134,33 @@ def test_agreement_is_earned_by_recomputation(tmp_path, monkeypatch):
 
 
 @needs_mnist
+def test_a_failed_run_is_recomputed_too_and_must_fail_the_same_way(tmp_path, monkeypatch):
+    """Where and why a run stopped is what a failed record records: `verify` reruns it and agrees only if the
+    history up to the failure and the failure's words are the same; its cost counts the epochs it began."""
+    store, registry = tmp_path / "store", tmp_path / "fingerprints.json"
+    monkeypatch.setattr(fpmod, "EQUIVALENCES", registry)
+    failed = run(tiny(optimizer=OptimSpec("sgd", 1e12)), store)  # a non-finite loss in the first epoch
+    assert failed.failure.startswith("NonFiniteLossError: epoch 1,") and failed.history.epochs["epoch"] == [0]
+    assert recompute._cost(failed) == pytest.approx(recompute._cost(run(tiny(epochs=1))))
+    path = record_path(store, failed.spec)
+    old = changed_training_path(lambda t: t + "\nREFACTORED = 1\n", module="train.py")
+    original = json.loads(path.read_text())
+    original["provenance"]["fingerprint"] = old
+    # The same numbers but another reason (say, the refusal moved to a later step) refuses the class ...
+    path.write_text(json.dumps({**original, "failure": original["failure"].replace("step 3/3", "step 2/3")}))
+    out = recompute.verify([store], sample=1, log=lambda *_: None)
+    assert out[old["fingerprint"]].startswith("differs") and not registry.exists()
+    # ... as does a changed number before it; the record as it was earns agreement.
+    tampered = json.loads(json.dumps(original))
+    tampered["history"]["steps"]["loss"][0] += 1e-9
+    path.write_text(json.dumps(tampered))
+    assert recompute.verify([store], sample=1, log=lambda *_: None)[old["fingerprint"]].startswith("differs")
+    path.write_text(json.dumps(original))
+    assert recompute.verify([store], sample=1, log=lambda *_: None)[old["fingerprint"]].startswith("same numbers")
+    assert not Record.load(path).stale
+
+
+@needs_mnist
 def test_a_measurement_is_tied_to_its_measurer_too_and_recomputed_by_it(tmp_path, monkeypatch, other_code):
     """A measurement's fingerprint digests the training path and its measuring function's module: an edit of
     either makes it stale; `recompute.verify` reruns the function it names and earns agreement bit for bit."""
