@@ -145,6 +145,28 @@ def equivalence_classes(path: Path | None = None) -> list[dict]:
     return d["classes"]
 
 
+def known_differences(path: Path | None = None) -> list[dict]:
+    """The fingerprints shown (`revgn.recompute.verify`) to compute other numbers than a later code: entries
+    {"old", "new", "recomputed" (keys), "largest_relative", "from_step", "final", and where and when}."""
+    path = EQUIVALENCES if path is None else path
+    if not path.exists():
+        return []
+    d = read_json(path, "fingerprint equivalences", "restore it with git")
+    differs = d.get("differs", []) if isinstance(d, dict) else None
+    if not (isinstance(differs, list) and all(isinstance(e, dict) and {"old", "new"} <= set(e) for e in differs)):
+        raise ValueError(f"{path}: 'differs' is not a list of {{'old', 'new', ...}} entries; restore it with git")
+    return differs
+
+
+def known_to_differ(a: str, b: str, classes: list[dict] | None = None, differs: list[dict] | None = None
+                    ) -> dict | None:
+    """The recorded evidence that fingerprint a computes other numbers than b (or than code shown to compute
+    b's numbers), or None where none is recorded."""
+    classes = equivalence_classes() if classes is None else classes
+    return next((e for e in (known_differences() if differs is None else differs)
+                 if e["old"] == a and same_numbers(e["new"], b, classes)), None)
+
+
 def same_numbers(a: str, b: str, classes: list[dict] | None = None) -> bool:
     """Are fingerprints a and b the same code, or shown (`verify`) to compute the same numbers?"""
     return a == b or any(a in c["members"] and b in c["members"] for c in (equivalence_classes() if classes is None else classes))

@@ -124,13 +124,67 @@ def test_agreement_is_earned_by_recomputation(tmp_path, monkeypatch):
     d["history"]["epochs"]["train_loss"][-1] += 1e-9
     record_path(store, bad.spec).write_text(json.dumps(d))
     out = recompute.verify([store], sample=2, log=lambda *_: None)
-    assert out[old["fingerprint"]].startswith("differs") and not registry.exists()
+    assert out[old["fingerprint"]].startswith("differs") and fpmod.equivalence_classes(registry) == []
+    # The difference is recorded, with how far it goes; a later verify does not recompute it again ...
+    (known,) = fpmod.known_differences(registry)
+    assert (known["old"], known["new"]) == (old["fingerprint"], fpmod.current()["fingerprint"])
+    assert sorted(known["recomputed"]) == sorted([good.spec.key, bad.spec.key])
+    assert known["largest_relative"] == pytest.approx(1e-9 / d["history"]["epochs"]["train_loss"][-1], rel=1e-3)
+    assert known["from_step"] is None and set(known["final"].values()) == {0.0}  # steps, final metrics agree
+    logged = []
+    out = recompute.verify([store], sample=2, log=logged.append)
+    assert out[old["fingerprint"]].startswith("differs (known") and logged == []
+    assert recompute.summary([Record.load(record_path(store, good.spec))]).endswith(
+        "1 of the 1 stale records are of code whose records this code recomputes otherwise (2 recomputed, the "
+        f"cheapest of each optimiser: their numbers differ, by at most {known['largest_relative']:.0e} relatively; "
+        "the final test accuracy by at most 0.00 points).")
+    # ... unless asked: with the tampered record gone, agreement is earned and the difference forgotten.
     record_path(store, bad.spec).unlink()
-    out = recompute.verify([store], sample=2, log=lambda *_: None)
+    out = recompute.verify([store], sample=2, log=lambda *_: None, again=True)
     assert out[old["fingerprint"]].startswith("same numbers")
-    assert not Record.load(record_path(store, good.spec)).stale
+    assert not Record.load(record_path(store, good.spec)).stale and fpmod.known_differences(registry) == []
     classes = json.loads(registry.read_text())["classes"]
     assert classes[0]["evidence"][0]["recomputed"] == [good.spec.key]
+
+
+@needs_mnist
+def test_no_optimiser_joins_a_class_on_another_optimisers_evidence(tmp_path, monkeypatch):
+    """A fingerprint's records are sampled by optimiser: a costlier SGD record is recomputed beside the cheapest
+    Adam one even with sample=1, so a code change that moved only SGD's numbers cannot join the class."""
+    store, registry = tmp_path / "store", tmp_path / "fingerprints.json"
+    monkeypatch.setattr(fpmod, "EQUIVALENCES", registry)
+    cheap, costly = run(tiny(), store), run(tiny(optimizer=OptimSpec("sgd", 0.1), epochs=4), store)
+    assert recompute._cost(cheap) < recompute._cost(costly)
+    old = changed_training_path(lambda t: t + "\nREFACTORED = 1\n", module="train.py")
+    for rec, nudge in ((cheap, 0.0), (costly, 1e-6)):  # SGD's numbers "moved" (its record no longer reproduces)
+        d = json.loads(record_path(store, rec.spec).read_text())
+        d["provenance"]["fingerprint"] = old
+        d["history"]["steps"]["loss"][0] *= 1 + nudge
+        record_path(store, rec.spec).write_text(json.dumps(d))
+    logged = []
+    out = recompute.verify([store], sample=1, log=logged.append)
+    assert len(logged) == 2 and out[old["fingerprint"]].startswith("differs")
+    assert fpmod.known_differences(registry)[0]["from_step"] == 0
+
+
+@needs_mnist
+def test_only_records_of_this_cpu_are_evidence(tmp_path, monkeypatch):
+    """Float32's last digits depend on the CPU model even with pinned kernels: a record computed on another CPU
+    is never recomputed as evidence about code (its difference would be the machine's), and a fingerprint with an
+    optimiser recorded only elsewhere is left unverified, before anything is computed."""
+    store, registry = tmp_path / "store", tmp_path / "fingerprints.json"
+    monkeypatch.setattr(fpmod, "EQUIVALENCES", registry)
+    here, there = run(tiny(), store), run(tiny(optimizer=OptimSpec("sgd", 0.1)), store)
+    old = changed_training_path(lambda t: t + "\nREFACTORED = 1\n", module="train.py")
+    for rec, device in ((here, recompute._here()), (there, "cpu (Another CPU)")):
+        d = json.loads(record_path(store, rec.spec).read_text())
+        assert d["provenance"]["device"] == recompute._here()  # as recorded here
+        d["provenance"].update(fingerprint=old, device=device)
+        record_path(store, rec.spec).write_text(json.dumps(d))
+    logged = []
+    out = recompute.verify([store], sample=2, log=logged.append)[old["fingerprint"]]
+    assert out.startswith("not verified: its sgd records were computed on cpu (Another CPU)") and logged == []
+    assert not registry.exists()
 
 
 @needs_mnist
@@ -149,15 +203,16 @@ def test_a_failed_run_is_recomputed_too_and_must_fail_the_same_way(tmp_path, mon
     # The same numbers but another reason (say, the refusal moved to a later step) refuses the class ...
     path.write_text(json.dumps({**original, "failure": original["failure"].replace("step 3/3", "step 2/3")}))
     out = recompute.verify([store], sample=1, log=lambda *_: None)
-    assert out[old["fingerprint"]].startswith("differs") and not registry.exists()
-    # ... as does a changed number before it; the record as it was earns agreement.
+    assert out[old["fingerprint"]].startswith("differs") and fpmod.equivalence_classes(registry) == []
+    assert fpmod.known_differences(registry)[0]["largest_relative"] is None  # not a difference of numbers
+    # ... as does a changed number before it, from its step on; the record as it was earns agreement.
     tampered = json.loads(json.dumps(original))
-    tampered["history"]["steps"]["loss"][0] += 1e-9
+    tampered["history"]["steps"]["loss"][1] *= 1 + 1e-6
     path.write_text(json.dumps(tampered))
-    assert recompute.verify([store], sample=1, log=lambda *_: None)[old["fingerprint"]].startswith("differs")
+    verify = lambda: recompute.verify([store], sample=1, log=lambda *_: None, again=True)[old["fingerprint"]]
+    assert verify().startswith("differs") and fpmod.known_differences(registry)[0]["from_step"] == 1
     path.write_text(json.dumps(original))
-    assert recompute.verify([store], sample=1, log=lambda *_: None)[old["fingerprint"]].startswith("same numbers")
-    assert not Record.load(path).stale
+    assert verify().startswith("same numbers") and not Record.load(path).stale
 
 
 @needs_mnist
@@ -188,9 +243,11 @@ def test_a_measurement_is_tied_to_its_measurer_too_and_recomputed_by_it(tmp_path
     tampered["result"]["error_decay"][ri.GN_METHODS[0]][0] += 1e-12
     paths[1].write_text(json.dumps(tampered))
     out = recompute.verify([store], sample=2, log=lambda *_: None)
-    assert out[old["fingerprint"]].startswith("differs") and not registry.exists()
+    assert out[old["fingerprint"]].startswith("differs") and fpmod.equivalence_classes(registry) == []
+    assert fpmod.known_differences(registry)[0]["largest_relative"] > 0
     paths[1].write_text(json.dumps({**originals[1], "provenance": {**originals[1]["provenance"], "fingerprint": old}}))
-    assert recompute.verify([store], sample=2, log=lambda *_: None)[old["fingerprint"]].startswith("same numbers")
+    out = recompute.verify([store], sample=2, log=lambda *_: None, again=True)
+    assert out[old["fingerprint"]].startswith("same numbers")
     assert not any(r.stale for r in ri.flow_records(flow, store))
     evidence = json.loads(registry.read_text())["classes"][0]["evidence"][0]
     assert evidence["recomputed"] == sorted(r.key for r in recs) and evidence["old"] == old["fingerprint"]
