@@ -57,7 +57,8 @@ import revgn
 from revgn import data
 from revgn.book import markdown, table
 from revgn.experiments import ablations as ab
-from revgn.runs import Runs, provenance, staleness
+from revgn import recompute
+from revgn.runs import Runs, provenance
 from revgn.stats import TEST, paired, verdict
 from revgn.sweep import collect
 
@@ -426,4 +427,4 @@ print(
 )
 
 # %%
-print(staleness([r for rs in recs.values() for r in rs]))
+print(recompute.summary([r for rs in recs.values() for r in rs]))

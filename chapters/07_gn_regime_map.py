@@ -112,7 +112,8 @@ from revgn.book import markdown
 from revgn.experiments import regime_map as rm
 from revgn.experiments import regime_verdicts as rv
 from revgn.plots import heatmap
-from revgn.runs import Runs, provenance, staleness
+from revgn import recompute
+from revgn.runs import Runs, provenance
 from revgn.sweep import collect
 
 run = revgn.book.setup(scale, device, seed)
@@ -336,7 +337,9 @@ markdown(
     rv.verdict_table(full, seeds=len(F.seeds))
     + f"\n\nOne test image is {point(full_test['mnist']):.2f} points "
     f"(MNIST) and {point(full_test['cifar10-subset']):.1f} points (CIFAR-10 subset). "
-    + provenance(full_recs, "results/regime_map/full")
+    + provenance(full_recs, "results/regime_map/full", code=False)
+    + " "
+    + recompute.summary(full_recs)
     + (
         "\n\nStill being swept (runs recorded of those asked for so far; the count"
         " grows as grids are bracketed and seeds freed): "
@@ -419,7 +422,7 @@ if shown:
 print(provenance(list(runs.records.values()), f"results/{GRID.topic}", code=False))
 
 # %%
-print(staleness(list(runs.records.values())))
+print(recompute.summary(list(runs.records.values())))
 
 # %% [markdown]
 # ## Verdict
