@@ -82,7 +82,8 @@ import revgn
 from revgn.book import markdown, table
 from revgn.experiments import gn_protocol as gp
 from revgn.experiments import right_inverse as ri
-from revgn.runs import RESULTS, Runs, provenance, staleness, splits_of
+from revgn import recompute
+from revgn.runs import RESULTS, Runs, provenance, splits_of
 from revgn.stats import TEST, verdict
 from revgn.sweep import collect
 
@@ -676,8 +677,10 @@ if costs:
     )
 
 # %%
-print(staleness(asked))
+print(recompute.summary(asked))
 print(
     "The flows: "
-    + staleness([r for flow in ri.FLOWS.values() for r in ri.flow_records(flow)])
+    + recompute.summary(
+        [r for flow in ri.FLOWS.values() for r in ri.flow_records(flow)]
+    )
 )

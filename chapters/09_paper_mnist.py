@@ -51,7 +51,8 @@ import numpy as np
 import revgn
 from revgn.book import markdown, table
 from revgn.experiments import paper_mnist as pm
-from revgn.runs import Runs, provenance, staleness
+from revgn import recompute
+from revgn.runs import Runs, provenance
 from revgn.stats import MIN_SEEDS, TEST
 from revgn.sweep import collect
 
@@ -210,4 +211,4 @@ markdown(
 # %%
 asked = [r for r in collect(GRID.specs, pm.store_of()) if r is not None]
 print(provenance(asked, "results/paper_mnist/paper_rates", code=False))
-print(staleness(asked))
+print(recompute.summary(asked))

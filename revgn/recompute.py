@@ -255,7 +255,7 @@ def summary(recs: list[FromCode]) -> str:
         return line
     known = [e for r in stale if (e := known_to_differ(r.fingerprint["fingerprint"], _now(r), classes, differs))]
     if not known:
-        return line + f" The code of these {len(stale)} has not been recomputed here."
+        return line + f" The code of {_these(len(stale))} has not been recomputed here."
     entries = list({id(e): e for e in known}.values())
     sampled = sum(len(e["recomputed"]) for e in entries)
     largest = [e["largest_relative"] for e in entries]
@@ -270,7 +270,11 @@ def summary(recs: list[FromCode]) -> str:
     out = (f" {len(known)} of the {len(stale)} stale records are of code whose records this code recomputes"
            f" otherwise ({sampled} recomputed, the cheapest of each optimiser: {detail}).")
     rest = len(stale) - len(known)
-    return line + out + (f" The code of the other {rest} has not been recomputed here." if rest else "")
+    return line + out + (f" The code of {_these(rest, 'the other')} has not been recomputed here." if rest else "")
+
+
+def _these(n: int, which: str = "these") -> str:
+    return "that one" if n == 1 and which == "these" else f"{which} one" if n == 1 else f"{which} {n}"
 
 
 def _key(rec: FromCode) -> str:
