@@ -54,7 +54,7 @@ def test_the_endpoints_score_a_run_at_its_end_or_at_its_own_validation_peak():
 def test_the_tuned_tier_chooses_on_seed_0_by_the_whole_curve_and_probes_past_a_binding_cap():
     store = {}
     records_of = lambda specs: [store.get(s.key) for s in specs]
-    needed, chosen = pm.tuned_walk(records_of)
+    needed, chosen, _ = pm.tuned_walk(records_of)
     assert {(s.optimizer.name, s.optimizer.lr) for s in needed} == \
         {("gn", 0.3), ("gn", 1.0), ("adam", 1e-4), ("adam", 3e-4), ("adam", 1e-3)}
     assert {s.seed for s in needed} == {0} and {s.model.hidden for s in needed} == {pm.TUNED_HIDDEN}
@@ -65,10 +65,49 @@ def test_the_tuned_tier_chooses_on_seed_0_by_the_whole_curve_and_probes_past_a_b
             if s.key not in store:
                 p = peak.get((s.optimizer.name, s.optimizer.lr), 0.9)
                 store[s.key] = _rec(s, [0.5, p, 0.9], [0.5, p, 0.9])  # every run ends at 0.9: only the peak decides
-        needed, chosen = pm.tuned_walk(records_of)
+        needed, chosen, _ = pm.tuned_walk(records_of)
     assert chosen["adam"][0].lr == 3e-4 and chosen["gn"][0].lr == 2.0 and chosen["gn"][0].capped
     assert any(s.optimizer.lr == pm.BEYOND_CAP and s.seed == 0 for s in needed), "the cap is probed"
     assert {s.seed for s in needed if s.optimizer.name == "gn" and s.optimizer.lr == 2.0} == set(pm.SEEDS)
+
+
+def test_the_tuned_tier_is_read_from_its_store_as_far_as_it_is_recorded(tmp_path):
+    """What chapter 09 renders of the tuned tier: the seed-0 grid with its choice, the runs at the chosen rate
+    paired by seed (only where both methods finished), and the run past GN's cap, read from record files."""
+    from revgn.utils import atomic_write_json
+    from revgn.records import record_path
+
+    def save(spec, peak, failure=None):
+        rec = _rec(spec, [0.5, peak, 0.9], [0.5, peak, 0.9])
+        rec.history.log(rec.history.steps, epoch=1, loss=1.0)
+        if failure:
+            rec = Record(spec, rec.history, {}, {}, failure)
+        atomic_write_json(record_path(tmp_path, spec), rec.to_dict())
+
+    t = pm.tuned_recorded(tmp_path)
+    assert t.chosen == {"gn": None, "adam": None} and t.grid == {"gn": {}, "adam": {}} and t.beyond_cap is None
+    assert all(r is None for recs in t.records.values() for r in recs) and t.runs == {"gn": [], "adam": []}
+    peak = {("gn", 0.3): 0.95, ("gn", 1.0): 0.96, ("gn", 2.0): 0.97, ("adam", 1e-4): 0.96, ("adam", 3e-4): 0.98,
+            ("adam", 1e-3): 0.97, ("gn", pm.BEYOND_CAP): 0.93}
+    for _ in range(3):  # record the seed-0 grids as the walk asks for them (GN's grows to its cap of 2)
+        for s in pm.tuned_walk(lambda specs: collect(specs, tmp_path))[0]:
+            if s.seed == 0 and not record_path(tmp_path, s).exists():
+                save(s, peak[(s.optimizer.name, s.optimizer.lr)])
+    t = pm.tuned_recorded(tmp_path)
+    assert (t.chosen["gn"].lr, t.chosen["gn"].capped, t.chosen["adam"].lr) == (2.0, True, 3e-4)
+    assert sorted(t.grid["gn"]) == [0.3, 1.0, 2.0] and sorted(t.grid["adam"]) == [1e-4, 3e-4, 1e-3]
+    assert t.beyond_cap is not None and t.beyond_cap.spec.optimizer.lr == pm.BEYOND_CAP
+    assert t.beyond_cap.spec.optimizer.lr not in t.grid["gn"], "the cap probe is not one of the choices"
+    assert [r is not None for r in t.records["gn"]] == [True, False, False, False, False]
+    for seed in (1, 2):  # seed 1: both methods; seed 2: GN's run failed, so it is not a paired seed
+        at = lambda m, lr: pm.tuned_arms()[m].specs[seed].replace(**{"optimizer.lr": lr})
+        save(at("adam", 3e-4), 0.97)
+        save(at("gn", 2.0), 0.96, failure=None if seed == 1 else "non-finite loss")
+    t = pm.tuned_recorded(tmp_path)
+    assert [r.spec.seed for r in t.runs["gn"]] == [r.spec.seed for r in t.runs["adam"]] == [0, 1]
+    assert all(r.spec.optimizer.lr == 2.0 for r in t.runs["gn"])
+    assert sorted(r.spec.key for r in t.every()) == sorted(f.stem for f in tmp_path.glob("*.json")), \
+        "every record of the store is read once, the failed one too"
 
 
 needs_mnist = pytest.mark.skipif(not (Path(os.environ.get("REVGN_DATA", "/nonexistent")) / "mnist").exists(),
@@ -111,6 +150,20 @@ def test_the_paper_claims_are_read_as_paired_verdicts_over_the_seeds_every_metho
     assert list(x) == list(range(TINY.epochs + 1)) and np.all(lo <= mean) and np.all(mean <= hi)
     x, mean, lo, hi = pm.band(runs["gn"], None, steps=True)
     assert len(x) == TINY.epochs and np.all(lo <= hi)
+
+
+@needs_mnist
+def test_without_sgd_runs_the_claims_about_sgd_are_left_out_and_the_rest_are_unchanged(tiny_store):
+    recs = {m: collect([pm.spec(m, s, TINY) for s in pm.SEEDS], tiny_store) for m in pm.METHODS}
+    every = pm.paired_runs(recs)
+    two = pm.paired_runs({m: recs[m] for m in ("gn", "adam")})
+    assert [r.spec.seed for r in two["gn"]] == [0, 1] and set(two) == {"gn", "adam"}
+    for endpoint in ("end", "best_val"):
+        full, without = pm.findings(every, endpoint), pm.findings(two, endpoint)
+        assert not any("SGD" in f.measured or "sgd" in f.measured for f in without)
+        assert [f.measured for f in full if "sgd" not in f.measured.lower()] == [f.measured for f in without]
+        same = {f.measured: f.comparison.mean for f in full}
+        assert all(same[f.measured] == f.comparison.mean for f in without)
 
 
 def test_with_no_paired_seed_every_claim_says_no_verdict():

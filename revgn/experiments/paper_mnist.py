@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..records import RESULTS
+from ..records import RESULTS, Record
 from ..spec import DataSpec, ModelSpec, OptimSpec, RunSpec
 from ..stats import MIN_SEEDS, Paired, paired, verdict
 from ..sweep import Grid
@@ -80,16 +80,16 @@ def tuned_arms() -> dict[str, Arm]:
             for m in ("gn", "adam")}
 
 
-def tuned_walk(records_of) -> tuple[list[RunSpec], dict[str, list]]:
-    """The tuned tier's specs needed so far, and per method its per-seed `Selection`s (None while missing).
-    records_of(specs) -> records or None, as in `gn_protocol.tuning`."""
-    needed, chosen = [], {}
+def tuned_walk(records_of) -> tuple[list[RunSpec], dict[str, list], dict[str, list]]:
+    """The tuned tier's specs needed so far and, per method, its per-seed `Selection`s and its records at the
+    chosen rate (each None while missing). records_of(specs) -> records or None, as in `gn_protocol.tuning`."""
+    needed, chosen, recs = [], {}, {}
     for method, arm in tuned_arms().items():
-        more, chosen[method], _ = walk_arm(arm, records_of)
+        more, chosen[method], recs[method] = walk_arm(arm, records_of)
         needed += more
         if chosen[method][0] is not None and chosen[method][0].capped:  # does the cap bind? one run past it
             needed += gp.rate_grid(arm.specs[0], [BEYOND_CAP])
-    return needed, chosen
+    return needed, chosen, recs
 
 
 def tuned(store=None) -> Grid:
@@ -98,6 +98,47 @@ def tuned(store=None) -> Grid:
 
     store = store or store_of("tuned")
     return Grid("paper_mnist/tuned", tuple(dict.fromkeys(tuned_walk(lambda specs: collect(specs, store))[0])))
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """The tuned tier as far as it is recorded. Per method: `chosen`, the seed-0 rate choice (None while its
+    grid is not all recorded); `records`, its run at that rate at each seed of SEEDS (None where missing);
+    `grid`, seed 0's run at each rate tried ({lr: record}, the curves the choice was made on). `beyond_cap`:
+    GN's seed-0 run at BEYOND_CAP where its choice is the cap (None when not asked for or not recorded)."""
+
+    chosen: dict[str, gp.Selection | None]
+    records: dict[str, list]
+    grid: dict[str, dict[float, Record]]
+    beyond_cap: Record | None
+
+    @property
+    def runs(self) -> dict[str, list]:
+        """The paired unit of `findings`: each method's finished runs at the seeds where both finished."""
+        return paired_runs(self.records)
+
+    def every(self) -> list[Record]:
+        """Every record of the tier read so far, each once: the grids, the chosen rates' seeds, the cap probe."""
+        recs = [r for rs in self.records.values() for r in rs] + [r for g in self.grid.values() for r in g.values()]
+        return list({r.spec.key: r for r in recs + [self.beyond_cap] if r is not None}.values())
+
+
+def tuned_recorded(store=None) -> Tuned:
+    """Read the tuned tier's records (default: results/paper_mnist/tuned/)."""
+    from ..sweep import collect
+
+    store = store_of("tuned") if store is None else store
+    records_of = lambda specs: collect(specs, store)
+    needed, chosen, recs = tuned_walk(records_of)
+    grid, beyond = {}, None
+    for method, arm in tuned_arms().items():
+        lrs = {*TUNED_LRS[method], *(chosen[method][0].scores if chosen[method][0] else ()),
+               *(s.optimizer.lr for s in needed if s.optimizer.name == method and s.seed == arm.specs[0].seed)}
+        tried = gp.rate_grid(arm.specs[0], sorted(lrs - {BEYOND_CAP}))
+        grid[method] = {s.optimizer.lr: r for s, r in zip(tried, records_of(tried)) if r is not None}
+        if chosen[method][0] is not None and chosen[method][0].capped:
+            beyond = records_of(gp.rate_grid(arm.specs[0], [BEYOND_CAP]))[0]
+    return Tuned({m: c[0] for m, c in chosen.items()}, recs, grid, beyond)
 
 
 def store_of(name: str = "paper_rates"):
@@ -136,10 +177,10 @@ def recorded(store=None) -> dict[str, list]:
 
 
 def paired_runs(recs: dict[str, list]) -> dict[str, list]:
-    """The finished runs of the seeds at which every method has one, per method, in seed order: the unit of
-    a paired comparison."""
-    done = [i for i in range(len(SEEDS)) if all(recs[m][i] is not None and recs[m][i].ok for m in METHODS)]
-    return {m: [recs[m][i] for i in done] for m in METHODS}
+    """The finished runs of the seeds at which every method of `recs` ({method: a record or None per seed of
+    SEEDS}) has one, per method, in seed order: the unit of a paired comparison."""
+    done = [i for i in range(len(SEEDS)) if all(r[i] is not None and r[i].ok for r in recs.values())]
+    return {m: [r[i] for i in done] for m, r in recs.items()}
 
 
 @dataclass(frozen=True)
@@ -166,13 +207,14 @@ def _finding(claim: str, measured: str, a, b, above: str, below: str) -> Finding
 
 def findings(runs: dict[str, list], endpoint: str = "end") -> list[Finding]:
     """The paper's mini-batch claims (`PAPER_SAYS`) as paired verdicts over the seeds of `runs` (from
-    `paired_runs`), each run scored at `endpoint` ("end": the last epoch, the paper's; "best_val": its own
-    validation peak). Saturation and the per-step batch fit are properties of the whole run, the same at
-    both endpoints."""
-    gn, sgd, adam = runs["gn"], runs["sgd"], runs["adam"]
+    `paired_runs`: GN, Adam and, where the tier has it, SGD), each run scored at `endpoint` ("end": the last
+    epoch, the paper's; "best_val": its own validation peak). Saturation and the per-step batch fit are
+    properties of the whole run, the same at both endpoints. Rows about SGD are left out without SGD runs."""
+    gn, adam = runs["gn"], runs["adam"]
+    others = [m for m in ("sgd", "adam") if m in runs]
     at = lambda recs, key: [gp.at_endpoint(r, key, endpoint) for r in recs]
     fall = [gp.saturation(r, SATURATION_EPOCHS) for r in gn]
-    drop = {m: [float(gp.batch_loss_drop(r).mean()) for r in runs[m]] for m in METHODS}
+    drop = {m: [float(gp.batch_loss_drop(r).mean()) for r in recs] for m, recs in runs.items()}
     out = [
         _finding(PAPER_SAYS["saturates"], f"GN's training-loss fall over its last {SATURATION_EPOCHS} epochs "
                  f"minus {SATURATED:.0%} (points)", fall, [SATURATED] * len(fall), "no: still falling", "yes"),
@@ -183,14 +225,15 @@ def findings(runs: dict[str, list], endpoint: str = "end") -> list[Finding]:
         _finding(PAPER_SAYS["test_acc"], "test accuracy, Adam - GN (points)", at(adam, "test_acc"),
                  at(gn, "test_acc"), "yes", "no: GN better"),
     ]
-    for other in ("sgd", "adam"):
+    for other in others:
         out.append(_finding(PAPER_SAYS["batch_fit"], f"mean per-step drop of the batch's own loss, GN - {other} "
                             "(points of %)", drop["gn"], drop[other], "yes", "no: GN's is smaller"))
     for key, name in LAZY_MEASURES.items():
         out.append(_finding(PAPER_SAYS["lazy"], f"{name} to init, GN - Adam", at(gn, key), at(adam, key),
                             "yes: GN closer to init", "no: Adam closer"))
-        out.append(_finding(PAPER_SAYS["lazy"], f"{name} to init, SGD - Adam", at(sgd, key), at(adam, key),
-                            "yes: SGD closer to init", "no: Adam closer"))
+        if "sgd" in runs:
+            out.append(_finding(PAPER_SAYS["lazy"], f"{name} to init, SGD - Adam", at(runs["sgd"], key),
+                                at(adam, key), "yes: SGD closer to init", "no: Adam closer"))
     return out
 
 
