@@ -46,6 +46,7 @@ seed = 0
 
 # %%
 import matplotlib.pyplot as plt
+from matplotlib.ticker import NullFormatter
 import numpy as np
 
 import revgn
@@ -253,7 +254,7 @@ if tuned.beyond_cap is not None:
     print(f"gn past its cap, at {pm.BEYOND_CAP:g}: peak validation accuracy {best:.3g}")
 
 # %% mystnb={"figure": {"caption": "The tuned tier ($h=2048$, $n=1024$, 100 epochs, each method's rate chosen on seed 0 by its peak validation accuracy). Left: seed 0's validation accuracy at every rate tried, the chosen rate drawn thick. Middle and right: training loss (10,000 fixed training images) and test accuracy at the chosen rates, means over the recorded seeds, bands their range.", "name": "fig-tuned"}}
-fig, axes = plt.subplots(1, 3, figsize=(6.8, 2.9))
+fig, axes = plt.subplots(1, 3, figsize=(7.2, 3.0), layout="constrained")
 for m, grid in tuned.grid.items():
     chosen = tuned.chosen[m].lr if tuned.chosen[m] else None
     for lr, rec in grid.items():
@@ -271,6 +272,7 @@ for ax, name in zip(axes, ("validation accuracy", "training loss", "test accurac
     ax.set(xlabel="epoch", title=name)
 axes[0].set_ylim(0.9, 1.0)
 axes[1].set_yscale("log")
+axes[1].yaxis.set_minor_formatter(NullFormatter())  # a log axis over less than a decade
 for ax in axes[:2]:
     if ax.lines:
         ax.legend(fontsize="x-small")
