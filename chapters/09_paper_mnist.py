@@ -174,7 +174,7 @@ plt.show()
 
 # %% tags=["hide-input"]
 def claims_table(runs: dict) -> str:
-    """The paper's claims against `runs` (paired), at both endpoints, as a Markdown table."""
+    """The paper's claims against `runs` (paired), at both endpoints: a table."""
     at_end, at_best = pm.findings(runs, "end"), pm.findings(runs, "best_val")
     scaled = lambda f: f.text(1, "") if "loss," in f.measured else f.text()
     rows = [
@@ -192,7 +192,7 @@ def claims_table(runs: dict) -> str:
 
 
 def reproduced(runs: dict, what: str) -> str:
-    """Which claims the end-of-training verdicts over `runs` say held, failed, or are undecided."""
+    """Which claims held, failed or are undecided at the end of training."""
     at_end = pm.findings(runs, "end")
     held = {f.claim for f in at_end if f.verdict.startswith("yes")}
     failed = {f.claim for f in at_end if f.verdict.startswith("no:")}
@@ -239,6 +239,7 @@ print(recompute.summary(asked))
 # best is inside it, or at GN's cap) by the peak of the run's whole validation-accuracy curve, never a
 # stopping epoch; seeds 1 to 4 then train at the chosen rate, paired by seed as above. Where GN chooses its
 # cap, one more seed-0 run past it shows whether the cap binds (`revgn.experiments.paper_mnist`, `tuned`).
+# {numref}`fig-tuned` shows the curves each choice was made on and the runs at the chosen rates.
 
 # %% tags=["nbval-check-output"]
 tuned = pm.tuned_recorded()
@@ -254,7 +255,7 @@ if tuned.beyond_cap is not None:
     print(f"gn past its cap, at {pm.BEYOND_CAP:g}: peak validation accuracy {best:.3g}")
 
 # %% mystnb={"figure": {"caption": "The tuned tier ($h=2048$, $n=1024$, 100 epochs, each method's rate chosen on seed 0 by its peak validation accuracy). Left: seed 0's validation accuracy at every rate tried, the chosen rate drawn thick. Middle and right: training loss (10,000 fixed training images) and test accuracy at the chosen rates, means over the recorded seeds, bands their range.", "name": "fig-tuned"}}
-fig, axes = plt.subplots(1, 3, figsize=(7.2, 3.0), layout="constrained")
+fig, axes = plt.subplots(1, 3, figsize=(6.5, 2.9), layout="constrained")
 for m, grid in tuned.grid.items():
     chosen = tuned.chosen[m].lr if tuned.chosen[m] else None
     for lr, rec in grid.items():
@@ -294,4 +295,5 @@ markdown(reproduced(tuned.runs, "with tuned rates"))
 # %%
 asked = tuned.every()
 print(provenance(asked, "results/paper_mnist/tuned", code=False))
-print(recompute.summary(asked))
+if asked:
+    print(recompute.summary(asked))

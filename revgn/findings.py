@@ -46,7 +46,7 @@ def block() -> str:
     runs = pm.paired_runs(recs)
     lines += ["", "**The paper's own MNIST experiment** (h = 8000, n = 1024, 100 epochs, paper rates, 5 seeds; "
               "chapter 09, `revgn.experiments.paper_mnist`): recorded so far "
-              + ", ".join(f"{m.upper() if m != 'adam' else 'Adam'} {sum(r is not None for r in recs[m])} of "
+              + ", ".join(f"{pm.NAMES[m]} {sum(r is not None for r in recs[m])} of "
                           f"{len(pm.SEEDS)}" for m in pm.METHODS) + " runs"
               + (f", {len(runs['gn'])} paired seeds." if runs["gn"] else "; no verdict yet.")
               + (" Under the default rank rule exact GN refused the paper's features at epoch 1 "
@@ -58,7 +58,7 @@ def block() -> str:
                       if tuned.chosen[m] else "rate not chosen yet")
     lines += ["", f"**Tuned rates, to the end of training** (h = {pm.TUNED_HIDDEN}, n = {pm.BASE.batch_size}, "
               f"{pm.EPOCHS} epochs, GN and Adam each tuned on seed 0 by peak validation accuracy; chapter 09): "
-              + "; ".join(f"{'GN' if m == 'gn' else 'Adam'} {rate(m)}, "
+              + "; ".join(f"{pm.NAMES[m]} {rate(m)}, "
                           f"{sum(r is not None for r in tuned.records[m])} of {len(pm.SEEDS)} seeds at it"
                           for m in tuned.chosen)
               + (f"; {len(tuned.runs['gn'])} paired seeds." if tuned.runs["gn"] else "; no verdict yet.")]
