@@ -212,3 +212,34 @@ def test_a_deficit_is_split_into_fitting_and_generalising_and_capped_rates_are_r
     counts = rv.bracketing(capped)
     assert counts["gn at the cap"] == 1 and counts["gn interior"] == 0 and counts["adam interior"] == 1
     assert "not recorded yet (0 of 5 seeds)" in rv.verdict_table({"x": []}, seeds=5)
+
+
+def test_a_tier_that_stops_on_validation_is_scored_at_each_runs_validation_peak():
+    """The full tier's runs stop three epochs after their validation peak; its verdicts score each run at that
+    peak (a checkpoint chosen on validation data), never at the epoch where the stopping rule ended it."""
+    from revgn.history import History
+    from revgn.runs import Record
+
+    full, book = rm.SETTINGS["full"], rm.SETTINGS["book"]
+    assert full.base.patience > 0 and full.endpoint == "best_val" and book.endpoint == "end"
+
+    def rec(o, seed, val, test, train):
+        h = History()
+        for e, (v, t, tr) in enumerate(zip(val, test, train)):
+            h.log(h.epochs, epoch=e, val_acc=v, test_acc=t, train_acc=tr)
+        return Record(full.base.vary(seed=seed).spec(o, 1e-3, full), h,
+                      {"val_acc": val[-1], "test_acc": test[-1], "train_acc": train[-1]}, {})
+
+    summ = []
+    for s in range(5):  # GN peaks at epoch 1, then decays; Adam is flat: GN better at the peak, worse at the stop
+        g = rec("gn", s, [0.5, 0.9, 0.8, 0.8], [0.5, 0.92 + 0.001 * s, 0.80, 0.79], [0.5, 0.95, 0.96, 0.97])
+        a = rec("adam", s, [0.5, 0.85, 0.85, 0.85], [0.5, 0.85, 0.85, 0.85 + 0.001 * s], [0.5, 0.9, 0.9, 0.9])
+        run = lambda r: {"record": r, "lr": 1e-3, "selection": gp.Selection(r, {1e-3: 0.9}, bracketed=True),
+                         **{k: r.metrics[k] for k in ("test_acc", "train_acc")}}
+        summ.append({"gn": run(g), "adam": run(a), "gap": g.metrics["test_acc"] - a.metrics["test_acc"]})
+    assert rv.outcome(summ) is rv.Outcome.HOLDS and rv.outcome(summ, full.endpoint) is rv.Outcome.FAILS
+    assert rv.gap_verdict(summ, 5, full.endpoint)[1] == rv.Outcome.FAILS.value
+    assert rv.gap(summ, full.endpoint).mean == pytest.approx(0.92 + 0.002 - 0.85)
+    assert "claim fails: GN better" in rv.verdict_table({"x": summ}, 5, full.endpoint)
+    split = rv.fit_or_generalise(summ, full.endpoint)  # training accuracy too is read at the peak epoch
+    assert split["train"].mean == pytest.approx(0.95 - 0.9) and split["test"].mean == pytest.approx(0.072)

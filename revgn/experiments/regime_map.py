@@ -121,6 +121,13 @@ class Settings:
     factors: bool = True  # single-factor changes around the base point (rates chosen on the first seed)
     cifar: tuple = ({"dataset": "cifar10-subset"},)  # changes of the base point that make each CIFAR-10 regime
 
+    @property
+    def endpoint(self) -> str:
+        """Where the tier's runs are scored (`gn_protocol.ENDPOINTS`): where training ends ("end") when it runs a
+        fixed number of epochs; at each run's own validation peak ("best_val", a checkpoint chosen on validation
+        data) when a stopping rule ends it, never at the epoch the rule happened to stop on."""
+        return "best_val" if self.base.patience else "end"
+
     def at_seeds(self, point: Point, each_seed: bool) -> Regime:
         return Regime([point.vary(seed=s) for s in self.seeds], each_seed)
 

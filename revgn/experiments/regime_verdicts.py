@@ -27,34 +27,45 @@ class Outcome(enum.Enum):
     NO_COMPARISON = "no comparison"  # exact GN refused at every rate
 
 
-def outcome(summaries: list[dict]) -> Outcome:
-    """The regime's `Outcome`: the verdict rule on its paired gap (GN minus Adam test accuracy)."""
+def outcome(summaries: list[dict], endpoint: str = "end") -> Outcome:
+    """The regime's `Outcome`: the verdict rule on its paired gap (GN minus Adam test accuracy) at `endpoint`."""
     if not summaries:
         return Outcome.NO_VERDICT
     if any(r["gap"] is None for r in summaries):
         return Outcome.NO_COMPARISON
     return {Verdict.BELOW: Outcome.HOLDS, Verdict.ABOVE: Outcome.FAILS, Verdict.NEITHER: Outcome.NO_DIFFERENCE,
-            Verdict.TOO_FEW: Outcome.NO_VERDICT}[gap(summaries).verdict]
+            Verdict.TOO_FEW: Outcome.NO_VERDICT}[gap(summaries, endpoint).verdict]
 
 
-def gap_verdict(summaries: list[dict], seeds: int | None = None) -> tuple[str, str]:
-    """A regime's gap, paired over its seeds ("-1.2 [-2.0, -0.4] points (5 seeds)"), and the verdict of
-    `revgn.stats.verdict` on it: "claim holds: GN worse", "claim fails: GN better", "no detectable
+def gap_verdict(summaries: list[dict], seeds: int | None = None, endpoint: str = "end") -> tuple[str, str]:
+    """A regime's gap at `endpoint`, paired over its seeds ("-1.2 [-2.0, -0.4] points (5 seeds)"), and the
+    verdict of `revgn.stats.verdict` on it: "claim holds: GN worse", "claim fails: GN better", "no detectable
     difference", or no verdict with fewer than five seeds. seeds: how many the regime has (for "not recorded")."""
     if not summaries:
         return f"not recorded yet (0 of {seeds or '?'} seeds)", "no verdict"
     if any(r["gap"] is None for r in summaries):
         return "exact GN refused at every rate", "no comparison"
-    c = gap(summaries)
+    c = gap(summaries, endpoint)
     return c.text(), verdict(c, above="claim fails: GN better", below="claim holds: GN worse")
+
+
+def _score(rec, key: str, endpoint: str) -> float:
+    """A finished run's `key` at `endpoint`: its final metric at "end", else `gn_protocol.at_endpoint`."""
+    return rec.metrics[key] if endpoint == "end" else gp.at_endpoint(rec, key, endpoint)
+
+
+def _values(summaries: list[dict], key: str, endpoint: str) -> list[list[float]]:
+    """[GN's, Adam's] value of `key` at each seed, each run scored at `endpoint` (`gn_protocol.ENDPOINTS`: its
+    last evaluation, or its own validation peak)."""
+    if endpoint == "end":
+        return [[r[o][key] for r in summaries] for o in OPTIMISERS]
+    return [[gp.at_endpoint(r[o]["record"], key, endpoint) for r in summaries] for o in OPTIMISERS]
 
 
 def gap(summaries: list[dict], endpoint: str = "end"):
     """GN minus Adam test accuracy over a regime's seeds, paired (`revgn.stats.paired`; every seed must have run),
-    each run scored at `endpoint` (`gn_protocol.ENDPOINTS`: its last evaluation, or its own validation peak)."""
-    if endpoint == "end":
-        return paired([r["gn"]["test_acc"] for r in summaries], [r["adam"]["test_acc"] for r in summaries])
-    return paired(*([gp.at_endpoint(r[o]["record"], "test_acc", endpoint) for r in summaries] for o in OPTIMISERS))
+    each run scored at `endpoint`."""
+    return paired(*_values(summaries, "test_acc", endpoint))
 
 
 def endpoint_table(regimes: dict[str, list[dict]]) -> str:
@@ -80,10 +91,11 @@ def rates(summaries: list[dict], o: str) -> str:
     return ", ".join(chosen) or "-"
 
 
-def margins(regimes: dict[str, list[dict]], records_of) -> str:
+def margins(regimes: dict[str, list[dict]], records_of, endpoint: str = "end") -> str:
     """How firmly the first seed chose each regime's rates, and how much the choice matters, one Markdown bullet
     per regime: the validation images by which each optimiser's chosen rate beat its runner-up, and the first seed's test gap
-    (points) at the chosen rates and with either runner-up instead. records_of(specs) -> records, as in `walk`.
+    (points, each run scored at `endpoint`) at the chosen rates and with either runner-up instead. records_of(specs)
+    -> records, as in `walk`.
     A rate chosen on one seed is reused for the others, so a margin of a few images is a choice that noise could
     have turned; the runner-up gaps say whether that would have moved the verdict."""
     out = []
@@ -97,7 +109,7 @@ def margins(regimes: dict[str, list[dict]], records_of) -> str:
         n_val = best["gn"].spec.data.n_val
         won = ", ".join(f"{name[o]}'s {first[o]['lr']:.3g} beat {ups[o]:.3g} by "
                         f"{round(first[o]['selection'].margin * n_val)}" for o in OPTIMISERS if ups[o] is not None)
-        gap = lambda g, a: f"{100 * (g.metrics['test_acc'] - a.metrics['test_acc']):+.1f}"
+        gap = lambda g, a: f"{100 * (_score(g, 'test_acc', endpoint) - _score(a, 'test_acc', endpoint)):+.1f}"
         swaps = [f"{gap(up['gn'], best['adam'])} with GN's runner-up" if up["gn"] and up["gn"].ok else None,
                  f"{gap(best['gn'], up['adam'])} with Adam's" if up["adam"] and up["adam"].ok else None]
         out.append(f"* {label}: {won} of {n_val:,} validation images; seed {best['gn'].spec.seed}'s test gap "
@@ -106,9 +118,11 @@ def margins(regimes: dict[str, list[dict]], records_of) -> str:
     return "\n".join(out)
 
 
-def verdict_table(regimes: dict[str, list[dict]], seeds: int | None = None) -> str:
-    """The Markdown verdict table of labelled regimes (label -> the summaries of its seeds), with the rates."""
-    rows = [[label, *gap_verdict(summ, seeds), rates(summ, "gn"), rates(summ, "adam")] for label, summ in regimes.items()]
+def verdict_table(regimes: dict[str, list[dict]], seeds: int | None = None, endpoint: str = "end") -> str:
+    """The Markdown verdict table of labelled regimes (label -> the summaries of its seeds), each run scored at
+    `endpoint`, with the rates."""
+    rows = [[label, *gap_verdict(summ, seeds, endpoint), rates(summ, "gn"), rates(summ, "adam")]
+            for label, summ in regimes.items()]
     return (table(["regime", "gap, GN - Adam [95% interval]", "verdict", "GN rate", "Adam rate"], rows)
             + f"\n\nTest: {TEST}. Rates: chosen on validation accuracy; (cap): GN at its cap, 2.")
 
@@ -125,12 +139,13 @@ def bracketing(summaries: list[dict]) -> dict[str, int]:
     return out
 
 
-def fit_or_generalise(summaries: list[dict]) -> dict:
-    """Where GN's test deficit comes from, paired over seeds: the training-accuracy gap (fitting), and the
-    difference of the generalisation gaps, (train - test accuracy) of GN minus that of Adam (generalising).
-    test gap = training gap - generalisation-gap difference. "which": the verdict."""
-    gn_tr, ad_tr = ([r[o]["train_acc"] for r in summaries] for o in OPTIMISERS)
-    gn_te, ad_te = ([r[o]["test_acc"] for r in summaries] for o in OPTIMISERS)
+def fit_or_generalise(summaries: list[dict], endpoint: str = "end") -> dict:
+    """Where GN's test deficit comes from, paired over seeds, each run scored at `endpoint`: the
+    training-accuracy gap (fitting), and the difference of the generalisation gaps, (train - test accuracy) of
+    GN minus that of Adam (generalising). test gap = training gap - generalisation-gap difference. "which": the
+    verdict."""
+    gn_tr, ad_tr = _values(summaries, "train_acc", endpoint)
+    gn_te, ad_te = _values(summaries, "test_acc", endpoint)
     fit = paired(gn_tr, ad_tr)
     gen = paired(np.subtract(gn_tr, gn_te), np.subtract(ad_tr, ad_te))
     test = paired(gn_te, ad_te)
