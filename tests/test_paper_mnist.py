@@ -71,19 +71,24 @@ def test_the_tuned_tier_chooses_on_seed_0_by_the_whole_curve_and_probes_past_a_b
     assert {s.seed for s in needed if s.optimizer.name == "gn" and s.optimizer.lr == 2.0} == set(pm.SEEDS)
 
 
+def _save(store, spec, peak, failure=None):
+    """Write a record file of `spec` whose validation accuracy peaks at `peak` (or that failed)."""
+    from revgn.records import record_path
+    from revgn.utils import atomic_write_json
+
+    rec = _rec(spec, [0.5, peak, 0.9], [0.5, peak, 0.9])
+    rec.history.log(rec.history.steps, epoch=1, loss=1.0)
+    if failure:
+        rec = Record(spec, rec.history, {}, {}, failure)
+    atomic_write_json(record_path(store, spec), rec.to_dict())
+
+
 def test_the_tuned_tier_is_read_from_its_store_as_far_as_it_is_recorded(tmp_path):
     """What chapter 09 renders of the tuned tier: the seed-0 grid with its choice, the runs at the chosen rate
     paired by seed (only where both methods finished), and the run past GN's cap, read from record files."""
-    from revgn.utils import atomic_write_json
     from revgn.records import record_path
 
-    def save(spec, peak, failure=None):
-        rec = _rec(spec, [0.5, peak, 0.9], [0.5, peak, 0.9])
-        rec.history.log(rec.history.steps, epoch=1, loss=1.0)
-        if failure:
-            rec = Record(spec, rec.history, {}, {}, failure)
-        atomic_write_json(record_path(tmp_path, spec), rec.to_dict())
-
+    save = lambda spec, peak, failure=None: _save(tmp_path, spec, peak, failure)
     t = pm.tuned_recorded(tmp_path)
     assert t.chosen == {"gn": None, "adam": None} and t.grid == {"gn": {}, "adam": {}} and t.beyond_cap is None
     assert all(r is None for recs in t.records.values() for r in recs) and t.runs == {"gn": [], "adam": []}
@@ -185,3 +190,17 @@ def test_the_readme_findings_give_the_paper_tier_verdicts_at_both_endpoints_once
     for endpoint in ("- end of training: ", "- best validation epoch: "):
         line = next(l for l in block.splitlines() if l.startswith(endpoint))
         assert line.count("**no verdict (2 of 5 seeds)**") == 2, line
+
+
+def test_the_readme_findings_say_how_far_the_tuned_tier_has_chosen_its_rates(tmp_path, monkeypatch):
+    from revgn import findings
+
+    read = pm.tuned_recorded
+    monkeypatch.setattr(pm, "tuned_recorded", lambda store=None: read(tmp_path))
+    line = lambda: next(l for l in findings.block().splitlines() if l.startswith("**Tuned rates"))
+    assert "GN rate not chosen yet (0 seed-0 rates recorded), 0 of 5 seeds at it" in line()
+    for lr, peak in ((0.3, 0.95), (1.0, 0.96)):  # GN's best is its grid's top edge: the walk asks for 2
+        _save(tmp_path, pm.tuned_arms()["gn"].specs[0].replace(**{"optimizer.lr": lr}), peak)
+    assert "GN rate not chosen yet (2 seed-0 rates recorded)" in line()
+    _save(tmp_path, pm.tuned_arms()["gn"].specs[0].replace(**{"optimizer.lr": 2.0}), 0.97)
+    assert "GN rate 2 (its cap), 1 of 5 seeds at it; Adam rate not chosen yet" in line() and "no verdict yet" in line()
