@@ -243,3 +243,32 @@ def test_a_tier_that_stops_on_validation_is_scored_at_each_runs_validation_peak(
     assert "claim fails: GN better" in rv.verdict_table({"x": summ}, 5, full.endpoint)
     split = rv.fit_or_generalise(summ, full.endpoint)  # training accuracy too is read at the peak epoch
     assert split["train"].mean == pytest.approx(0.95 - 0.9) and split["test"].mean == pytest.approx(0.072)
+
+
+def test_a_rate_choice_read_by_another_criterion_is_reported_where_it_differs():
+    from revgn.history import History
+    from revgn.runs import Record
+
+    full = rm.SETTINGS["full"]
+
+    def rec(o, lr, val):
+        h = History()
+        for e, v in enumerate(val):
+            h.log(h.epochs, epoch=e, val_acc=v, test_acc=v)
+        return Record(full.base.spec(o, lr, full), h, {"val_acc": val[-1], "test_acc": val[-1]}, {})
+
+    # GN: 1.0 ends higher, 0.3 peaks higher; Adam: 1e-3 wins both ways
+    grid = {("gn", 0.3): [0.5, 0.97, 0.90], ("gn", 1.0): [0.5, 0.95, 0.94], ("adam", 1e-4): [0.5, 0.9, 0.9],
+            ("adam", 1e-3): [0.5, 0.96, 0.95]}
+    recs = {(o, lr): rec(o, lr, v) for (o, lr), v in grid.items()}
+    records_of = lambda specs: [recs.get((s.optimizer.name, s.optimizer.lr)) for s in specs]
+    summ = []
+    for o, lrs in (("gn", (0.3, 1.0)), ("adam", (1e-4, 1e-3))):
+        sel = gp.select([recs[(o, lr)] for lr in lrs], "val_acc")
+        summ.append((o, {"record": sel.best, "lr": sel.lr, "selection": sel}))
+    regimes = {"x": [dict(summ)]}
+    assert dict(summ)["gn"]["lr"] == 1.0 and dict(summ)["adam"]["lr"] == 1e-3
+    text = rv.rechosen(regimes, records_of)
+    assert "change 1 of 2 rate choices (x, GN 0.3 instead of 1)" in text, text
+    assert "change 0 of 2 rate choices." in rv.rechosen(regimes, records_of, "val_acc")
+    assert rv.rechosen({"empty": []}, records_of) == ""

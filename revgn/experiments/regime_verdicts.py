@@ -118,6 +118,29 @@ def margins(regimes: dict[str, list[dict]], records_of, endpoint: str = "end") -
     return "\n".join(out)
 
 
+def rechosen(regimes: dict[str, list[dict]], records_of, criterion: str = "peak_val_acc") -> str:
+    """Whether the first seed's rates would change if its same rate grids were read by another `criterion`
+    (`gn_protocol.CRITERIA`), one sentence: how many of the choices would differ, and which. The other seeds
+    were trained at the rates actually chosen, so a choice that differs is one the records cannot score."""
+    changed, total, name = [], 0, {"gn": "GN", "adam": "Adam"}
+    for label, summ in regimes.items():
+        if not summ or any(summ[0][o].get("record") is None for o in OPTIMISERS):
+            continue
+        for o in OPTIMISERS:
+            first = summ[0][o]
+            grid = gp.rate_grid(first["record"].spec, sorted(first["selection"].scores))
+            other = gp.select([r for r in records_of(grid) if r is not None], criterion)
+            total += 1
+            if other.lr != first["lr"]:
+                changed.append(f"{label}, {name[o]} {other.lr:.3g} instead of {first['lr']:.3g}")
+    if not total:
+        return ""
+    by = {"peak_val_acc": "the peak of each run's validation accuracy", "val_acc": "the validation accuracy where "
+          "each run ended", "train_loss": "the final training loss"}[criterion]
+    return (f"Read by {by} instead, the same seed-0 grids would change "
+            f"{len(changed)} of {total} rate choices" + (f" ({'; '.join(changed)})" if changed else "") + ".")
+
+
 def verdict_table(regimes: dict[str, list[dict]], seeds: int | None = None, endpoint: str = "end") -> str:
     """The Markdown verdict table of labelled regimes (label -> the summaries of its seeds), each run scored at
     `endpoint`, with the rates."""
