@@ -37,6 +37,8 @@
 # its first epoch (their smallest singular value falls below $\max(n,h)\,\epsilon$ of the largest), though
 # they are full rank by some 300 times their own rounding; the GN runs therefore use the rank rule
 # "rounding", the same exact step refused only below the features' own precision ({doc}`03_exact_gauss_newton`).
+# Only then does the chapter vary one thing: the last section keeps the protocol and tunes GN's and Adam's
+# rates on the validation split, as the book's rule asks of every comparison.
 
 # %% tags=["parameters"]
 # "book": reads the recorded runs; "paper": also trains what is missing (GPU: minutes)
