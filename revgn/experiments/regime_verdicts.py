@@ -15,6 +15,8 @@ from ..stats import TEST, Verdict, paired, verdict
 from . import gn_protocol as gp
 from .regime_map import OPTIMISERS
 
+NAMES = {"gn": "GN", "adam": "Adam"}  # as the prose writes them
+
 
 class Outcome(enum.Enum):
     """What a regime's records say of the claim "exact GN generalises worse than Adam" (`outcome`): a value
@@ -102,7 +104,7 @@ def margins(regimes: dict[str, list[dict]], records_of, endpoint: str = "end") -
     for label, summ in regimes.items():
         if not summ or any(summ[0][o].get("record") is None for o in OPTIMISERS):
             continue
-        first, name = summ[0], {"gn": "GN", "adam": "Adam"}
+        first, name = summ[0], NAMES
         best = {o: first[o]["record"] for o in OPTIMISERS}
         ups = {o: first[o]["selection"].runner_up for o in OPTIMISERS}
         up = {o: records_of(gp.rate_grid(best[o].spec, [ups[o]]))[0] if ups[o] is not None else None for o in OPTIMISERS}
@@ -122,7 +124,7 @@ def rechosen(regimes: dict[str, list[dict]], records_of, criterion: str = "peak_
     """Whether the first seed's rates would change if its same rate grids were read by another `criterion`
     (`gn_protocol.CRITERIA`), one sentence: how many of the choices would differ, and which. The other seeds
     were trained at the rates actually chosen, so a choice that differs is one the records cannot score."""
-    changed, total, name = [], 0, {"gn": "GN", "adam": "Adam"}
+    changed, total, name = [], 0, NAMES
     for label, summ in regimes.items():
         if not summ or any(summ[0][o].get("record") is None for o in OPTIMISERS):
             continue
