@@ -64,6 +64,7 @@ from revgn.book import claim, markdown, table
 from revgn.experiments import gn_experiments as ge
 from revgn.experiments import gn_protocol as gp
 from revgn.experiments.study import Scale, walk
+from revgn.plots import seed_band
 from revgn.runs import Runs, provenance, records
 from revgn.stats import MIN_SEEDS, TEST, Verdict, paired, verdict
 
@@ -190,11 +191,8 @@ for name, by_opt in minibatch.items():
 fig, axes = plt.subplots(2, 3, figsize=(6.8, 5.6), sharex=True)
 for row, (name, by_opt) in zip(axes, minibatch.items()):
     for o, recs in by_opt.items():
-        ep = recs[0].history.epochs["epoch"]
         for ax, key in zip(row, ("train_loss", "test_loss", "test_acc")):
-            vals = np.array([r.history.epochs[key] for r in recs])
-            ax.plot(ep, vals.mean(0), label=o)
-            ax.fill_between(ep, vals.min(0), vals.max(0), alpha=0.2)
+            seed_band(ax, recs, key, label=o)
     for ax, key in zip(row, ("training loss", "test loss", "test accuracy")):
         ax.set(title=name, ylabel=key)
     row[0].set_yscale("log")
@@ -213,18 +211,14 @@ plt.show()
 #
 # {numref}`fig-exp-drop` shows it epoch by epoch.
 
-# %% mystnb={"figure": {"caption": "Percentage of its own batch's loss that each step removed, averaged over each epoch and then over the seeds, for each optimiser at its chosen rate.", "name": "fig-exp-drop"}}
-drops = {
-    name: {
-        o: np.mean([gp.drop_by_epoch(r) for r in recs], axis=0)
+# %% mystnb={"figure": {"caption": "Percentage of its own batch's loss that each step removed, averaged over each epoch, for each optimiser at its chosen rate (lines: mean over the seeds, bands: their range).", "name": "fig-exp-drop"}}
+fig, axes = plt.subplots(1, 2, figsize=(6.8, 3.2), sharey=True)
+drops = {}  # per dataset and optimiser: the mean over the seeds, per epoch
+for ax, (name, by_opt) in zip(axes, minibatch.items()):
+    drops[name] = {
+        o: seed_band(ax, recs, gp.drop_by_epoch, marker="o", label=o)[1]
         for o, recs in by_opt.items()
     }
-    for name, by_opt in minibatch.items()
-}
-fig, axes = plt.subplots(1, 2, figsize=(6.8, 3.2), sharey=True)
-for ax, (name, by_opt) in zip(axes, drops.items()):
-    for o, per_epoch in by_opt.items():
-        ax.plot(np.arange(1, len(per_epoch) + 1), per_epoch, "o-", label=o)
     ax.set(xlabel="epoch", title=name)
 axes[0].set_ylabel("batch loss removed by its own step (%)")
 axes[0].legend()

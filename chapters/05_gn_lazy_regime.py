@@ -55,6 +55,7 @@ import revgn
 from revgn.book import claim, markdown, table
 from revgn.experiments import gn_lazy_regime as glr
 from revgn.experiments.study import Scale, walk
+from revgn.plots import seed_band
 from revgn.runs import Runs, provenance, records
 from revgn.stats import TEST, Verdict, paired, verdict
 
@@ -124,11 +125,7 @@ panels = [
 fig, axes = plt.subplots(2, 2, figsize=(6.8, 5.4))
 for ax, (key, title) in zip(axes.flat, panels):
     for o, rs in recs.items():
-        vals = np.array([r.history.epochs[key] for r in rs])
-        ax.plot(rs[0].history.epochs["epoch"], vals.mean(0), "o-", label=o)
-        ax.fill_between(
-            rs[0].history.epochs["epoch"], vals.min(0), vals.max(0), alpha=0.2
-        )
+        seed_band(ax, rs, key, marker="o", label=o)
     ax.set(xlabel="epoch", ylabel=title.split(" (")[0], title=title)
 axes[0, 0].legend()
 plt.show()

@@ -53,6 +53,7 @@ import numpy as np
 
 import revgn
 from revgn.book import markdown, table
+from revgn.plots import empty, seed_band
 from revgn.experiments import gn_protocol as gp
 from revgn.experiments import paper_mnist as pm
 from revgn import recompute
@@ -89,17 +90,6 @@ print("GN under the default rank rule, seed 0:", why.split(". Exact GN")[0])
 # {numref}`fig-paper-curves` shows training and test loss and accuracy along the hundred epochs.
 
 
-# %% tags=["hide-input"]
-def empty(ax, what: str = "no run recorded yet") -> None:
-    ax.text(0.5, 0.5, what, ha="center", va="center", transform=ax.transAxes)
-
-
-def plot_band(ax, recs_m, key: str, color: str, label: str, steps: bool = False):
-    x, mean, lo, hi = pm.band(recs_m, key, steps=steps)
-    ax.plot(x, mean, color=color, label=label)
-    ax.fill_between(x, lo, hi, color=color, alpha=0.2)
-
-
 # %% mystnb={"figure": {"caption": "The paper's mini-batch MNIST experiment at its own scale ($h=8000$, $n=1024$, 100 epochs, the paper's rates): training loss and accuracy (on 10,000 fixed training images) and test loss and accuracy per epoch; lines are means over the recorded seeds, bands their range. The paper's claim: GN leads early, then saturates, and Adam ends lower on both losses.", "name": "fig-paper-curves"}}
 fig, axes = plt.subplots(2, 2, figsize=(6.8, 5.4), sharex=True)
 panels = (
@@ -110,10 +100,11 @@ panels = (
 )
 for ax, (key, name) in zip(axes.flat, panels):
     for m in pm.METHODS:
-        done = [r for r in recs[m] if r is not None and r.ok]
-        if done:
+        if done := [r for r in recs[m] if r is not None and r.ok]:
             n = len(done)
-            plot_band(ax, done, key, COLORS[m], f"{m} ({n} seed{'s' * (n != 1)})")
+            seed_band(
+                ax, done, key, color=COLORS[m], label=f"{m} ({n} seed{'s' * (n != 1)})"
+            )
     if not ax.lines:
         empty(ax)
     ax.set(ylabel=name, yscale="log" if "loss" in key else "linear")
@@ -133,9 +124,8 @@ plt.show()
 # %% mystnb={"figure": {"caption": "Percentage of its own mini-batch's loss that each step removed, averaged over each epoch; means over the recorded seeds, bands their range. The paper's claim: GN's is much larger than SGD's and Adam's, while its epoch loss stalls.", "name": "fig-paper-batch"}}
 fig, ax = plt.subplots(figsize=(6.0, 3.4))
 for m in pm.METHODS:
-    done = [r for r in recs[m] if r is not None and r.ok]
-    if done:
-        plot_band(ax, done, None, COLORS[m], m, steps=True)
+    if done := [r for r in recs[m] if r is not None and r.ok]:
+        seed_band(ax, done, gp.drop_by_epoch, color=COLORS[m], label=m)
 if ax.lines:
     ax.legend()
 else:
@@ -155,9 +145,8 @@ plt.show()
 fig, axes = plt.subplots(1, 3, figsize=(6.8, 2.9), sharey=True)
 for ax, (key, name) in zip(axes, pm.LAZY_MEASURES.items()):
     for m in pm.METHODS:
-        done = [r for r in recs[m] if r is not None and r.ok]
-        if done:
-            plot_band(ax, done, key, COLORS[m], m)
+        if done := [r for r in recs[m] if r is not None and r.ok]:
+            seed_band(ax, done, key, color=COLORS[m], label=m)
     if not ax.lines:
         empty(ax, "none recorded")
     ax.set(xlabel="epoch", title=name)
@@ -266,12 +255,25 @@ for m, grid in tuned.grid.items():
     for style, (lr, rec) in zip(("-", "--", ":", "-."), grid.items()):
         if rec.ok:
             wide = 2.2 if lr == chosen else 1.0
-            x, mean, _, _ = pm.band([rec], "val_acc")
-            axes[0].plot(x, mean, style, color=COLORS[m], lw=wide, label=f"{m} {lr:g}")
+            epochs = rec.history.epochs
+            axes[0].plot(
+                epochs["epoch"],
+                epochs["val_acc"],
+                style,
+                color=COLORS[m],
+                lw=wide,
+                label=f"{m} {lr:g}",
+            )
     done = [r for r in tuned.records[m] if r is not None and r.ok]
     for ax, key in zip(axes[1:], ("train_loss", "test_acc")):
         if done:
-            plot_band(ax, done, key, COLORS[m], f"{m} {chosen:g} ({len(done)} seeds)")
+            seed_band(
+                ax,
+                done,
+                key,
+                color=COLORS[m],
+                label=f"{m} {chosen:g} ({len(done)} seeds)",
+            )
 for ax, name in zip(axes, ("validation accuracy", "training loss", "test accuracy")):
     if not ax.lines:
         empty(ax)

@@ -1,4 +1,4 @@
-"""Figure helpers shared by chapters: the book's figure style and the heatmap.
+"""Figure helpers shared by chapters: the book's figure style, the heatmap and the seed band.
 
 The book's text column is about 690 CSS pixels wide in a 1280-pixel window, and Jupyter stores figures at
 100 dpi, so a figure up to `PAGE_WIDTH` inches wide is shown at its own size and its fonts at their own point
@@ -6,6 +6,8 @@ sizes; a wider one would be scaled down with its text (the browser check, tests/
 figure shown below 95% of its size). `use_book_style` sets fonts no smaller than 9 pt.
 """
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 import matplotlib as mpl
 import numpy as np
@@ -59,3 +61,32 @@ def heatmap(ax, values, rows, cols, *, fmt="{:+.3f}", cmap="RdBu", center: float
     if unit is not None:
         ax.figure.colorbar(im, ax=ax, label=unit, fraction=0.08, pad=0.03)
     return im
+
+
+def seed_band(ax, records: Sequence, metric: str | Callable[..., Sequence[float]], **line):
+    """One method's curve over its seeds: the mean of `metric` against epoch, and a band from the seeds'
+    minimum to their maximum, in the line's colour.
+
+    records: one finished run per seed (each with `history.epochs`), all of the same length.
+    metric: a key of `history.epochs` (plotted against its "epoch" column), or a function of one record giving
+        one value per epoch from epoch 1 (a per-step quantity averaged over each epoch, say).
+    line: passed to `ax.plot` (label, color, linestyle, lw, marker ...).
+    Returns (x, mean, lo, hi), each of shape (epochs,).
+    """
+    if not records:
+        raise ValueError("seed_band: no records to draw (check for an empty method before calling)")
+    rows = [metric(r) if callable(metric) else r.history.epochs[metric] for r in records]
+    if len({len(row) for row in rows}) > 1:
+        raise ValueError(f"seed_band: {getattr(metric, '__name__', metric)} has {[len(r) for r in rows]} epochs "
+                         "across the records; a band over seeds needs runs of one length")
+    vals = np.array(rows, dtype=float)
+    x = np.arange(1, vals.shape[1] + 1) if callable(metric) else np.asarray(records[0].history.epochs["epoch"])
+    mean, lo, hi = vals.mean(0), vals.min(0), vals.max(0)
+    (drawn,) = ax.plot(x, mean, **line)
+    ax.fill_between(x, lo, hi, color=drawn.get_color(), alpha=0.2, lw=0)
+    return x, mean, lo, hi
+
+
+def empty(ax, what: str = "no run recorded yet") -> None:
+    """Say in the middle of an axes why it has nothing to show (a figure of records still being made)."""
+    ax.text(0.5, 0.5, what, ha="center", va="center", transform=ax.transAxes)

@@ -5,14 +5,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pytest
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
 
 from revgn.experiments import gn_protocol as gp
 from revgn.experiments import paper_mnist as pm
 from revgn.runs import Record, run
 from revgn.sweep import collect
 from revgn.history import History
+from revgn.plots import seed_band
 
 
 def test_the_paper_rate_grid_is_the_papers_setting_paired_by_seed():
@@ -151,10 +156,18 @@ def test_the_paper_claims_are_read_as_paired_verdicts_over_the_seeds_every_metho
                                        for a, g in zip(adam, gn)])
     for endpoint in ("end", "best_val"):
         assert acc(endpoint).comparison.mean == pytest.approx(expect(endpoint), abs=1e-12)
-    x, mean, lo, hi = pm.band(runs["gn"], "test_acc")
-    assert list(x) == list(range(TINY.epochs + 1)) and np.all(lo <= mean) and np.all(mean <= hi)
-    x, mean, lo, hi = pm.band(runs["gn"], None, steps=True)
-    assert len(x) == TINY.epochs and np.all(lo <= hi)
+    _, ax = plt.subplots()
+    x, mean, lo, hi = seed_band(ax, runs["gn"], "test_acc", label="gn")
+    per_seed = np.array([r.history.epochs["test_acc"] for r in runs["gn"]])
+    assert list(x) == list(range(TINY.epochs + 1)) and np.allclose(mean, per_seed.mean(0))
+    assert np.array_equal(lo, per_seed.min(0)) and np.array_equal(hi, per_seed.max(0))
+    assert np.array_equal(ax.lines[0].get_ydata(), mean) and len(ax.collections) == 1, "a line and its band"
+    x, mean, lo, hi = seed_band(ax, runs["gn"], gp.drop_by_epoch)
+    assert list(x) == list(range(1, TINY.epochs + 1)), "a per-epoch mean of steps starts at epoch 1"
+    assert np.allclose(mean, np.mean([gp.drop_by_epoch(r) for r in runs["gn"]], axis=0))
+    with pytest.raises(ValueError, match="one length"):
+        seed_band(ax, [runs["gn"][0], _rec(runs["gn"][1].spec, [0.5], [0.5])], "test_acc")
+    plt.close("all")
 
 
 @needs_mnist

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from ..records import RESULTS, Record
 from ..spec import DataSpec, ModelSpec, OptimSpec, RunSpec
 from ..stats import MIN_SEEDS, Paired, paired, verdict
@@ -236,15 +234,3 @@ def findings(runs: dict[str, list], endpoint: str = "end") -> list[Finding]:
             out.append(_finding(PAPER_SAYS["lazy"], f"{name} to init, SGD - Adam", at(runs["sgd"], key),
                                 at(adam, key), "yes: SGD closer to init", "no: Adam closer"))
     return out
-
-
-def band(recs: list, key: str, steps: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(x, mean, min, max) of `key` over the records of one method (epochs, or with steps=True the per-epoch
-    mean of the per-step batch-loss drop): a curve with its seed band."""
-    if steps:
-        vals = np.array([gp.drop_by_epoch(r) for r in recs])
-        x = np.arange(1, vals.shape[1] + 1)
-    else:
-        vals = np.array([r.history.epochs[key] for r in recs])
-        x = np.array(recs[0].history.epochs["epoch"])
-    return x, vals.mean(0), vals.min(0), vals.max(0)
