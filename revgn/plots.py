@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 import matplotlib as mpl
 import numpy as np
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
 
 #: the widest figure (inches, at 100 dpi) the book shows at its own size
 PAGE_WIDTH = 6.8
@@ -84,6 +85,7 @@ def seed_band(ax, records: Sequence, metric: str | Callable[..., Sequence[float]
     mean, lo, hi = vals.mean(0), vals.min(0), vals.max(0)
     (drawn,) = ax.plot(x, mean, **line)
     ax.fill_between(x, lo, hi, color=drawn.get_color(), alpha=0.2, lw=0)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs: no tick at 2.5
     return x, mean, lo, hi
 
 

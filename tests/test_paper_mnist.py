@@ -156,12 +156,19 @@ def test_the_paper_claims_are_read_as_paired_verdicts_over_the_seeds_every_metho
                                        for a, g in zip(adam, gn)])
     for endpoint in ("end", "best_val"):
         assert acc(endpoint).comparison.mean == pytest.approx(expect(endpoint), abs=1e-12)
+
+
+@needs_mnist
+def test_a_seed_band_is_the_mean_and_range_over_the_seeds_of_one_length(tiny_store):
+    recs = {m: collect([pm.spec(m, s, TINY) for s in pm.SEEDS], tiny_store) for m in pm.METHODS}
+    runs = pm.paired_runs(recs)
     _, ax = plt.subplots()
     x, mean, lo, hi = seed_band(ax, runs["gn"], "test_acc", label="gn")
     per_seed = np.array([r.history.epochs["test_acc"] for r in runs["gn"]])
     assert list(x) == list(range(TINY.epochs + 1)) and np.allclose(mean, per_seed.mean(0))
     assert np.array_equal(lo, per_seed.min(0)) and np.array_equal(hi, per_seed.max(0))
     assert np.array_equal(ax.lines[0].get_ydata(), mean) and len(ax.collections) == 1, "a line and its band"
+    assert all(float(t).is_integer() for t in ax.get_xticks()), "epochs are whole numbers"
     x, mean, lo, hi = seed_band(ax, runs["gn"], gp.drop_by_epoch)
     assert list(x) == list(range(1, TINY.epochs + 1)), "a per-epoch mean of steps starts at epoch 1"
     assert np.allclose(mean, np.mean([gp.drop_by_epoch(r) for r in runs["gn"]], axis=0))
