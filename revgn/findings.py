@@ -55,8 +55,9 @@ def block() -> str:
                  if refused is not None and not refused.ok else "")]
     lines += _claims(runs)
     tuned = pm.tuned_recorded()
+    tried = lambda m: f"{len(tuned.grid[m])} seed-0 rate{'s' * (len(tuned.grid[m]) != 1)} recorded"
     rate = lambda m: (f"rate {tuned.chosen[m].lr:g}" + (" (its cap)" if tuned.chosen[m].capped else "")
-                      if tuned.chosen[m] else f"rate not chosen yet ({len(tuned.grid[m])} seed-0 rates recorded)")
+                      if tuned.chosen[m] else f"rate not chosen yet ({tried(m)})")
     lines += ["", f"**Tuned rates, to the end of training** (h = {pm.TUNED_HIDDEN}, n = {pm.BASE.batch_size}, "
               f"{pm.EPOCHS} epochs, GN and Adam each tuned on seed 0 by peak validation accuracy; chapter 09): "
               + "; ".join(f"{pm.NAMES[m]} {rate(m)}, "

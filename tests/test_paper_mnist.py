@@ -219,8 +219,8 @@ def test_the_readme_findings_say_how_far_the_tuned_tier_has_chosen_its_rates(tmp
     monkeypatch.setattr(pm, "tuned_recorded", lambda store=None: read(tmp_path))
     line = lambda: next(l for l in findings.block().splitlines() if l.startswith("**Tuned rates"))
     assert "GN rate not chosen yet (0 seed-0 rates recorded), 0 of 5 seeds at it" in line()
-    for lr, peak in ((0.3, 0.95), (1.0, 0.96)):  # GN's best is its grid's top edge: the walk asks for 2
+    for k, (lr, peak) in enumerate(((0.3, 0.95), (1.0, 0.96)), 1):  # GN's best is its top edge: 2 is asked
         _save(tmp_path, pm.tuned_arms()["gn"].specs[0].replace(**{"optimizer.lr": lr}), peak)
-    assert "GN rate not chosen yet (2 seed-0 rates recorded)" in line()
+        assert f"GN rate not chosen yet ({k} seed-0 rate{'s' * (k > 1)} recorded)" in line()
     _save(tmp_path, pm.tuned_arms()["gn"].specs[0].replace(**{"optimizer.lr": 2.0}), 0.97)
     assert "GN rate 2 (its cap), 1 of 5 seeds at it; Adam rate not chosen yet" in line() and "no verdict yet" in line()
