@@ -272,15 +272,16 @@ for m, grid in tuned.grid.items():
                 done,
                 key,
                 color=COLORS[m],
-                label=f"{m} {chosen:g} ({len(done)} seeds)",
+                label=f"{m} {chosen:g} ({len(done)} seed{'s' * (len(done) != 1)})",
             )
 for ax, name in zip(axes, ("validation accuracy", "training loss", "test accuracy")):
     if not ax.lines:
         empty(ax)
     ax.set(xlabel="epoch", title=name)
-axes[0].set_ylim(0.9, 1.0)
+for ax in axes[::2]:  # both accuracies on one scale, where the rates differ
+    ax.set_ylim(0.9, 1.0)
 axes[1].set_yscale("log")
-axes[1].yaxis.set_minor_formatter(NullFormatter())  # a log axis over less than a decade
+axes[1].yaxis.set_minor_formatter(NullFormatter())  # labels at the decades only
 for ax in axes[:2]:
     if ax.lines:
         ax.legend(fontsize="x-small")

@@ -85,7 +85,7 @@ def seed_band(ax, records: Sequence, metric: str | Callable[..., Sequence[float]
     mean, lo, hi = vals.mean(0), vals.min(0), vals.max(0)
     (drawn,) = ax.plot(x, mean, **line)
     ax.fill_between(x, lo, hi, color=drawn.get_color(), alpha=0.2, lw=0)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs: no tick at 2.5
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))  # epochs: 0, 50, 100; no 2.5
     return x, mean, lo, hi
 
 

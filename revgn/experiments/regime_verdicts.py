@@ -104,12 +104,12 @@ def margins(regimes: dict[str, list[dict]], records_of, endpoint: str = "end") -
     for label, summ in regimes.items():
         if not summ or any(summ[0][o].get("record") is None for o in OPTIMISERS):
             continue
-        first, name = summ[0], NAMES
+        first = summ[0]
         best = {o: first[o]["record"] for o in OPTIMISERS}
         ups = {o: first[o]["selection"].runner_up for o in OPTIMISERS}
         up = {o: records_of(gp.rate_grid(best[o].spec, [ups[o]]))[0] if ups[o] is not None else None for o in OPTIMISERS}
         n_val = best["gn"].spec.data.n_val
-        won = ", ".join(f"{name[o]}'s {first[o]['lr']:.3g} beat {ups[o]:.3g} by "
+        won = ", ".join(f"{NAMES[o]}'s {first[o]['lr']:.3g} beat {ups[o]:.3g} by "
                         f"{round(first[o]['selection'].margin * n_val)}" for o in OPTIMISERS if ups[o] is not None)
         gap = lambda g, a: f"{100 * (_score(g, 'test_acc', endpoint) - _score(a, 'test_acc', endpoint)):+.1f}"
         swaps = [f"{gap(up['gn'], best['adam'])} with GN's runner-up" if up["gn"] and up["gn"].ok else None,
@@ -124,7 +124,7 @@ def rechosen(regimes: dict[str, list[dict]], records_of, criterion: str = "peak_
     """Whether the first seed's rates would change if its same rate grids were read by another `criterion`
     (`gn_protocol.CRITERIA`), one sentence: how many of the choices would differ, and which. The other seeds
     were trained at the rates actually chosen, so a choice that differs is one the records cannot score."""
-    changed, total, name = [], 0, NAMES
+    changed, total = [], 0
     for label, summ in regimes.items():
         if not summ or any(summ[0][o].get("record") is None for o in OPTIMISERS):
             continue
@@ -134,7 +134,7 @@ def rechosen(regimes: dict[str, list[dict]], records_of, criterion: str = "peak_
             other = gp.select([r for r in records_of(grid) if r is not None], criterion)
             total += 1
             if other.lr != first["lr"]:
-                changed.append(f"{label}, {name[o]} {other.lr:.3g} instead of {first['lr']:.3g}")
+                changed.append(f"{label}, {NAMES[o]} {other.lr:.3g} instead of {first['lr']:.3g}")
     if not total:
         return ""
     by = {"peak_val_acc": "the peak of each run's validation accuracy", "val_acc": "the validation accuracy where "
