@@ -76,6 +76,22 @@ def test_the_tuned_tier_chooses_on_seed_0_by_the_whole_curve_and_probes_past_a_b
     assert {s.seed for s in needed if s.optimizer.name == "gn" and s.optimizer.lr == 2.0} == set(pm.SEEDS)
 
 
+
+def test_the_tuned_walk_asks_for_the_runs_that_make_a_choice_before_the_seeds_of_a_choice_made():
+    """GN chosen (its grid recorded), Adam's grid not: Adam's seed-0 rates come before GN's seeds 1-4, since
+    Adam's choice gates four more runs and the sweep dispatches in the walk's order."""
+    store = {}
+    records_of = lambda specs: [store.get(s.key) for s in specs]
+    gn_grid = [s for s in pm.tuned_walk(records_of)[0] if s.optimizer.name == "gn"]
+    gn_grid += gp.rate_grid(gn_grid[0], [2.0])  # the rate that brackets the first grid's best, 1
+    for s, p in zip(gn_grid, (0.95, 0.97, 0.96)):
+        store[s.key] = _rec(s, [0.5, p, 0.9], [0.5, p, 0.9])
+    needed, chosen, _ = pm.tuned_walk(records_of)
+    assert chosen["gn"][0].lr == 1.0 and chosen["adam"][0] is None
+    order = [(s.optimizer.name, s.seed) for s in needed if s.key not in store]  # the walk lists the recorded too
+    assert order == [("adam", 0)] * 3 + [("gn", s) for s in pm.SEEDS[1:]]
+
+
 def _save(store, spec, peak, failure=None):
     """Write a record file of `spec` whose validation accuracy peaks at `peak` (or that failed)."""
     from revgn.records import record_path
