@@ -47,6 +47,8 @@ device = "auto"
 seed = 0
 
 # %%
+from itertools import cycle
+
 import matplotlib.pyplot as plt
 from matplotlib.ticker import NullFormatter
 import numpy as np
@@ -252,14 +254,16 @@ if tuned.beyond_cap is not None:
 fig, axes = plt.subplots(1, 3, figsize=(6.5, 2.9), layout="constrained")
 for m, grid in tuned.grid.items():
     chosen = tuned.chosen[m].lr if tuned.chosen[m] else None
-    for style, (lr, rec) in zip(("-", "--", ":", "-."), grid.items()):
+    # one line style per rate tried: a grid that grows past six rates reuses them in order
+    styles = cycle(("-", "--", ":", "-.", (0, (3, 1, 1, 1, 1, 1)), (0, (1, 3))))
+    for style, (lr, rec) in zip(styles, grid.items()):
         if rec.ok:
             wide = 2.2 if lr == chosen else 1.0
             epochs = rec.history.epochs
             axes[0].plot(
                 epochs["epoch"],
                 epochs["val_acc"],
-                style,
+                ls=style,
                 color=COLORS[m],
                 lw=wide,
                 label=f"{m} {lr:g}",
