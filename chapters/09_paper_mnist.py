@@ -241,7 +241,12 @@ for m, sel in tuned.chosen.items():
     peaks = [
         f"{lr:g}: {gp.score(r, 'peak_val_acc'):.3g}" for lr, r in tuned.grid[m].items()
     ]
-    choice = sel.describe() if sel else f"not chosen yet ({', '.join(peaks) or 'none'})"
+    waits = ", ".join(f"{lr:g}" for lr in tuned.pending.get(m, ()))
+    choice = (
+        sel.describe()
+        if sel
+        else f"not chosen yet ({', '.join(peaks) or 'none recorded'}; next at {waits})"
+    )
     print(f"{m:4s} seed 0, peak validation accuracy by rate: {choice}")
     print(
         f"     at the chosen rate: {len(done)} of {len(pm.SEEDS)} seeds recorded {done}"

@@ -112,6 +112,7 @@ def test_the_tuned_tier_is_read_from_its_store_as_far_as_it_is_recorded(tmp_path
     save = lambda spec, peak, failure=None: _save(tmp_path, spec, peak, failure)
     t = pm.tuned_recorded(tmp_path)
     assert t.chosen == {"gn": None, "adam": None} and t.grid == {"gn": {}, "adam": {}} and t.beyond_cap is None
+    assert t.pending == {"gn": (0.3, 1.0), "adam": (1e-4, 3e-4, 1e-3)}, "each choice waits for its first grid"
     assert all(r is None for recs in t.records.values() for r in recs) and t.runs == {"gn": [], "adam": []}
     peak = {("gn", 0.3): 0.95, ("gn", 1.0): 0.96, ("gn", 2.0): 0.97, ("adam", 1e-4): 0.96, ("adam", 3e-4): 0.98,
             ("adam", 1e-3): 0.97, ("gn", pm.BEYOND_CAP): 0.93}
@@ -119,7 +120,10 @@ def test_the_tuned_tier_is_read_from_its_store_as_far_as_it_is_recorded(tmp_path
         for s in pm.tuned_walk(lambda specs: collect(specs, tmp_path))[0]:
             if s.seed == 0 and not record_path(tmp_path, s).exists():
                 save(s, peak[(s.optimizer.name, s.optimizer.lr)])
-    t = pm.tuned_recorded(tmp_path)
+        t = pm.tuned_recorded(tmp_path)
+        if t.chosen["gn"] is None:  # GN's first grid peaks at its top edge, 1: the choice waits for 2
+            assert t.pending["gn"] == (2.0,) and sorted(t.grid["gn"]) == [0.3, 1.0]
+    assert t.pending == {}, "no choice waits once both are made"
     assert (t.chosen["gn"].lr, t.chosen["gn"].capped, t.chosen["adam"].lr) == (2.0, True, 3e-4)
     assert sorted(t.grid["gn"]) == [0.3, 1.0, 2.0] and sorted(t.grid["adam"]) == [1e-4, 3e-4, 1e-3]
     assert t.beyond_cap is not None and t.beyond_cap.spec.optimizer.lr == pm.BEYOND_CAP
@@ -234,9 +238,10 @@ def test_the_readme_findings_say_how_far_the_tuned_tier_has_chosen_its_rates(tmp
     read = pm.tuned_recorded
     monkeypatch.setattr(pm, "tuned_recorded", lambda store=None: read(tmp_path))
     line = lambda: next(l for l in findings.block().splitlines() if l.startswith("**Tuned rates"))
-    assert "GN rate not chosen yet (0 seed-0 rates recorded), 0 of 5 seeds at it" in line()
+    assert "GN rate not chosen yet (0 seed-0 rates recorded; next at 0.3, 1), 0 of 5 seeds at it" in line()
     for k, (lr, peak) in enumerate(((0.3, 0.95), (1.0, 0.96)), 1):  # GN's best is its top edge: 2 is asked
         _save(tmp_path, pm.tuned_arms()["gn"].specs[0].replace(**{"optimizer.lr": lr}), peak)
-        assert f"GN rate not chosen yet ({k} seed-0 rate{'s' * (k > 1)} recorded)" in line()
+        waits = {1: "1", 2: "2"}[k]  # then 2, which brackets the best, 1
+        assert f"GN rate not chosen yet ({k} seed-0 rate{'s' * (k > 1)} recorded; next at {waits})" in line()
     _save(tmp_path, pm.tuned_arms()["gn"].specs[0].replace(**{"optimizer.lr": 2.0}), 0.97)
     assert "GN rate 2 (its cap), 1 of 5 seeds at it; Adam rate not chosen yet" in line() and "no verdict yet" in line()

@@ -107,12 +107,15 @@ class Tuned:
     """The tuned tier as far as it is recorded. Per method: `chosen`, the seed-0 rate choice (None while its
     grid is not all recorded); `records`, its run at that rate at each seed of SEEDS (None where missing);
     `grid`, seed 0's run at each rate tried ({lr: record}, the curves the choice was made on). `beyond_cap`:
-    GN's seed-0 run at BEYOND_CAP where its choice is the cap (None when not asked for or not recorded)."""
+    GN's seed-0 run at BEYOND_CAP where its choice is the cap (None when not asked for or not recorded).
+    `pending`: per method not chosen yet, the seed-0 rates its choice still waits for (a grid's first rates, or
+    the rate past a best edge that brackets it), ascending."""
 
     chosen: dict[str, gp.Selection | None]
     records: dict[str, list]
     grid: dict[str, dict[float, Record]]
     beyond_cap: Record | None
+    pending: dict[str, tuple[float, ...]]
 
     @property
     def runs(self) -> dict[str, list]:
@@ -132,15 +135,18 @@ def tuned_recorded(store=None) -> Tuned:
     store = store_of("tuned") if store is None else store
     records_of = lambda specs: collect(specs, store)
     needed, chosen, recs = tuned_walk(records_of)
-    grid, beyond = {}, None
+    grid, beyond, pending = {}, None, {}
     for method, arm in tuned_arms().items():
         lrs = {*TUNED_LRS[method], *(chosen[method][0].scores if chosen[method][0] else ()),
                *(s.optimizer.lr for s in needed if s.optimizer.name == method and s.seed == arm.specs[0].seed)}
         tried = gp.rate_grid(arm.specs[0], sorted(lrs - {BEYOND_CAP}))
-        grid[method] = {s.optimizer.lr: r for s, r in zip(tried, records_of(tried)) if r is not None}
-        if chosen[method][0] is not None and chosen[method][0].capped:
+        recorded = records_of(tried)
+        grid[method] = {s.optimizer.lr: r for s, r in zip(tried, recorded) if r is not None}
+        if chosen[method][0] is None:
+            pending[method] = tuple(s.optimizer.lr for s, r in zip(tried, recorded) if r is None)
+        elif chosen[method][0].capped:
             beyond = records_of(gp.rate_grid(arm.specs[0], [BEYOND_CAP]))[0]
-    return Tuned({m: c[0] for m, c in chosen.items()}, recs, grid, beyond)
+    return Tuned({m: c[0] for m, c in chosen.items()}, recs, grid, beyond, pending)
 
 
 def store_of(name: str = "paper_rates"):
