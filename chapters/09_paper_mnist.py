@@ -259,7 +259,7 @@ if tuned.beyond_cap is not None:
 fig, axes = plt.subplots(1, 3, figsize=(6.5, 2.9), layout="constrained")
 for m, grid in tuned.grid.items():
     chosen = tuned.chosen[m].lr if tuned.chosen[m] else None
-    # one line style per rate tried: a grid that grows past six rates reuses them in order
+    # a line style per rate tried (past six rates, they repeat in order)
     styles = cycle(("-", "--", ":", "-.", (0, (3, 1, 1, 1, 1, 1)), (0, (1, 3))))
     for style, (lr, rec) in zip(styles, grid.items()):
         if rec.ok:
