@@ -68,10 +68,10 @@ def block() -> str:
     return "\n".join(lines)
 
 
-
 def _next(rates) -> str:
     """"; next at 0.003" for the seed-0 rates a rate choice still waits for ("" for none)."""
     return f"; next at {', '.join(f'{lr:g}' for lr in rates)}" if rates else ""
+
 
 def _claims(runs: dict[str, list]) -> list[str]:
     """The paper's headline claims (Adam ends lower on training loss; Adam generalises better) over `runs`,
