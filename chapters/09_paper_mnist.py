@@ -241,11 +241,10 @@ for m, sel in tuned.chosen.items():
     peaks = [
         f"{lr:g}: {gp.score(r, 'peak_val_acc'):.3g}" for lr, r in tuned.grid[m].items()
     ]
-    waits = ", ".join(f"{lr:g}" for lr in tuned.pending.get(m, ()))
     choice = (
         sel.describe()
         if sel
-        else f"not chosen yet ({', '.join(peaks) or 'none recorded'}; next at {waits})"
+        else f"not chosen yet ({', '.join(peaks) or 'none recorded'}{tuned.next_at(m)})"
     )
     print(f"{m:4s} seed 0, peak validation accuracy by rate: {choice}")
     print(

@@ -57,7 +57,7 @@ def block() -> str:
     tuned = pm.tuned_recorded()
     tried = lambda m: f"{len(tuned.grid[m])} seed-0 rate{'s' * (len(tuned.grid[m]) != 1)} recorded"
     rate = lambda m: (f"rate {tuned.chosen[m].lr:g}" + (" (its cap)" if tuned.chosen[m].capped else "")
-                      if tuned.chosen[m] else f"rate not chosen yet ({tried(m)}{_next(tuned.pending.get(m))})")
+                      if tuned.chosen[m] else f"rate not chosen yet ({tried(m)}{tuned.next_at(m)})")
     lines += ["", f"**Tuned rates, to the end of training** (h = {pm.TUNED_HIDDEN}, n = {pm.BASE.batch_size}, "
               f"{pm.EPOCHS} epochs, GN and Adam each tuned on seed 0 by peak validation accuracy; chapter 09): "
               + "; ".join(f"{pm.NAMES[m]} {rate(m)}, "
@@ -66,11 +66,6 @@ def block() -> str:
               + (f"; {len(tuned.runs['gn'])} paired seeds." if tuned.runs["gn"] else "; no verdict yet.")]
     lines += _claims(tuned.runs)
     return "\n".join(lines)
-
-
-def _next(rates) -> str:
-    """"; next at 0.003" for the seed-0 rates a rate choice still waits for ("" for none)."""
-    return f"; next at {', '.join(f'{lr:g}' for lr in rates)}" if rates else ""
 
 
 def _claims(runs: dict[str, list]) -> list[str]:

@@ -113,6 +113,7 @@ def test_the_tuned_tier_is_read_from_its_store_as_far_as_it_is_recorded(tmp_path
     t = pm.tuned_recorded(tmp_path)
     assert t.chosen == {"gn": None, "adam": None} and t.grid == {"gn": {}, "adam": {}} and t.beyond_cap is None
     assert t.pending == {"gn": (0.3, 1.0), "adam": (1e-4, 3e-4, 1e-3)}, "each choice waits for its first grid"
+    assert t.next_at("adam") == "; next at 0.0001, 0.0003, 0.001"
     assert all(r is None for recs in t.records.values() for r in recs) and t.runs == {"gn": [], "adam": []}
     peak = {("gn", 0.3): 0.95, ("gn", 1.0): 0.96, ("gn", 2.0): 0.97, ("adam", 1e-4): 0.96, ("adam", 3e-4): 0.98,
             ("adam", 1e-3): 0.97, ("gn", pm.BEYOND_CAP): 0.93}
@@ -122,8 +123,9 @@ def test_the_tuned_tier_is_read_from_its_store_as_far_as_it_is_recorded(tmp_path
                 save(s, peak[(s.optimizer.name, s.optimizer.lr)])
         t = pm.tuned_recorded(tmp_path)
         if t.chosen["gn"] is None:  # GN's first grid peaks at its top edge, 1: the choice waits for 2
-            assert t.pending["gn"] == (2.0,) and sorted(t.grid["gn"]) == [0.3, 1.0]
+            assert t.pending["gn"] == (2.0,) and sorted(t.grid["gn"]) == [0.3, 1.0] and t.next_at("gn") == "; next at 2"
     assert t.pending == {}, "no choice waits once both are made"
+    assert t.next_at("gn") == t.next_at("adam") == "", "a made choice waits for no rate"
     assert (t.chosen["gn"].lr, t.chosen["gn"].capped, t.chosen["adam"].lr) == (2.0, True, 3e-4)
     assert sorted(t.grid["gn"]) == [0.3, 1.0, 2.0] and sorted(t.grid["adam"]) == [1e-4, 3e-4, 1e-3]
     assert t.beyond_cap is not None and t.beyond_cap.spec.optimizer.lr == pm.BEYOND_CAP

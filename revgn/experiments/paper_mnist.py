@@ -122,6 +122,11 @@ class Tuned:
         """The paired unit of `findings`: each method's finished runs at the seeds where both finished."""
         return paired_runs(self.records)
 
+    def next_at(self, method: str) -> str:
+        """"; next at 0.003, 0.01" for the seed-0 rates `method`'s choice still waits for ("" for none)."""
+        rates = self.pending.get(method, ())
+        return f"; next at {', '.join(f'{lr:g}' for lr in rates)}" if rates else ""
+
     def every(self) -> list[Record]:
         """Every record of the tier read so far, each once: the grids, the chosen rates' seeds, the cap probe."""
         recs = [r for rs in self.records.values() for r in rs] + [r for g in self.grid.values() for r in g.values()]
