@@ -79,7 +79,8 @@ def test_the_tuned_tier_chooses_on_seed_0_by_the_whole_curve_and_probes_past_a_b
 
 def test_the_tuned_walk_asks_for_the_runs_that_make_a_choice_before_the_seeds_of_a_choice_made():
     """GN chosen (its grid recorded), Adam's grid not: Adam's seed-0 rates come before GN's seeds 1-4, since
-    Adam's choice gates four more runs and the sweep dispatches in the walk's order."""
+    Adam's choice gates four more runs and the sweep dispatches in the walk's order. Both chosen: the seeds
+    come in pairs (GN and Adam at seed 1, then at seed 2, ...), so a paired seed lands every two runs."""
     store = {}
     records_of = lambda specs: [store.get(s.key) for s in specs]
     gn_grid = [s for s in pm.tuned_walk(records_of)[0] if s.optimizer.name == "gn"]
@@ -90,6 +91,13 @@ def test_the_tuned_walk_asks_for_the_runs_that_make_a_choice_before_the_seeds_of
     assert chosen["gn"][0].lr == 1.0 and chosen["adam"][0] is None
     order = [(s.optimizer.name, s.seed) for s in needed if s.key not in store]  # the walk lists the recorded too
     assert order == [("adam", 0)] * 3 + [("gn", s) for s in pm.SEEDS[1:]]
+    adam_grid = [s for s in needed if s.optimizer.name == "adam"]
+    for s, p in zip(adam_grid, (0.95, 0.97, 0.96)):  # Adam's best is inside its grid: chosen at once
+        store[s.key] = _rec(s, [0.5, p, 0.9], [0.5, p, 0.9])
+    needed, chosen, _ = pm.tuned_walk(records_of)
+    assert chosen["adam"][0].lr == 3e-4
+    order = [(s.optimizer.name, s.seed) for s in needed if s.key not in store]
+    assert order == [(m, s) for s in pm.SEEDS[1:] for m in ("gn", "adam")], "seed by seed: each pair finishes"
 
 
 def _save(store, spec, peak, failure=None):

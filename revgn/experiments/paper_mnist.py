@@ -88,9 +88,10 @@ def tuned_walk(records_of) -> tuple[list[RunSpec], dict[str, list], dict[str, li
         needed += more
         if chosen[method][0] is not None and chosen[method][0].capped:  # does the cap bind? one run past it
             needed += gp.rate_grid(arm.specs[0], [BEYOND_CAP])
-    # A choice gates the runs at its rate, so the runs that make choices (seed 0's) go first: the sweep
-    # dispatches in this order, and no worker then waits on one method's choice while another's seeds run.
-    needed.sort(key=lambda s: s.seed != SEEDS[0])
+    # The sweep dispatches in this order. A choice gates the runs at its rate, so the runs that make choices
+    # (seed 0's) go first, and no worker waits on one method's choice while another's seeds run; then seed by
+    # seed, GN beside Adam, so that a paired seed (the unit of a verdict) lands every two runs.
+    needed.sort(key=lambda s: SEEDS.index(s.seed))
     return needed, chosen, recs
 
 
