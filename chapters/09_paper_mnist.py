@@ -254,8 +254,8 @@ if tuned.beyond_cap is not None:
     best = gp.score(tuned.beyond_cap, "peak_val_acc")
     print(f"gn past its cap, at {pm.BEYOND_CAP:g}: peak validation accuracy {best:.3g}")
 
-# %% mystnb={"figure": {"caption": "The tuned tier ($h=2048$, $n=1024$, 100 epochs, each method's rate chosen on seed 0 by its peak validation accuracy). Left: seed 0's validation accuracy at every rate tried (one line style per rate), the chosen rate drawn thick. Middle and right: training loss (10,000 fixed training images) and test accuracy at the chosen rates, means over the recorded seeds, bands their range. Both accuracy axes start at 0.97, where the rates differ; the first epochs lie below.", "name": "fig-tuned"}}
-fig, axes = plt.subplots(1, 3, figsize=(6.5, 2.9), layout="constrained")
+# %% mystnb={"figure": {"caption": "The tuned tier ($h=2048$, $n=1024$, 100 epochs, each method's rate chosen on seed 0 by its peak validation accuracy). Left: seed 0's validation accuracy at every rate tried (one line style per rate), the chosen rate drawn thick. Middle and right: training loss (10,000 fixed training images) and test accuracy at the chosen rates, means over the recorded seeds, bands their range. Both accuracy axes start at 0.97, where the rates differ; lower values (the first epochs, a rate's dips) are cut.", "name": "fig-tuned"}}
+fig, axes = plt.subplots(1, 3, figsize=(6.5, 3.3), layout="constrained")
 for m, grid in tuned.grid.items():
     chosen = tuned.chosen[m].lr if tuned.chosen[m] else None
     # a line style per rate tried (past six rates, they repeat in order)
@@ -290,9 +290,12 @@ for ax in axes[::2]:  # both accuracies on one scale, zoomed to where the rates 
     ax.set_ylim(0.97, 0.99)
 axes[1].set_yscale("log")
 axes[1].yaxis.set_minor_formatter(NullFormatter())  # labels at the decades only
-for ax in axes[:2]:
-    if ax.lines:
-        ax.legend(fontsize="x-small")
+if axes[1].lines:
+    axes[1].legend(fontsize="x-small")
+# the rates tried go below the panels: inside, their legend hid the low curves
+if axes[0].lines:
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=4, fontsize="x-small")
 plt.show()
 
 # %% [markdown]

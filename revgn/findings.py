@@ -49,13 +49,13 @@ def block() -> str:
               "chapter 09, `revgn.experiments.paper_mnist`): recorded so far "
               + ", ".join(f"{pm.NAMES[m]} {sum(r is not None for r in recs[m])} of "
                           f"{len(pm.SEEDS)}" for m in pm.METHODS) + " runs"
-              + (f", {len(runs['gn'])} paired seeds." if runs["gn"] else "; no verdict yet.")
+              + (f", {_count(len(runs['gn']), 'paired seed')}." if runs["gn"] else "; no verdict yet.")
               + (" Under the default rank rule exact GN refused the paper's features at epoch 1 "
                  "(s_min/s_max below max(n, h) eps), so its GN arm uses the rule 'rounding'."
                  if refused is not None and not refused.ok else "")]
     lines += _claims(runs)
     tuned = pm.tuned_recorded()
-    tried = lambda m: f"{len(tuned.grid[m])} seed-0 rate{'s' * (len(tuned.grid[m]) != 1)} recorded"
+    tried = lambda m: f"{_count(len(tuned.grid[m]), 'seed-0 rate')} recorded"
     rate = lambda m: (f"rate {tuned.chosen[m].lr:g}" + (" (its cap)" if tuned.chosen[m].capped else "")
                       if tuned.chosen[m] else f"rate not chosen yet ({tried(m)}{tuned.next_at(m)})")
     lines += ["", f"**Tuned rates, to the end of training** (h = {pm.TUNED_HIDDEN}, n = {pm.BASE.batch_size}, "
@@ -63,9 +63,14 @@ def block() -> str:
               + "; ".join(f"{pm.NAMES[m]} {rate(m)}, "
                           f"{sum(r is not None for r in tuned.records[m])} of {len(pm.SEEDS)} seeds at it"
                           for m in tuned.chosen)
-              + (f"; {len(tuned.runs['gn'])} paired seeds." if tuned.runs["gn"] else "; no verdict yet.")]
+              + (f"; {_count(len(tuned.runs['gn']), 'paired seed')}." if tuned.runs["gn"] else "; no verdict yet.")]
     lines += _claims(tuned.runs)
     return "\n".join(lines)
+
+
+def _count(n: int, noun: str) -> str:
+    """"1 paired seed", "3 paired seeds"."""
+    return f"{n} {noun}{'s' * (n != 1)}"
 
 
 def _claims(runs: dict[str, list]) -> list[str]:

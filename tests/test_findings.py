@@ -11,3 +11,8 @@ def test_the_block_has_a_verdict_for_every_full_tier_regime():
     text = findings.block()
     for label in findings.rm.SETTINGS["full"].regimes():
         assert f"- {label}: " in text
+
+
+def test_counts_agree_with_their_nouns():
+    assert [findings._count(n, "paired seed") for n in (0, 1, 3)] == [
+        "0 paired seeds", "1 paired seed", "3 paired seeds"]
